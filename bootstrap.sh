@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# hakit bootstrap: install everything hakit needs on a Debian/Ubuntu machine, then run the demo or
+# the test suite.
+#
+#   ./bootstrap.sh demo     install, then run the narrated lab demo
+#   ./bootstrap.sh test     install, then run lint, type checks and the whole test suite
+#   ./bootstrap.sh install  install only
+#
+# Must run as root (it installs Debian packages, and the lab creates network namespaces).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$here"
+action="${1:-install}"
+shift || true
+
+say() { printf '\033[1;34m==>\033[0m %s\n' "$*"; }
+die() { printf '\033[1;31mbootstrap: %s\033[0m\n' "$*" >&2; exit 1; }
+
+case "$action" in
+  demo|test|install) ;;
+  *) die "unknown action '$action' (expected: demo, test or install)" ;;
+esac
+[ "$(id -u)" -eq 0 ] || die "run as root: the lab needs network namespaces and packages must be installed"
+
+# --- Debian packages ------------------------------------------------------------------------------
+# iproute2: ip netns / veth / bridges; nftables: lab partitions and (later) the farm filter;
+# util-linux: nsenter / unshare for the lab's mount namespaces; procps, psmisc: process tools.
+debs=(iproute2 nftables util-linux procps psmisc iputils-ping ca-certificates)
+missing=()
+for p in "${debs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+# A Python >= 3.11 with venv support.
+pick_python() {
+  for c in python3.13 python3.12 python3.11 python3; do
+    if command -v "$c" >/dev/null 2>&1 &&
+       "$c" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null; then
+      command -v "$c"; return 0
+    fi
+  done
+  return 1
+}
+py="$(pick_python || true)"
+if [ -z "$py" ]; then
+  missing+=(python3 python3-venv python3-pip)
+elif ! "$py" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  missing+=("python3-venv")
+  minor="$("$py" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
+  missing+=("python${minor}-venv")
+fi
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  say "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # pythonX.Y-venv may not exist under that name on every release: install what exists.
+  avail=()
+  for p in "${missing[@]}"; do
+    apt-cache show "$p" >/dev/null 2>&1 && avail+=("$p")
+  done
+  apt-get install -y -qq --no-install-recommends "${avail[@]}" >/dev/null
+fi
+py="$(pick_python)" || die "no Python >= 3.11 found after installing packages"
+
+# --- Python virtualenv ----------------------------------------------------------------------------
+venv="$here/.venv"
+stamp="$venv/.hakit-installed"
+if [ ! -x "$venv/bin/python" ]; then
+  say "creating virtualenv $venv with $py"
+  "$py" -m venv "$venv"
+fi
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  say "installing hakit and its Python dependencies into $venv"
+  "$venv/bin/python" -m pip install -q --upgrade pip
+  "$venv/bin/python" -m pip install -q -e ".[dev]"
+  touch "$stamp"
+fi
+ln -sf "$venv/bin/hakit" /usr/local/bin/hakit
+say "hakit $("$venv/bin/hakit" --version) installed (command: /usr/local/bin/hakit)"
+
+case "$action" in
+  install) ;;
+  demo)
+    exec "$venv/bin/hakit" lab demo "$@"
+    ;;
+  test)
+    say "ruff"
+    "$venv/bin/ruff" check src tests
+    "$venv/bin/ruff" format --check src tests
+    say "mypy"
+    "$venv/bin/mypy"
+    say "generated documentation is up to date"
+    "$venv/bin/python" -m hakit.tools.gendocs --check
+    say "pytest"
+    exec "$venv/bin/python" -m pytest "$@"
+    ;;
+esac

@@ -1,0 +1,89 @@
+"""`hakit daemon`: the node daemon and its API, in one process, under one task group."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import uvicorn
+
+from hakit.api.app import create_app
+from hakit.config.load import load_cluster
+from hakit.daemon.logs import LOGGER, daemon_logging
+from hakit.daemon.runtime import NodeDaemon, resolve_local_node, single_instance
+from hakit.paths import Paths
+
+log = logging.getLogger(LOGGER)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the daemon owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _unix_socket(path: Path) -> socket.socket:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # a leftover of a killed daemon (we hold the instance lock)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)  # root only until the API has authentication
+    sock.listen(64)
+    sock.setblocking(False)
+    return sock
+
+
+async def _serve(daemon: NodeDaemon, paths: Paths) -> None:
+    sock = _unix_socket(paths.socket)
+    config = uvicorn.Config(
+        create_app(daemon), log_config=None, lifespan="off", access_log=False, loop="asyncio"
+    )
+    server = _Server(config)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def wait_stop() -> None:
+        await stop.wait()
+        log.info("signal received: stopping")
+        daemon.stop()
+        server.should_exit = True
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            hb = tg.create_task(daemon.run())
+            api = tg.create_task(server.serve(sockets=[sock]))
+            waiter = tg.create_task(wait_stop())
+            await asyncio.wait([hb, api, waiter], return_when=asyncio.FIRST_COMPLETED)
+            if not stop.is_set():
+                log.error("a daemon component ended unexpectedly; stopping")
+                stop.set()
+            await asyncio.wait_for(asyncio.gather(hb, api, return_exceptions=True), 10)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        with contextlib.suppress(FileNotFoundError):
+            paths.socket.unlink()
+
+
+def run_daemon(paths: Paths, node: str | None, *, to_stderr: bool = True) -> None:
+    """Load the configuration (nothing starts on a bad one), then run until SIGTERM/SIGINT."""
+    cluster = load_cluster(paths.cluster_config)
+    local, why = resolve_local_node(cluster.config, node, socket.gethostname())
+    with single_instance(paths.var), daemon_logging(paths.log, local, to_stderr=to_stderr):
+        daemon = NodeDaemon(paths, cluster, local, why)
+        asyncio.run(_serve(daemon, paths))

@@ -1,0 +1,42 @@
+"""The CLI's client for the local daemon's API (HTTP over the daemon's unix socket)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from hakit.errors import DaemonUnavailable
+from hakit.paths import Paths
+
+TIMEOUT = 5.0
+
+
+class DaemonClient:
+    def __init__(self, paths: Paths) -> None:
+        self.paths = paths
+
+    def _unavailable(self, why: str) -> DaemonUnavailable:
+        return DaemonUnavailable(
+            f"the hakit daemon is not running on this node ({why} at {self.paths.socket}).\n"
+            "Start it with `systemctl start hakit` (or `hakit daemon` in the foreground); "
+            f"its log is {self.paths.daemon_log}."
+        )
+
+    def get(self, path: str, **params: Any) -> Any:
+        sock = self.paths.socket
+        if not sock.exists():
+            raise self._unavailable("no socket")
+        transport = httpx.HTTPTransport(uds=str(sock))
+        try:
+            with httpx.Client(transport=transport, base_url="http://hakit", timeout=TIMEOUT) as c:
+                r = c.get("/v1" + path, params=params)
+        except (httpx.ConnectError, httpx.RemoteProtocolError) as e:
+            raise self._unavailable(f"no answer: {e}") from None
+        except httpx.TimeoutException:
+            raise DaemonUnavailable(
+                f"the hakit daemon did not answer within {TIMEOUT:g} s on {sock}; "
+                f"see {self.paths.daemon_log}"
+            ) from None
+        r.raise_for_status()
+        return r.json()

@@ -1,0 +1,184 @@
+"""The `hakit` command line: one click group, sub-commands in sibling modules."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from hakit import __version__
+from hakit.errors import ConfigError, HakitError
+from hakit.paths import Paths
+
+err_console = Console(stderr=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", message="%(version)s")
+def cli() -> None:
+    """hakit: high availability and load balancing for Linux applications."""
+
+
+@cli.command()
+@click.option(
+    "--node",
+    envvar="HAKIT_NODE",
+    help="Which cluster node this is (default: the host name, else the node whose "
+    "address is configured here).",
+)
+def daemon(node: str | None) -> None:
+    """Run the node daemon in the foreground (systemd runs it as the `hakit` service)."""
+    from hakit.api.server import run_daemon
+
+    run_daemon(Paths.from_env(), node)
+
+
+@cli.command()
+@click.argument("module", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (stable contract).")
+def state(module: str | None, as_json: bool) -> None:
+    """Show the cluster as this node sees it: nodes, networks, modules."""
+    from hakit.cli.client import DaemonClient
+    from hakit.cli.render import render_state
+
+    st = DaemonClient(Paths.from_env()).get("/state")
+    if module is not None:
+        if module not in st["modules"]:
+            raise HakitError(
+                f"no module {module!r} on this node; installed: "
+                + (", ".join(st["modules"]) or "none")
+            )
+        st["modules"] = {module: st["modules"][module]}
+    if as_json:
+        click.echo(json.dumps(st, indent=2, sort_keys=False))
+    else:
+        render_state(st, Console())
+
+
+@cli.group()
+def config() -> None:
+    """Configuration files."""
+
+
+@config.command("check")
+@click.option(
+    "--file",
+    "file",
+    type=click.Path(path_type=Path),
+    help="Cluster configuration to check (default: $HAKIT_ETC/cluster.yaml).",
+)
+def config_check(file: Path | None) -> None:
+    """Validate the configuration without starting anything; non-zero exit on any error."""
+    from hakit.config.load import load_cluster
+
+    path = file or Paths.from_env().cluster_config
+    cf = load_cluster(path)
+    c = cf.config
+    click.echo(
+        f"{path}: OK — cluster {c.cluster}, {len(c.nodes)} nodes ({', '.join(c.nodes)}), "
+        f"{len(c.networks)} network(s) ({', '.join(c.networks)}); heartbeat every "
+        f"{c.heartbeat.interval:g} s, a peer is lost after {c.heartbeat.timeout:g} s of silence"
+    )
+    if len(c.networks) < 2:
+        err_console.print(
+            "[yellow]warning: one network only; with two, losing a network is not mistaken "
+            "for losing a node[/]"
+        )
+
+
+@cli.group()
+def cluster() -> None:
+    """Cluster set-up."""
+
+
+def _parse_node(spec: str) -> tuple[str, dict[str, str]]:
+    name, sep, rest = spec.partition(":")
+    if not sep or not rest:
+        raise click.BadParameter(f"{spec!r}: expected NAME:NETWORK=ADDRESS[,NETWORK=ADDRESS...]")
+    addresses: dict[str, str] = {}
+    for part in rest.split(","):
+        net, eq, addr = part.partition("=")
+        if not eq or not net or not addr:
+            raise click.BadParameter(f"{spec!r}: {part!r} is not NETWORK=ADDRESS")
+        addresses[net.strip()] = addr.strip()
+    return name.strip(), addresses
+
+
+@cluster.command("init")
+@click.option("--name", required=True, help="Cluster name.")
+@click.option(
+    "--node",
+    "nodes",
+    multiple=True,
+    required=True,
+    metavar="NAME:NET=ADDR[,NET=ADDR]",
+    help="A node and its address on each network (repeat for every node).",
+)
+@click.option("--interval", type=float, default=None, help="Seconds between heartbeats.")
+@click.option("--timeout", type=float, default=None, help="Seconds of silence before loss.")
+@click.option("--force", is_flag=True, help="Overwrite an existing configuration and secret.")
+def cluster_init(
+    name: str, nodes: tuple[str, ...], interval: float | None, timeout: float | None, force: bool
+) -> None:
+    """Write a starter cluster.yaml and a fresh secret into $HAKIT_ETC.
+
+    Example: hakit cluster init --name shop --node alpha:lan=192.168.1.10,repl=10.0.0.10
+    --node beta:lan=192.168.1.11,repl=10.0.0.11 — then copy cluster.yaml and cluster.key
+    to the same folder on every node.
+    """
+    from hakit.config.load import load_cluster
+    from hakit.config.model import DEFAULT_INTERVAL, DEFAULT_TIMEOUT
+    from hakit.config.starter import new_secret, render_cluster_yaml
+
+    paths = Paths.from_env()
+    parsed = dict(_parse_node(s) for s in nodes)
+    cfg_path, key_path = paths.cluster_config, paths.etc / "cluster.key"
+    for p in (cfg_path, key_path):
+        if p.exists() and not force:
+            raise HakitError(f"{p} already exists; use --force to replace it (nothing written)")
+    text = render_cluster_yaml(
+        name,
+        parsed,
+        interval=interval if interval is not None else DEFAULT_INTERVAL,
+        timeout=timeout if timeout is not None else DEFAULT_TIMEOUT,
+    )
+    # Validate before writing anything: a bad starter is not written at all.
+    paths.etc.mkdir(parents=True, exist_ok=True)
+    tmp = cfg_path.with_name(".cluster.yaml.new")
+    tmp.write_text(text)
+    try:
+        load_cluster(tmp, with_secret=False)
+    except ConfigError as e:
+        tmp.unlink()
+        raise ConfigError([replace(i, file=str(cfg_path)) for i in e.issues]) from None
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(new_secret())
+    os.chmod(key_path, 0o600)
+    tmp.replace(cfg_path)
+    click.echo(f"wrote {cfg_path} and {key_path} (mode 0600)")
+    click.echo(
+        f"next: copy both files to {paths.etc}/ on every node, then `hakit config check` and "
+        "`systemctl enable --now hakit` on each"
+    )
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except HakitError as e:
+        err_console.print(f"[bold red]hakit:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)

@@ -1,0 +1,70 @@
+"""Human rendering of the status document (rich)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    if seconds < 10:
+        return f"{seconds:.2f} s ago"
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() - seconds))
+
+
+def render_state(st: dict[str, Any], console: Console) -> None:
+    hb = st["heartbeat"]
+    console.print(
+        Text.assemble(
+            ("cluster ", "bold"),
+            (st["cluster"], "bold cyan"),
+            "  seen from ",
+            (st["node"], "bold"),
+            f"  (heartbeat every {hb['interval']:g} s, lost after {hb['timeout']:g} s)",
+        )
+    )
+    networks = list(st["networks"])
+    table = Table(show_edge=False, header_style="bold")
+    table.add_column("node")
+    table.add_column("state")
+    for n in networks:
+        table.add_column(n)
+    table.add_column("last heard")
+    for name, node in st["nodes"].items():
+        if node["state"] == "self":
+            state = Text("alive (this node)", style="green")
+        elif node["alive"]:
+            state = Text("alive", style="green")
+        elif node["state"] == "unknown":
+            state = Text("unknown", style="yellow")
+        else:
+            state = Text("LOST", style="bold red")
+        cells: list[Text | str] = []
+        for n in networks:
+            if n not in node["networks"]:
+                cells.append(Text("-", style="dim"))
+            elif node["networks"][n]:
+                cells.append(Text("up", style="green"))
+            else:
+                cells.append(Text("down", style="red"))
+        heard = "" if node["state"] == "self" else _ago(node.get("last_heard_ago"))
+        table.add_row(name, state, *cells, heard)
+    console.print(table)
+    rejected = hb.get("rejected") or {}
+    if rejected:
+        parts = ", ".join(f"{k} {v}" for k, v in sorted(rejected.items()))
+        console.print(Text(f"heartbeats rejected: {parts}", style="yellow"))
+    for net, err in (hb.get("bind_errors") or {}).items():
+        console.print(Text(f"network {net}: {err}", style="red"))
+    if st["modules"]:
+        console.print(f"modules: {', '.join(st['modules'])}")
+    else:
+        console.print(Text("no modules installed", style="dim"))

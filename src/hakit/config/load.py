@@ -1,0 +1,247 @@
+"""Load configuration files into frozen models, or fail with every problem, precisely located.
+
+Each reported problem names the file, the line, the field (dotted path), the bad value and what
+is expected. Unknown keys and duplicate keys are errors. Nothing is partially loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from hakit.config import rules
+from hakit.config.model import Cluster
+from hakit.errors import ConfigError, ConfigIssue
+
+Loc = tuple[str | int, ...]
+MIN_SECRET_BYTES = 16
+
+
+@dataclass(frozen=True)
+class Marks:
+    """Line numbers (1-based) of every key and value of a YAML document, by path."""
+
+    keys: dict[Loc, int]
+    values: dict[Loc, int]
+
+    def line(self, loc: Loc, *, value: bool = True) -> int | None:
+        """Line of the deepest known prefix of `loc` (the value's line if asked and known)."""
+        for n in range(len(loc), -1, -1):
+            prefix = loc[:n]
+            if value and n == len(loc) and prefix in self.values:
+                return self.values[prefix]
+            if prefix in self.keys:
+                return self.keys[prefix]
+            if prefix in self.values:
+                return self.values[prefix]
+        return None
+
+
+def _walk(node: yaml.Node, loc: Loc, marks: Marks, issues: list[ConfigIssue], file: str) -> None:
+    marks.values[loc] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            if key in seen:
+                issues.append(
+                    ConfigIssue(
+                        file,
+                        key_node.start_mark.line + 1,
+                        _dotted((*loc, key)),
+                        None,
+                        "duplicate key: each key may appear only once in a mapping",
+                    )
+                )
+            seen.add(key)
+            marks.keys[(*loc, key)] = key_node.start_mark.line + 1
+            _walk(value_node, (*loc, key), marks, issues, file)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _walk(item, (*loc, i), marks, issues, file)
+
+
+def _dotted(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def parse_yaml(text: str, file: str) -> tuple[Any, Marks]:
+    """Parse YAML text; syntax errors and duplicate keys become `ConfigError`."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark else None
+        problem = e.problem or "invalid YAML"
+        raise ConfigError(
+            [ConfigIssue(file, line, "", None, f"YAML syntax error: {problem}")]
+        ) from None
+    except yaml.YAMLError as e:
+        raise ConfigError([ConfigIssue(file, None, "", None, f"YAML error: {e}")]) from None
+    marks = Marks({}, {})
+    issues: list[ConfigIssue] = []
+    if root is not None:
+        _walk(root, (), marks, issues, file)
+    if issues:
+        raise ConfigError(issues)
+    return data, marks
+
+
+def _show(value: Any) -> str:
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _allowed_keys(model: type[BaseModel], loc: Loc) -> list[str] | None:
+    """The field names accepted at `loc` (the parent of an unknown key), if `loc` is a model."""
+    current: Any = model
+    for part in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            # a dict[Name, Model]: the key is a free name, the value is the model
+            args = getattr(current, "__args__", ())
+            current = args[-1] if args else None
+            continue
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return None
+        current = field.annotation
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return None
+
+
+def _expected(err: Any, model: type[BaseModel], loc: Loc) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(model, loc[:-1])
+        return "unknown key" + (f"; expected one of: {', '.join(allowed)}" if allowed else "")
+    if kind == "missing":
+        return "required key is missing"
+    msg = str(err["msg"])
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    if kind == "string_pattern_mismatch":
+        return "expected a name: a letter, then letters, digits, '_' or '-' (at most 32 characters)"
+    if kind.startswith("ip_"):
+        return "expected an IPv4 or IPv6 address"
+    if msg.startswith("Input should be "):
+        return "expected " + msg[len("Input should be ") :]
+    return "expected: " + msg[0].lower() + msg[1:] if msg else kind
+
+
+def validate(model: type[BaseModel], data: Any, marks: Marks, file: str) -> Any:
+    """Validate parsed data against a model; every pydantic error becomes a located issue."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            [ConfigIssue(file, 1, "", _show(data), "expected a mapping of keys to values")]
+        )
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        issues: list[ConfigIssue] = []
+        seen: set[tuple[Loc, str]] = set()
+        for err in exc.errors():
+            loc: Loc = tuple(err["loc"])
+            on_key = err["type"] == "extra_forbidden"
+            if "[key]" in loc:  # a bad name used as a key: blame the key itself
+                loc, on_key = loc[: loc.index("[key]")], True
+            expected = _expected(err, model, loc)
+            if (loc, err["type"]) in seen:
+                continue
+            seen.add((loc, err["type"]))
+            value = None if err["type"] in ("missing",) else _show(err.get("input"))
+            if err["type"] == "extra_forbidden":
+                value = None
+            line = marks.line(loc, value=not on_key)
+            issues.append(ConfigIssue(file, line, _dotted(loc), value, expected))
+        raise ConfigError(issues) from None
+
+
+@dataclass(frozen=True)
+class ClusterFile:
+    """A loaded, validated cluster configuration with its secret (never printed)."""
+
+    path: Path
+    config: Cluster
+    secret: bytes = b""
+
+    def __repr__(self) -> str:
+        return f"ClusterFile(path={self.path!s}, cluster={self.config.cluster!r})"
+
+
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            [
+                ConfigIssue(
+                    str(path),
+                    None,
+                    "",
+                    None,
+                    "file not found; create it with `hakit cluster init` "
+                    "(or set HAKIT_ETC to the folder holding cluster.yaml)",
+                )
+            ]
+        ) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([ConfigIssue(str(path), None, "", None, f"cannot read: {e}")]) from None
+
+
+def load_secret(path: Path, config_file: str, line: int | None) -> bytes:
+    def issue(expected: str) -> ConfigError:
+        return ConfigError([ConfigIssue(config_file, line, "secret_file", str(path), expected)])
+
+    try:
+        st = path.stat()
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise issue("secret file not found; `hakit cluster init` creates one") from None
+    except OSError as e:
+        raise issue(f"cannot read secret file: {e.strerror}") from None
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        raise issue(
+            f"secret file is accessible to other users (mode {stat.S_IMODE(st.st_mode):04o}); "
+            f"run `chmod 600 {path}`"
+        )
+    secret = raw.strip()
+    if len(secret) < MIN_SECRET_BYTES:
+        raise issue(f"secret is {len(secret)} bytes long; expected at least {MIN_SECRET_BYTES}")
+    return secret
+
+
+def load_cluster(path: Path, *, with_secret: bool = True) -> ClusterFile:
+    """Load and fully check `cluster.yaml` (and its secret): the one way to get a `Cluster`."""
+    file = str(path)
+    data, marks = parse_yaml(read_text(path), file)
+    config: Cluster = validate(Cluster, data, marks, file)
+    issues = [
+        ConfigIssue(file, marks.line(p.loc), _dotted(p.loc), p.value, p.expected)
+        for p in rules.check_cluster(config)
+    ]
+    if issues:
+        raise ConfigError(issues)
+    secret = b""
+    if with_secret:
+        secret_path = Path(config.secret_file)
+        if not secret_path.is_absolute():
+            secret_path = path.parent / secret_path
+        secret = load_secret(secret_path, file, marks.line(("secret_file",)))
+    return ClusterFile(path=path, config=config, secret=secret)
+
+
+def env_override(name: str) -> str | None:
+    return os.environ.get(name)

@@ -1,0 +1,110 @@
+"""Typed, frozen models of hakit's configuration files.
+
+Field descriptions are the documentation: `docs/configuration.md` is generated from them
+(`python -m hakit.tools.gendocs`). Structural rules (types, ranges, unknown keys) live on the
+fields; rules that relate several fields are in `hakit.config.rules`, which report each problem
+with the path of the field to blame.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, StringConstraints
+
+DEFAULT_PORT = 7350
+DEFAULT_INTERVAL = 0.2
+DEFAULT_TIMEOUT = 1.0
+MIN_PULSES_PER_TIMEOUT = 3
+
+Name = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,31}$"),
+]
+"""Names of clusters, nodes and networks: a letter, then letters, digits, `_` or `-` (≤ 32)."""
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
+
+
+class Heartbeat(Frozen):
+    """How nodes tell each other they are alive."""
+
+    port: int = Field(
+        DEFAULT_PORT,
+        ge=1,
+        le=65535,
+        description="UDP port heartbeats are sent to and received on, on every network.",
+    )
+    interval: float = Field(
+        DEFAULT_INTERVAL,
+        ge=0.02,
+        le=10.0,
+        description="Seconds between two heartbeats sent to each peer on each network.",
+    )
+    timeout: float = Field(
+        DEFAULT_TIMEOUT,
+        ge=0.1,
+        le=300.0,
+        description=(
+            "Seconds of silence on every network after which a peer is declared lost. "
+            f"Must be at least {MIN_PULSES_PER_TIMEOUT} × `interval`, so that losing "
+            f"{MIN_PULSES_PER_TIMEOUT - 1} heartbeats in a row never loses a peer."
+        ),
+    )
+    realtime: bool = Field(
+        True,
+        description=(
+            "Run the heartbeat process with real-time scheduling (SCHED_RR) and locked memory "
+            "when the daemon runs as root, so a loaded machine cannot delay heartbeats."
+        ),
+    )
+
+
+class Network(Frozen):
+    """A network between the nodes (a LAN, a dedicated replication link, …)."""
+
+    description: str = Field("", description="Free text shown by `hakit state`.")
+
+
+class Node(Frozen):
+    """A server of the cluster."""
+
+    addresses: dict[Name, IPvAnyAddress] = Field(
+        description=(
+            "The node's address on each network it is attached to (network name → IP address). "
+            "Heartbeats to this node on that network go to this address."
+        ),
+    )
+
+
+class Cluster(Frozen):
+    """`/etc/hakit/cluster.yaml`: identical on every node of the cluster."""
+
+    cluster: Name = Field(
+        description="Name of the cluster; heartbeats of other clusters are ignored."
+    )
+    secret_file: str = Field(
+        "cluster.key",
+        min_length=1,
+        description=(
+            "File holding the shared secret that authenticates heartbeats (at least 16 bytes, "
+            "mode 0600, identical on every node). A relative path is relative to the folder of "
+            "`cluster.yaml`. `hakit cluster init` creates one."
+        ),
+    )
+    heartbeat: Heartbeat = Field(default_factory=Heartbeat, description="Heartbeat settings.")
+    networks: dict[Name, Network] = Field(
+        min_length=1,
+        description="The networks between the nodes, by name; two or more are recommended.",
+    )
+    nodes: dict[Name, Node] = Field(
+        min_length=2, description="The nodes of the cluster, by name (usually the host name)."
+    )
+
+    def peers_of(self, node: str) -> list[str]:
+        return [n for n in self.nodes if n != node]
+
+    def networks_of(self, node: str) -> list[str]:
+        return [n for n in self.networks if n in self.nodes[node].addresses]

@@ -1,0 +1,93 @@
+"""Rules that relate several fields of a configuration, including the timing budget.
+
+Pure functions over a validated model, each problem with the path of the field to blame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import combinations
+
+from hakit.config.model import MIN_PULSES_PER_TIMEOUT, Cluster
+
+
+@dataclass(frozen=True)
+class Problem:
+    loc: tuple[str | int, ...]
+    value: str | None
+    expected: str
+
+
+def check_timing(config: Cluster) -> list[Problem]:
+    """The heartbeat timing budget (see docs/architecture.md, "Timing budget")."""
+    hb = config.heartbeat
+    needed = MIN_PULSES_PER_TIMEOUT * hb.interval
+    if hb.timeout + 1e-9 < needed:
+        return [
+            Problem(
+                ("heartbeat", "timeout"),
+                f"{hb.timeout:g}",
+                f"must be at least {MIN_PULSES_PER_TIMEOUT} × heartbeat.interval "
+                f"({needed:g} s with interval {hb.interval:g} s), so that "
+                f"{MIN_PULSES_PER_TIMEOUT - 1} lost heartbeats in a row never lose a peer",
+            )
+        ]
+    return []
+
+
+def check_topology(config: Cluster) -> list[Problem]:
+    out: list[Problem] = []
+    owner: dict[str, tuple[str, str]] = {}
+    for node, spec in config.nodes.items():
+        if not spec.addresses:
+            out.append(Problem(("nodes", node, "addresses"), "{}", "at least one network address"))
+        for net, addr in spec.addresses.items():
+            loc = ("nodes", node, "addresses", net)
+            if net not in config.networks:
+                out.append(
+                    Problem(
+                        loc,
+                        None,
+                        f"unknown network {net!r}; declared networks: {', '.join(config.networks)}",
+                    )
+                )
+            key = str(addr)
+            if key in owner:
+                other = owner[key]
+                out.append(
+                    Problem(
+                        loc,
+                        key,
+                        f"address already used by node {other[0]} on network {other[1]}; "
+                        "every address must be unique",
+                    )
+                )
+            else:
+                owner[key] = (node, net)
+    for net in config.networks:
+        members = [n for n, s in config.nodes.items() if net in s.addresses]
+        if len(members) < 2:
+            out.append(
+                Problem(
+                    ("networks", net),
+                    None,
+                    f"only {len(members)} node(s) have an address on this network; "
+                    "a network needs at least 2 nodes (or remove it)",
+                )
+            )
+    for a, b in combinations(config.nodes, 2):
+        shared = set(config.nodes[a].addresses) & set(config.nodes[b].addresses)
+        if not shared and config.nodes[a].addresses and config.nodes[b].addresses:
+            out.append(
+                Problem(
+                    ("nodes", b, "addresses"),
+                    None,
+                    f"node {b} shares no network with node {a}; they could never exchange "
+                    "heartbeats",
+                )
+            )
+    return out
+
+
+def check_cluster(config: Cluster) -> list[Problem]:
+    return check_timing(config) + check_topology(config)

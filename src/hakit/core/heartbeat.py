@@ -1,0 +1,150 @@
+"""The heartbeat engine: membership machines + wire codec, driven by datagrams and time.
+
+No I/O here: the caller feeds received datagrams and the clock, and sends what `outgoing()`
+returns. The same engine runs in the real heartbeat process (UDP sockets, real clock) and in
+simulations (fake network, fake clock).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from hakit.core import membership as m
+from hakit.wire.heartbeat import NO_BOOT, Codec, DecodeError, Heartbeat, Reject
+
+
+@dataclass(frozen=True)
+class Settings:
+    cluster: str
+    secret: bytes
+    local: str
+    interval: float
+    timeout: float
+    # peer -> network -> address; only networks the local node is attached to
+    peers: Mapping[str, Mapping[str, str]]
+    local_networks: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    network: str
+    peer: str
+    address: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A datagram dropped before it reached a membership machine (never authenticated)."""
+
+    network: str
+    reason: Reject
+    detail: str
+
+
+@dataclass(frozen=True)
+class Statistics:
+    sent: int
+    received: int
+    accepted: int
+    rejected: Mapping[str, int]
+    peers: Mapping[str, m.Peer]
+
+
+@dataclass
+class Engine:
+    settings: Settings
+    boot: bytes
+    seq: int
+    now: float
+    payload: bytes = b""
+    peers: dict[str, m.Peer] = field(init=False)
+    codec: Codec = field(init=False)
+    sent: int = 0
+    received: int = 0
+    accepted: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.codec = Codec(s.cluster, s.secret, s.local)
+        self.peers = {
+            name: m.new_peer(name, tuple(n for n in s.local_networks if n in nets), self.now)
+            for name, nets in s.peers.items()
+        }
+
+    def receive(
+        self, data: bytes, network: str, now: float, wall: float
+    ) -> list[m.Action | Rejected]:
+        self.received += 1
+        try:
+            hb = self.codec.decode(data, network)
+        except DecodeError as e:
+            self.rejected[e.reason] += 1
+            return [Rejected(network, e.reason, e.detail)]
+        peer = self.peers.get(hb.sender)
+        if peer is None or network not in peer.networks:
+            self.rejected[Reject.UNKNOWN_NODE] += 1
+            return [
+                Rejected(
+                    network, Reject.UNKNOWN_NODE, f"sender {hb.sender!r} not expected on {network}"
+                )
+            ]
+        ev = m.Received(
+            network=network,
+            boot=hb.boot,
+            seq=hb.seq,
+            echo_ok=hb.echo == self.boot,
+            sent_at=hb.sent_at,
+            wall_now=wall,
+            payload=hb.payload,
+        )
+        new, actions = m.step(peer, ev, now, self.settings.timeout)
+        self.peers[hb.sender] = new
+        dropped = [a for a in actions if isinstance(a, m.Dropped)]
+        for d in dropped:
+            self.rejected[d.reason] += 1
+        if not dropped:
+            self.accepted += 1
+        return list(actions)
+
+    def tick(self, now: float) -> list[m.Action]:
+        out: list[m.Action] = []
+        for name, peer in self.peers.items():
+            new, actions = m.step(peer, m.Tick(), now, self.settings.timeout)
+            self.peers[name] = new
+            out.extend(actions)
+        return out
+
+    def outgoing(self, wall: float) -> list[Outgoing]:
+        """One heartbeat to every peer on every shared network (one sequence number per round)."""
+        self.seq += 1
+        out = []
+        for name, addrs in self.settings.peers.items():
+            peer = self.peers[name]
+            echo = peer.heard_boot or NO_BOOT
+            for net in peer.networks:
+                hb = Heartbeat(
+                    sender=self.settings.local,
+                    receiver=name,
+                    network=net,
+                    boot=self.boot,
+                    seq=self.seq,
+                    sent_at=wall,
+                    echo=echo,
+                    payload=self.payload,
+                )
+                out.append(Outgoing(net, name, addrs[net], self.codec.encode(hb)))
+        self.sent += len(out)
+        return out
+
+    def statistics(self) -> Statistics:
+        return Statistics(
+            sent=self.sent,
+            received=self.received,
+            accepted=self.accepted,
+            rejected=dict(self.rejected),
+            peers=dict(self.peers),
+        )

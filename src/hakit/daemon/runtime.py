@@ -1,0 +1,166 @@
+"""The node daemon: owns the heartbeat process and the timeline, answers status questions."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hakit import __version__
+from hakit.config.load import ClusterFile
+from hakit.config.model import Cluster
+from hakit.daemon.logs import LOGGER, Event, Timeline
+from hakit.daemon.status import build_status
+from hakit.daemon.supervisor import HeartbeatSupervisor
+from hakit.errors import HakitError
+from hakit.paths import Paths
+from hakit.wire.heartbeat import make_boot_id
+
+log = logging.getLogger(LOGGER)
+
+
+class IdentityError(HakitError):
+    exit_code = 2
+
+
+def _is_local_address(address: str) -> bool:
+    """True if `address` is configured on this host (binding it without FREEBIND succeeds)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind((address, 0))
+        except OSError:
+            return False
+    return True
+
+
+def resolve_local_node(config: Cluster, explicit: str | None, hostname: str) -> tuple[str, str]:
+    """Which node of the cluster this host is, and why: explicit name, host name, or address."""
+    if explicit:
+        if explicit not in config.nodes:
+            raise IdentityError(
+                f"node {explicit!r} (from --node or HAKIT_NODE) is not in the cluster; "
+                f"nodes: {', '.join(config.nodes)}"
+            )
+        return explicit, "given explicitly"
+    short = hostname.split(".")[0]
+    if short in config.nodes:
+        return short, f"host name {hostname!r}"
+    matches = [
+        n
+        for n, spec in config.nodes.items()
+        if any(_is_local_address(str(a)) for a in spec.addresses.values())
+    ]
+    if len(matches) == 1:
+        return matches[0], "its address is configured on this host"
+    raise IdentityError(
+        f"cannot tell which node this host is: host name {hostname!r} is not a node name "
+        f"({', '.join(config.nodes)}) and "
+        + ("no" if not matches else f"several ({', '.join(matches)})")
+        + " node addresses are configured here; set HAKIT_NODE or pass --node"
+    )
+
+
+@contextmanager
+def single_instance(var: Path) -> Iterator[None]:
+    var.mkdir(parents=True, exist_ok=True)
+    lock_path = var / "daemon.lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise HakitError(
+                f"another hakit daemon is already running on this node (pid {other}); "
+                f"stop it first (lock {lock_path})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class NodeDaemon:
+    paths: Paths
+    cluster: ClusterFile
+    local: str
+    identity_reason: str
+
+    def __post_init__(self) -> None:
+        self.started_at = time.time()
+        self.started_mono = time.monotonic()
+        self.boot = make_boot_id(time.time_ns(), secrets.token_bytes(8))
+        self.timeline = Timeline(self.local)
+        cfg = self.cluster.config
+        local_nets = cfg.networks_of(self.local)
+        init = {
+            "cluster": cfg.cluster,
+            "secret": self.cluster.secret.hex(),
+            "local": self.local,
+            "interval": cfg.heartbeat.interval,
+            "timeout": cfg.heartbeat.timeout,
+            "port": cfg.heartbeat.port,
+            "realtime": cfg.heartbeat.realtime and os.geteuid() == 0,
+            "boot": self.boot.hex(),
+            "addresses": {n: str(cfg.nodes[self.local].addresses[n]) for n in local_nets},
+            "peers": {
+                p: {
+                    n: str(cfg.nodes[p].addresses[n])
+                    for n in local_nets
+                    if n in cfg.nodes[p].addresses
+                }
+                for p in cfg.peers_of(self.local)
+            },
+        }
+        self.heartbeat = HeartbeatSupervisor(init, self.local, self.record, self.started_mono)
+
+    def record(self, ev: Event) -> None:
+        self.timeline.record(ev)
+
+    async def run(self) -> None:
+        cfg = self.cluster.config
+        self.record(
+            Event(
+                time.time(),
+                self.local,
+                "daemon-start",
+                f"hakit {__version__} started as node {self.local} ({self.identity_reason}) of "
+                f"cluster {cfg.cluster}: {len(cfg.nodes)} nodes, networks "
+                f"{', '.join(cfg.networks_of(self.local))}; heartbeat every "
+                f"{cfg.heartbeat.interval:g} s, peer lost after {cfg.heartbeat.timeout:g} s",
+            )
+        )
+        await self.heartbeat.run()
+
+    def stop(self) -> None:
+        self.heartbeat.stop()
+        self.record(Event(time.time(), self.local, "daemon-stop", "hakit daemon stopping"))
+
+    # --- StatusSource ----------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        daemon = {
+            "version": __version__,
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "boot": self.boot.hex(),
+            "config": str(self.cluster.path),
+            "heartbeat_pid": self.heartbeat.view.pid,
+            "heartbeat_scheduling": self.heartbeat.view.scheduling,
+            "heartbeat_restarts": self.heartbeat.view.restarts,
+        }
+        return build_status(self.cluster.config, self.local, self.heartbeat.view.snapshot, daemon)
+
+    def events(self, limit: int) -> list[dict[str, Any]]:
+        return [e.to_json() for e in self.timeline.recent(limit)]

@@ -1,0 +1,49 @@
+"""The three roots of a hakit node (interface contract), overridable by environment variables.
+
+`HAKIT_ETC` (default `/etc/hakit`), `HAKIT_VAR` (default `/var/lib/hakit`) and `HAKIT_LOG`
+(default `/var/log/hakit`). Everything else is derived from them here, in one place.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Paths:
+    etc: Path
+    var: Path
+    log: Path
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Paths:
+        e = os.environ if env is None else env
+        return cls(
+            etc=Path(e.get("HAKIT_ETC", "/etc/hakit")),
+            var=Path(e.get("HAKIT_VAR", "/var/lib/hakit")),
+            log=Path(e.get("HAKIT_LOG", "/var/log/hakit")),
+        )
+
+    @property
+    def cluster_config(self) -> Path:
+        return self.etc / "cluster.yaml"
+
+    @property
+    def modules(self) -> Path:
+        return self.etc / "modules"
+
+    @property
+    def socket(self) -> Path:
+        """Unix socket of the local daemon's API."""
+        return self.var / "hakit.sock"
+
+    @property
+    def daemon_log(self) -> Path:
+        return self.log / "hakit.log"
+
+    @property
+    def events_log(self) -> Path:
+        """Timeline of decisions, one JSON object per line."""
+        return self.log / "events.jsonl"

@@ -1,0 +1,101 @@
+"""The API renders the status document of the contract."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+
+from hakit.api.app import create_app
+from hakit.config.model import Cluster
+from hakit.daemon.status import build_status
+
+CONFIG = Cluster.model_validate(
+    {
+        "cluster": "demo",
+        "networks": {"net1": {}, "net2": {}},
+        "nodes": {
+            "node1": {"addresses": {"net1": "10.0.1.1", "net2": "10.0.2.1"}},
+            "node2": {"addresses": {"net1": "10.0.1.2", "net2": "10.0.2.2"}},
+            "node3": {"addresses": {"net1": "10.0.1.3"}},
+        },
+    }
+)
+SNAPSHOT = {
+    "peers": {
+        "node2": {
+            "state": "alive",
+            "alive": True,
+            "since": 90.0,
+            "networks": {"net1": True, "net2": False},
+            "last_heard": {"net1": 99.5, "net2": 97.0},
+            "clock_offset": 0.001,
+            "boot": "00",
+            "payload": "",
+        },
+        "node3": {
+            "state": "lost",
+            "alive": False,
+            "since": 95.0,
+            "networks": {"net1": False},
+            "last_heard": {"net1": 94.0},
+            "clock_offset": None,
+            "boot": None,
+            "payload": "",
+        },
+    },
+    "local_networks": {"net1": True, "net2": True},
+    "stats": {"sent": 10, "rejected": {"forged": 2}},
+}
+
+
+def get(path: str, **params: Any) -> httpx.Response:
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=create_app(Source()))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            return await c.get(path, params=params)
+
+    return asyncio.run(go())
+
+
+class Source:
+    def status(self) -> dict[str, Any]:
+        return build_status(CONFIG, "node1", SNAPSHOT, {"pid": 1}, now=100.0)
+
+    def events(self, limit: int) -> list[dict[str, Any]]:
+        return [{"at": 1.0, "kind": "peer-lost", "message": "node3 lost"}][-limit:]
+
+
+def test_state_follows_the_contract() -> None:
+    st = get("/v1/state").json()
+    assert st["cluster"] == "demo"
+    assert st["node"] == "node1"
+    assert st["modules"] == {}
+    assert st["nodes"]["node1"]["alive"] is True
+    assert st["nodes"]["node1"]["networks"] == {"net1": True, "net2": True}
+    assert st["nodes"]["node2"]["alive"] is True
+    assert st["nodes"]["node2"]["networks"] == {"net1": True, "net2": False}
+    assert st["nodes"]["node2"]["last_heard_ago"] == 0.5
+    assert st["nodes"]["node3"] == {
+        **st["nodes"]["node3"],
+        "alive": False,
+        "networks": {"net1": False},
+        "state": "lost",
+    }
+    assert st["heartbeat"]["rejected"] == {"forged": 2}
+    for node in st["nodes"].values():
+        assert isinstance(node["alive"], bool)
+        assert all(isinstance(v, bool) for v in node["networks"].values())
+
+
+def test_state_before_first_snapshot_says_unknown() -> None:
+    st = build_status(CONFIG, "node1", None, {}, now=1.0)
+    assert st["nodes"]["node2"]["state"] == "unknown"
+    assert st["nodes"]["node2"]["alive"] is False
+
+
+def test_events_and_health() -> None:
+    assert get("/v1/events", limit=1).json()[0]["kind"] == "peer-lost"
+    assert get("/v1/health").json() == {"status": "ok"}
+    assert get("/v1/events", limit=0).status_code == 422

@@ -1,0 +1,74 @@
+"""Simulated clusters: membership forms, detects loss in time, survives partial faults."""
+
+from __future__ import annotations
+
+from hakit.core import membership as m
+from hakit.testing.sim import FakeNetwork, SimCluster
+
+ALIVE, LOST = m.PeerState.ALIVE, m.PeerState.LOST
+NODES = ["node1", "node2", "node3"]
+
+
+def test_cluster_forms_within_one_interval_or_two() -> None:
+    sim = SimCluster(NODES, ["net1", "net2"])
+    sim.run_until(0.5)
+    for n in NODES:
+        assert set(sim.view(n).values()) == {ALIVE}
+
+
+def test_poweroff_detected_within_timeout_plus_one_pulse_by_every_survivor() -> None:
+    sim = SimCluster(NODES, ["net1", "net2"])
+    sim.run_until(3.0)
+    sim.power_off("node3")
+    sim.run_until(6.0)
+    for n in ("node1", "node2"):
+        t = sim.first(n, m.PeerLost, "node3")
+        assert t is not None
+        assert 3.0 + sim.timeout - sim.interval <= t <= 3.0 + sim.timeout + sim.interval
+        assert sim.view(n) == {"node3": LOST, ("node2" if n == "node1" else "node1"): ALIVE}
+
+
+def test_cutting_one_network_never_loses_a_peer() -> None:
+    sim = SimCluster(NODES, ["net1", "net2"])
+    sim.run_until(1.0)
+    for a in NODES:
+        for b in NODES:
+            if a < b:
+                sim.net.cut(a, b, "net1")
+    sim.run_until(10.0)
+    assert not any(isinstance(a, m.PeerLost) for _, _, a in sim.log)
+    assert sim.engines["node1"].peers["node2"].up_networks() == ["net2"]
+
+
+def test_heavy_loss_causes_no_false_loss() -> None:
+    # 30 % loss on both networks: losing a peer needs 10 losses in a row (5 pulses × 2 nets).
+    sim = SimCluster(NODES, ["net1", "net2"], net=FakeNetwork(seed=7, loss=0.3))
+    sim.run_until(120.0)
+    assert not any(isinstance(a, m.PeerLost) for _, _, a in sim.log)
+
+
+def test_partition_is_seen_by_both_sides_and_heals() -> None:
+    sim = SimCluster(NODES, ["net1"])
+    sim.run_until(1.0)
+    for other in ("node1", "node2"):
+        sim.net.cut("node3", other, "net1")
+    sim.run_until(3.0)
+    assert sim.view("node3") == {"node1": LOST, "node2": LOST}
+    assert sim.view("node1")["node3"] is LOST
+    for other in ("node1", "node2"):
+        sim.net.heal("node3", other, "net1")
+    sim.run_until(4.0)
+    for n in NODES:
+        assert set(sim.view(n).values()) == {ALIVE}
+
+
+def test_restarted_node_is_reported_and_rejoins() -> None:
+    sim = SimCluster(NODES, ["net1"])
+    sim.run_until(1.0)
+    sim.power_off("node2")
+    sim.run_until(1.3)
+    sim.power_on("node2")  # back before the timeout: a restart, not a loss
+    sim.run_until(2.5)
+    assert sim.first("node1", m.PeerRestarted, "node2") is not None
+    assert sim.first("node1", m.PeerLost, "node2") is None
+    assert set(sim.view("node2").values()) == {ALIVE}

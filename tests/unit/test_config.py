@@ -1,0 +1,191 @@
+"""Cluster configuration: a valid file loads; every kind of error names file, line, field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hakit.config.load import load_cluster
+from hakit.config.model import Cluster
+from hakit.config.starter import new_secret, render_cluster_yaml
+from hakit.errors import ConfigError
+
+NODES = {
+    "node1": {"net1": "10.0.1.1", "net2": "10.0.2.1"},
+    "node2": {"net1": "10.0.1.2", "net2": "10.0.2.2"},
+    "node3": {"net1": "10.0.1.3", "net2": "10.0.2.3"},
+}
+
+
+def write(tmp_path: Path, text: str, *, secret: str | None = None, mode: int = 0o600) -> Path:
+    cfg = tmp_path / "cluster.yaml"
+    cfg.write_text(text)
+    key = tmp_path / "cluster.key"
+    key.write_text(new_secret() if secret is None else secret)
+    key.chmod(mode)
+    return cfg
+
+
+def good() -> str:
+    return render_cluster_yaml("demo", NODES)
+
+
+def issues(tmp_path: Path, text: str, **kw: object) -> list[str]:
+    path = write(tmp_path, text, **kw)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError) as exc:
+        load_cluster(path)
+    return [str(i) for i in exc.value.issues]
+
+
+def line_of(text: str, needle: str) -> int:
+    return next(i for i, line in enumerate(text.splitlines(), 1) if needle in line)
+
+
+def test_starter_config_loads_with_defaults(tmp_path: Path) -> None:
+    cf = load_cluster(write(tmp_path, good()))
+    c: Cluster = cf.config
+    assert c.cluster == "demo"
+    assert list(c.nodes) == ["node1", "node2", "node3"]
+    assert list(c.networks) == ["net1", "net2"]
+    assert (c.heartbeat.interval, c.heartbeat.timeout, c.heartbeat.port) == (0.2, 1.0, 7350)
+    assert len(cf.secret) == 64
+    assert "secret" not in repr(cf).lower() or cf.secret.decode() not in repr(cf)
+
+
+def test_config_is_frozen(tmp_path: Path) -> None:
+    c = load_cluster(write(tmp_path, good())).config
+    with pytest.raises(ValueError, match="frozen"):
+        c.cluster = "other"  # type: ignore[misc]
+
+
+def test_unknown_key_names_line_and_allowed_keys(tmp_path: Path) -> None:
+    text = good().replace("  port: 7350", "  port: 7350\n  pulse: 3")
+    [msg] = issues(tmp_path, text)
+    assert msg.startswith(f"{tmp_path}/cluster.yaml:{line_of(text, 'pulse')}: heartbeat.pulse:")
+    assert "unknown key" in msg
+    assert "interval" in msg
+    assert "timeout" in msg
+
+
+def test_unknown_top_level_key(tmp_path: Path) -> None:
+    text = good() + "witness: 1.2.3.4\n"
+    [msg] = issues(tmp_path, text)
+    assert f":{line_of(text, 'witness')}: witness: unknown key" in msg
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field", "value", "expected"),
+    [
+        ("port: 7350", "port: 70000", "heartbeat.port", "70000", "less than or equal to 65535"),
+        ("port: 7350", "port: web", "heartbeat.port", "'web'", "valid integer"),
+        ("interval: 0.2", "interval: 0.001", "heartbeat.interval", "0.001", "greater than"),
+        ("timeout: 1.0", "timeout: 1000", "heartbeat.timeout", "1000", "less than or equal"),
+        ("10.0.2.3", "10.0.2.300", "nodes.node3.addresses.net2", "'10.0.2.300'", "IPv4 or IPv6"),
+        ("cluster: demo", "cluster: 9lives", "cluster", "'9lives'", "a letter"),
+        ("cluster: demo", "cluster: [a, b]", "cluster", "['a', 'b']", "valid string"),
+    ],
+)
+def test_bad_values(
+    tmp_path: Path, old: str, new: str, field: str, value: str, expected: str
+) -> None:
+    text = good().replace(old, new)
+    [msg] = issues(tmp_path, text)
+    assert f"cluster.yaml:{line_of(text, new)}: {field} = {value}: " in msg
+    assert expected in msg
+
+
+def test_bad_node_name_blames_the_key(tmp_path: Path) -> None:
+    text = good().replace("  node2:", "  2node:")
+    [msg] = issues(tmp_path, text)
+    assert f":{line_of(text, '2node')}: nodes.2node = '2node': expected a name" in msg
+
+
+def test_missing_required_keys(tmp_path: Path) -> None:
+    msgs = issues(tmp_path, "heartbeat: {}\n")
+    assert any("cluster: required key is missing" in m for m in msgs)
+    assert any("networks: required key is missing" in m for m in msgs)
+    assert any("nodes: required key is missing" in m for m in msgs)
+
+
+def test_timing_budget_is_enforced(tmp_path: Path) -> None:
+    text = good().replace("timeout: 1.0", "timeout: 0.5")
+    [msg] = issues(tmp_path, text)
+    assert f":{line_of(text, 'timeout: 0.5')}: heartbeat.timeout = 0.5:" in msg
+    assert "at least 3 × heartbeat.interval (0.6 s" in msg
+
+
+def test_unknown_network_and_lonely_network(tmp_path: Path) -> None:
+    text = good().replace("net2: 10.0.2.3", "net9: 10.0.2.3")
+    msgs = issues(tmp_path, text)
+    assert any("nodes.node3.addresses.net9: unknown network 'net9'" in m for m in msgs)
+
+
+def test_duplicate_address(tmp_path: Path) -> None:
+    text = good().replace("10.0.1.3", "10.0.1.2")
+    [msg] = issues(tmp_path, text)
+    assert "nodes.node3.addresses.net1 = 10.0.1.2: address already used by node node2" in msg
+
+
+def test_nodes_sharing_no_network(tmp_path: Path) -> None:
+    nodes = {"a": {"n1": "10.0.0.1"}, "b": {"n1": "10.0.0.2"}, "c": {"n2": "10.0.1.3"}}
+    text = render_cluster_yaml("x", nodes)
+    text = text.replace("  n2: {}", "  n2: {}\n  n3: {}")
+    msgs = issues(tmp_path, text)
+    assert any("node c shares no network with node a" in m for m in msgs)
+    assert any("networks.n2: only 1 node(s)" in m for m in msgs)
+    assert any("networks.n3: only 0 node(s)" in m for m in msgs)
+
+
+def test_single_node_is_not_a_cluster(tmp_path: Path) -> None:
+    text = render_cluster_yaml("x", {"a": {"n1": "10.0.0.1"}})
+    msgs = issues(tmp_path, text)
+    assert any("nodes = " in m and "at least 2 items" in m for m in msgs)
+
+
+def test_duplicate_key(tmp_path: Path) -> None:
+    text = good() + "cluster: again\n"
+    [msg] = issues(tmp_path, text)
+    assert f":{line_of(text, 'again')}: cluster: duplicate key" in msg
+
+
+def test_yaml_syntax_error(tmp_path: Path) -> None:
+    [msg] = issues(tmp_path, "cluster: [demo\n")
+    assert "cluster.yaml:2: YAML syntax error" in msg
+
+
+def test_not_a_mapping(tmp_path: Path) -> None:
+    [msg] = issues(tmp_path, "- a\n- b\n")
+    assert "cluster.yaml:1: ['a', 'b']: expected a mapping" in msg
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found; create it with `hakit cluster init`"):
+        load_cluster(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("secret", "mode", "expected"),
+    [
+        ("short\n", 0o600, "secret is 5 bytes long; expected at least 16"),
+        (None, 0o644, "accessible to other users (mode 0644); run `chmod 600"),
+    ],
+)
+def test_secret_problems(tmp_path: Path, secret: str | None, mode: int, expected: str) -> None:
+    text = good()
+    [msg] = issues(tmp_path, text, secret=secret, mode=mode)
+    assert f":{line_of(text, 'secret_file:')}: secret_file = {tmp_path}/cluster.key: " in msg
+    assert expected in msg
+
+
+def test_missing_secret(tmp_path: Path) -> None:
+    path = write(tmp_path, good())
+    (tmp_path / "cluster.key").unlink()
+    with pytest.raises(ConfigError, match="secret file not found"):
+        load_cluster(path)
+
+
+def test_every_error_is_reported_at_once(tmp_path: Path) -> None:
+    text = good().replace("port: 7350", "port: 0").replace("interval: 0.2", "interval: -1")
+    msgs = issues(tmp_path, text)
+    assert len(msgs) == 2
