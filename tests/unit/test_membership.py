@@ -126,7 +126,7 @@ def test_lost_peer_comes_back() -> None:
     assert p.state is m.PeerState.LOST
     p, acts = run(p, (5.0, rx("net2", 30)))
     assert p.state is m.PeerState.ALIVE
-    assert acts[0].reason == "node2 alive: heartbeat again on net2 after 4.00 s lost"
+    assert acts[0].reason == "node2 alive again after 4.00 s lost: heartbeats resumed, on net2"
 
 
 @pytest.mark.parametrize("state", list(m.PeerState))

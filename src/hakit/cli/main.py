@@ -12,6 +12,7 @@ import click
 from rich.console import Console
 
 from hakit import __version__
+from hakit.cli.lab import lab
 from hakit.errors import ConfigError, HakitError
 from hakit.paths import Paths
 
@@ -166,6 +167,9 @@ def cluster_init(
         f"next: copy both files to {paths.etc}/ on every node, then `hakit config check` and "
         "`systemctl enable --now hakit` on each"
     )
+
+
+cli.add_command(lab)
 
 
 def main() -> None:

@@ -207,12 +207,14 @@ def _classify_received(p: Peer, ev: Received, now: float) -> Classified:
         links = {n: Link(up=False, last_heard=None, seq=-1) for n in p.networks}
         p = replace(p, boot=ev.boot, retired=retired)
     was_up = links[net].up if net in links else False
+    heard_before = net in links and links[net].last_heard is not None
     links[net] = Link(up=True, last_heard=now, seq=ev.seq)
     p = replace(p, links=links, payload=ev.payload, clock_offset=ev.sent_at - ev.wall_now)
     kind = Kind.REBOOTED if (new_boot and current is not None) else Kind.FRESH
     actions: tuple[Action, ...] = ()
     if not was_up and kind is Kind.FRESH and p.state is PeerState.ALIVE:
-        actions = (LinkUp(p.name, net, f"{p.name} heard again on {net}"),)
+        again = " again" if heard_before else ""
+        actions = (LinkUp(p.name, net, f"{p.name} heard{again} on {net}"),)
     return Classified(kind, p, actions, net)
 
 
@@ -260,13 +262,13 @@ def _up_first(
 def _up_again(
     p: Peer, c: Classified, now: float, timeout: float
 ) -> tuple[Peer, tuple[Action, ...]]:
-    why = "restarted" if c.kind is Kind.REBOOTED else "heartbeat again"
+    why = "it restarted (new boot)" if c.kind is Kind.REBOOTED else "heartbeats resumed"
     return _enter(p, PeerState.ALIVE, now), (
         *c.actions,
         PeerUp(
             p.name,
             c.network,
-            f"{p.name} alive: {why} on {c.network} after {_fmt(now - p.since)} lost",
+            f"{p.name} alive again after {_fmt(now - p.since)} lost: {why}, on {c.network}",
         ),
     )
 

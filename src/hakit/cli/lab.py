@@ -1,0 +1,221 @@
+"""`hakit lab`: real multi-node clusters on this machine, and faults to inject into them."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from hakit.lab.lab import DAEMON_TIMEOUT, Lab
+from hakit.lab.namespaces import check_environment, host_env
+from hakit.lab.topology import Cut
+
+
+def _out() -> Console:
+    return Console(highlight=False)
+
+
+def _hosts_table(lab: Lab) -> Table:
+    desc = lab.describe()
+    table = Table(title=f"lab {lab.name}", title_justify="left", box=box.SIMPLE_HEAD)
+    for col in ("host", "power", *desc["networks"], "netns", "daemon"):
+        table.add_column(col, no_wrap=True, overflow="fold")
+    for name, h in desc["hosts"].items():
+        power = "[green]on[/]" if h["power"] == "on" else "[red]off[/]"
+        daemon = str(h["daemon_pid"]) if h["daemon_pid"] else "-"
+        if h["kind"] == "client":
+            daemon = ""
+        addrs = [h["addresses"][n] for n in desc["networks"]]
+        table.add_row(name, power, *addrs, h["netns"], daemon)
+    return table
+
+
+def _cuts_text(cuts: tuple[Cut, ...] | list[Cut]) -> str:
+    if not cuts:
+        return "no cuts"
+    return "cuts: " + ", ".join(f"{c.a} x {c.b} on {c.network}" for c in cuts)
+
+
+@click.group("lab")
+def lab() -> None:
+    """Multi-node hakit clusters on this machine: namespaces, bridges, real daemons, faults.
+
+    Needs root. Each node is a network + mount + UTS namespace with its own hostname and its
+    own /etc/hakit, /var/lib/hakit, /var/log/hakit and /srv. See docs/lab.md.
+    """
+
+
+@lab.command("up")
+@click.argument("name")
+@click.option("--nodes", "-n", type=int, required=True, help="Number of nodes (node1..nodeN).")
+@click.option("--networks", "-k", type=int, default=2, show_default=True, help="Networks.")
+@click.option("--clients", "-c", type=int, default=1, show_default=True, help="Client hosts.")
+@click.option(
+    "--private",
+    "private",
+    multiple=True,
+    metavar="PATH",
+    help="Another directory private to each host (repeatable), e.g. /var/lib/postgresql.",
+)
+@click.option("--no-daemon", is_flag=True, help="Do not start `hakit daemon` on the nodes.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=DAEMON_TIMEOUT,
+    show_default=True,
+    help="Seconds to wait for each daemon's API socket.",
+)
+def up(
+    name: str,
+    nodes: int,
+    networks: int,
+    clients: int,
+    private: tuple[str, ...],
+    no_daemon: bool,
+    timeout: float,
+) -> None:
+    """Create lab NAME and start the hakit daemon on every node."""
+    lab_ = Lab(name).up(
+        nodes,
+        networks,
+        clients,
+        private=private,
+        daemon=not no_daemon,
+        daemon_timeout=timeout,
+    )
+    out = _out()
+    out.print(_hosts_table(lab_))
+    out.print(
+        f"Run commands inside: [bold]hakit lab exec {name} node1 -- hakit state[/]\n"
+        f"Node files (/etc/hakit, /var/lib/hakit, ...) are under {lab_.dir}/NODE/fs/\n"
+        f"Remove the lab: [bold]hakit lab down {name}[/]"
+    )
+
+
+@lab.command("down")
+@click.argument("name")
+def down(name: str) -> None:
+    """Remove lab NAME: processes, namespaces, mounts and files (works on broken labs too)."""
+    report = Lab(name).down()
+    _out().print(
+        f"lab {name} removed: {len(report.killed)} processes killed, "
+        f"{len(report.netns)} namespaces deleted"
+    )
+
+
+@lab.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def list_(as_json: bool) -> None:
+    """List the labs, their hosts and addresses."""
+    check_environment()
+    labs = Lab.all()
+    if as_json:
+        print(json.dumps({"labs": {lab_.name: lab_.describe() for lab_ in labs}}, indent=2))
+        return
+    out = _out()
+    if not labs:
+        out.print("no labs (create one with `hakit lab up demo --nodes 2`)")
+        return
+    for lab_ in labs:
+        status = lab_.status()
+        if status not in ("up", "creating"):
+            out.print(
+                f"[bold]lab {lab_.name}[/]: [red]{status}[/] — remove it with "
+                f"`hakit lab down {lab_.name}`"
+            )
+            continue
+        out.print(_hosts_table(lab_))
+        out.print(_cuts_text(list(lab_.cuts())))
+
+
+@lab.command(
+    "exec",
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+)
+@click.argument("name")
+@click.argument("host")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def exec_(name: str, host: str, command: tuple[str, ...]) -> None:
+    """Run COMMAND inside HOST of lab NAME (an interactive shell if no COMMAND).
+
+    `hakit ...` runs this installation's hakit. The exit code is the command's.
+
+    Example: hakit lab exec demo node1 -- hakit state --json
+    """
+    check_environment()
+    argv = list(command)
+    if argv[:1] == ["--"]:  # click keeps `--` once positional arguments have started
+        argv = argv[1:]
+    argv = argv or [os.environ.get("SHELL") or "/bin/sh"]
+    full = Lab(name).exec_argv(host, argv, wd=os.getcwd())
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvpe(full[0], full, host_env())
+
+
+@lab.command("poweroff")
+@click.argument("name")
+@click.argument("host")
+def poweroff(name: str, host: str) -> None:
+    """Cut the power of HOST: kill all its processes (SIGKILL), links down."""
+    killed = Lab(name).poweroff(host)
+    _out().print(f"{host} powered off: {len(killed)} processes killed, links down")
+
+
+@lab.command("poweron")
+@click.argument("name")
+@click.argument("host")
+@click.option("--timeout", type=float, default=DAEMON_TIMEOUT, show_default=True)
+def poweron(name: str, host: str, timeout: float) -> None:
+    """Power HOST back on: links up, hakit daemon started (on a node)."""
+    lab_ = Lab(name)
+    lab_.poweron(host, daemon_timeout=timeout)
+    pid = lab_.hosts()[host].daemon_pid
+    _out().print(f"{host} powered on" + (f" (hakit daemon PID {pid})" if pid else ""))
+
+
+@lab.command("cut")
+@click.argument("name")
+@click.argument("host1")
+@click.argument("host2")
+@click.option("--network", "-k", help="Only this network (K or netK); default: all.")
+def cut(name: str, host1: str, host2: str, network: str | None) -> None:
+    """Stop all traffic between HOST1 and HOST2 (both directions)."""
+    cuts = Lab(name).cut(host1, host2, network)
+    _out().print(_cuts_text(cuts))
+
+
+@lab.command("heal")
+@click.argument("name")
+@click.argument("host1")
+@click.argument("host2", required=False)
+@click.option("--network", "-k", help="Only this network (K or netK); default: all.")
+def heal(name: str, host1: str, host2: str | None, network: str | None) -> None:
+    """Remove the cuts between HOST1 and HOST2 (every cut of HOST1 if HOST2 is omitted)."""
+    cuts = Lab(name).heal(host1, host2, network)
+    _out().print(_cuts_text(cuts))
+
+
+@lab.command("isolate")
+@click.argument("name")
+@click.argument("host")
+def isolate(name: str, host: str) -> None:
+    """Cut HOST from every other host on every network (`heal NAME HOST` undoes it)."""
+    cuts = Lab(name).isolate(host)
+    _out().print(_cuts_text(cuts))
+
+
+@lab.command("demo")
+@click.option("--name", default="demo", show_default=True, help="Name of the demo's lab.")
+@click.option("--keep", is_flag=True, help="Leave the lab up at the end, to explore it.")
+def demo(name: str, keep: bool) -> None:
+    """Narrated demo: a 3-node cluster forms, survives a network cut, detects a power cut."""
+    from hakit.lab.demo import run_demo
+
+    check_environment()
+    run_demo(name, keep=keep, console=_out())
