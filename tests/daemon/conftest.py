@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,23 +16,13 @@ from typing import Any
 import pytest
 
 from hakit.config.starter import new_secret, render_cluster_yaml
+from hakit.waiting import wait_until
 
 
 def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str, step: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(step)
 
 
 @dataclass
@@ -60,7 +49,7 @@ class Node:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        wait_for(lambda: (self.root / "var" / "hakit.sock").exists(), 15, f"{self.name} socket")
+        wait_until(lambda: (self.root / "var" / "hakit.sock").exists(), 15, f"{self.name} socket")
 
     def hakit(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

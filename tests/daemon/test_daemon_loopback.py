@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.daemon.conftest import Cluster, Node, wait_for
+from hakit.waiting import wait_until
+from tests.daemon.conftest import Cluster, Node
 
 
 def all_alive(node: Node, n: int) -> bool:
@@ -22,7 +24,7 @@ def test_cluster_forms_and_state_follows_contract(
 ) -> None:
     c = loopback_cluster(3)
     for node in c.nodes.values():
-        wait_for(lambda node=node: all_alive(node, 3), 10, f"{node.name} to see 3 alive")  # type: ignore[misc]
+        wait_until(lambda node=node: all_alive(node, 3), 10, f"{node.name} to see 3 alive")  # type: ignore[misc]
     st = c["node1"].state()
     assert st["cluster"] == "loop"
     assert st["node"] == "node1"
@@ -39,12 +41,12 @@ def test_killed_node_is_lost_within_timeout_plus_one_pulse(
 ) -> None:
     c = loopback_cluster(3)
     for node in c.nodes.values():
-        wait_for(lambda node=node: all_alive(node, 3), 10, "cluster to form")  # type: ignore[misc]
+        wait_until(lambda node=node: all_alive(node, 3), 10, "cluster to form")  # type: ignore[misc]
     killed_at = time.time()
     c["node3"].kill()
     for name in ("node1", "node2"):
         node = c[name]
-        wait_for(lambda node=node: not node.state()["nodes"]["node3"]["alive"], 5, "loss")  # type: ignore[misc]
+        wait_until(lambda node=node: not node.state()["nodes"]["node3"]["alive"], 5, "loss")  # type: ignore[misc]
         lost = [e for e in node.events() if e["kind"] == "peer-lost" and e["peer"] == "node3"]
         assert lost, node.events()
         assert lost[-1]["at"] - killed_at <= c.timeout + c.interval
@@ -55,13 +57,13 @@ def test_heartbeat_process_is_restarted_without_peers_noticing(
     loopback_cluster: Callable[[int], Cluster],
 ) -> None:
     c = loopback_cluster(2)
-    wait_for(lambda: all_alive(c["node2"], 2), 10, "cluster to form")
+    wait_until(lambda: all_alive(c["node2"], 2), 10, "cluster to form")
     hb_pid = c["node1"].state()["daemon"]["heartbeat_pid"]
     os.kill(hb_pid, signal.SIGKILL)
-    wait_for(
+    wait_until(
         lambda: c["node1"].state()["daemon"]["heartbeat_pid"] not in (None, hb_pid), 5, "restart"
     )
-    wait_for(lambda: all_alive(c["node1"], 2), 5, "node1 to see node2 again")
+    wait_until(lambda: all_alive(c["node1"], 2), 5, "node1 to see node2 again")
     time.sleep(c.timeout + c.interval)  # observation window: node2 must not have lost node1
     assert not [e for e in c["node2"].events() if e["kind"] == "peer-lost"]
     kinds = [e["kind"] for e in c["node1"].events()]
@@ -125,3 +127,39 @@ def test_config_check_and_cluster_init(tmp_path: Path) -> None:
     assert bad.returncode == 2
     assert "heartbeat.timeout = 0.1: must be at least 3 × heartbeat.interval" in bad.stderr
     assert sys.executable
+
+
+def test_a_frozen_daemon_does_not_look_dead(loopback_cluster: Callable[[int], Cluster]) -> None:
+    """Timing isolation: the daemon's main process stalls (SIGSTOP) for 3 timeouts; its
+    heartbeat process keeps the node alive for its peers."""
+    c = loopback_cluster(2)
+    wait_until(lambda: all_alive(c["node2"], 2), 10, "cluster to form")
+    main = c["node1"].proc
+    assert main is not None
+    os.kill(main.pid, signal.SIGSTOP)
+    try:
+        time.sleep(3 * c.timeout)
+    finally:
+        os.kill(main.pid, signal.SIGCONT)
+    assert not [e for e in c["node2"].events() if e["kind"] == "peer-lost"]
+    assert c["node2"].state()["nodes"]["node1"]["alive"] is True
+    wait_until(lambda: all_alive(c["node1"], 2), 5, "node1 answering again")
+
+
+def test_cpu_saturation_causes_no_false_loss(loopback_cluster: Callable[[int], Cluster]) -> None:
+    """Four CPU hogs (twice the cores) for 4 s: no peer is lost."""
+    c = loopback_cluster(3)
+    for name in c.nodes:
+        wait_until(lambda name=name: all_alive(c[name], 3), 10, "cluster to form")  # type: ignore[misc]
+    hog = "import time\nend = time.monotonic() + 4\nwhile time.monotonic() < end: pass\n"
+    hogs = [subprocess.Popen([sys.executable, "-c", hog]) for _ in range(4)]
+    try:
+        for h in hogs:
+            h.wait(30)
+    finally:
+        for h in hogs:
+            if h.poll() is None:
+                h.kill()
+                h.wait()
+    for node in c.nodes.values():
+        assert not [e for e in node.events() if e["kind"] == "peer-lost"], node.name

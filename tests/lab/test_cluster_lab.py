@@ -13,13 +13,14 @@ import shutil
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
 import pytest
 
 from hakit.lab.lab import Lab
+from hakit.waiting import wait_until
 
 pytestmark = [
     pytest.mark.lab,
@@ -29,17 +30,6 @@ pytestmark = [
 
 LAB = "tcluster"
 INTERVAL, TIMEOUT, PORT = 0.2, 1.0, 7350
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +66,7 @@ def everyone_alive(lab: Lab) -> bool:
 
 
 def test_three_nodes_see_each_other_on_two_networks(lab: Lab) -> None:
-    wait_for(lambda: everyone_alive(lab), 10, "all nodes alive on all networks")
+    wait_until(lambda: everyone_alive(lab), 10, "all nodes alive on all networks")
     st = state(lab, "node1")
     assert st["cluster"] == LAB
     assert st["node"] == "node1"
@@ -90,11 +80,11 @@ def test_three_nodes_see_each_other_on_two_networks(lab: Lab) -> None:
 
 
 def test_cutting_one_of_two_networks_keeps_membership(lab: Lab) -> None:
-    wait_for(lambda: everyone_alive(lab), 10, "all alive")
+    wait_until(lambda: everyone_alive(lab), 10, "all alive")
     start = time.time()
     lab.cut("node1", "node2", network=1)
     try:
-        wait_for(
+        wait_until(
             lambda: not state(lab, "node1")["nodes"]["node2"]["networks"]["net1"], 5, "net1 down"
         )
         time.sleep(TIMEOUT + INTERVAL)  # a full timeout window with net1 cut
@@ -108,7 +98,7 @@ def test_cutting_one_of_two_networks_keeps_membership(lab: Lab) -> None:
         assert any(e["peer"] == "node2" and e["network"] == "net1" for e in downs)
     finally:
         lab.heal("node1", "node2", network=1)
-    wait_for(lambda: everyone_alive(lab), 5, "net1 back")
+    wait_until(lambda: everyone_alive(lab), 5, "net1 back")
 
 
 def _send_script(body: str) -> list[str]:
@@ -120,7 +110,7 @@ def rejected(lab: Lab, node: str) -> dict[str, int]:
 
 
 def test_forged_replayed_and_garbage_heartbeats_are_rejected_and_counted(lab: Lab) -> None:
-    wait_for(lambda: everyone_alive(lab), 10, "all alive")
+    wait_until(lambda: everyone_alive(lab), 10, "all alive")
     node1_ip = lab.address("node1", 1)
     before = rejected(lab, "node1")
 
@@ -173,7 +163,7 @@ def test_forged_replayed_and_garbage_heartbeats_are_rejected_and_counted(lab: La
         grew = {k: now.get(k, 0) - before.get(k, 0) for k in ("forged", "replayed", "malformed")}
         return grew if all(v >= 1 for v in grew.values()) else None
 
-    grew = wait_for(counted, 5, "node1 to count forged, replayed and malformed heartbeats")
+    grew = wait_until(counted, 5, "node1 to count forged, replayed and malformed heartbeats")
     assert grew == {"forged": 1, "replayed": 1, "malformed": 1}
     # nothing crashed, nobody was fooled
     st = state(lab, "node1")
@@ -182,11 +172,11 @@ def test_forged_replayed_and_garbage_heartbeats_are_rejected_and_counted(lab: La
 
 
 def test_poweroff_is_detected_by_both_survivors_within_timeout_plus_one_pulse(lab: Lab) -> None:
-    wait_for(lambda: everyone_alive(lab), 10, "all alive")
+    wait_until(lambda: everyone_alive(lab), 10, "all alive")
     off_at = time.time()
     lab.poweroff("node3")
     for n in ("node1", "node2"):
-        wait_for(partial(is_lost, lab, n, "node3"), 5, f"{n}: node3 lost")
+        wait_until(partial(is_lost, lab, n, "node3"), 5, f"{n}: node3 lost")
         lost = [
             e
             for e in events(lab, n)
@@ -198,6 +188,6 @@ def test_poweroff_is_detected_by_both_survivors_within_timeout_plus_one_pulse(la
         st = state(lab, n)
         assert st["nodes"]["node3"]["networks"] == {"net1": False, "net2": False}
     lab.poweron("node3")
-    wait_for(lambda: everyone_alive(lab), 15, "node3 back and seen by all")
+    wait_until(lambda: everyone_alive(lab), 15, "node3 back and seen by all")
     back = [e for e in events(lab, "node1") if e["kind"] == "peer-up" and e["at"] >= off_at]
     assert any(e["peer"] == "node3" for e in back)

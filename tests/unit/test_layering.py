@@ -12,6 +12,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "hakit"
 # Lower number = lower layer. A module may import its own layer or lower ones.
 LAYERS = {
     "errors": 0,
+    "waiting": 0,
     "paths": 0,
     "wire": 0,
     "core": 1,

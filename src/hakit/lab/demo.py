@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,23 +17,13 @@ from rich.rule import Rule
 
 from hakit.lab.errors import LabError
 from hakit.lab.lab import Lab
+from hakit.waiting import wait_until
 
 STEP_TIMEOUT = 15.0
 
 
 class DemoFailed(LabError):
     pass
-
-
-def _wait(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise DemoFailed(f"demo: timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.1)
 
 
 class Demo:
@@ -66,7 +55,11 @@ class Demo:
         return bool(st) and bool(st["nodes"][node]["alive"])
 
     def sees_all(self, observer: str, nodes: list[str]) -> bool:
-        return all(self.alive(observer, m) for m in nodes)
+        """`observer` sees every node alive on every network."""
+        st = self.state(observer)
+        return bool(st) and all(
+            st["nodes"][m]["alive"] and all(st["nodes"][m]["networks"].values()) for m in nodes
+        )
 
     def lost(self, observer: str, node: str) -> bool:
         st = self.state(observer)
@@ -86,7 +79,7 @@ class Demo:
             f"{', '.join(lab.networks)}. The real `hakit daemon` runs on each."
         )
         for n in nodes:
-            _wait(partial(self.sees_all, n, nodes), STEP_TIMEOUT, f"{n} to see all")
+            wait_until(partial(self.sees_all, n, nodes), STEP_TIMEOUT, f"{n} to see all")
         st = self.state("node1")
         hb = st["heartbeat"]
         out.print(
@@ -102,7 +95,7 @@ class Demo:
                 if a < b:
                     lab.cut(a, b, network=1)
         out.print(f"Cut network {lab.networks[0]} between all nodes (a switch died).")
-        _wait(
+        wait_until(
             lambda: not self.state("node1")["nodes"]["node2"]["networks"][lab.networks[0]],
             STEP_TIMEOUT,
             "net1 to be reported down",
@@ -122,12 +115,14 @@ class Demo:
         out.print(f"Network {lab.networks[0]} repaired.")
 
         self.step("3. Power cut on node3")
-        _wait(lambda: all(self.state("node1")["nodes"]["node3"]["networks"].values()), 5, "net1")
+        wait_until(
+            lambda: all(self.state("node1")["nodes"]["node3"]["networks"].values()), 5, "net1"
+        )
         off_at = time.time()
         lab.poweroff("node3")
         out.print("node3 lost its power: every process killed, its network links dead.")
         for n in ("node1", "node2"):
-            _wait(partial(self.lost, n, "node3"), STEP_TIMEOUT, f"{n} to lose node3")
+            wait_until(partial(self.lost, n, "node3"), STEP_TIMEOUT, f"{n} to lose node3")
         for n in ("node1", "node2"):
             lost = [
                 e for e in self.events(n) if e["kind"] == "peer-lost" and e.get("peer") == "node3"
@@ -144,7 +139,7 @@ class Demo:
         self.step("4. node3 comes back")
         lab.poweron("node3")
         for n in nodes:
-            _wait(partial(self.sees_all, n, nodes), STEP_TIMEOUT, f"{n} to see all")
+            wait_until(partial(self.sees_all, n, nodes), STEP_TIMEOUT, f"{n} to see all")
         back = [
             e for e in self.events("node1") if e["kind"] == "peer-up" and e.get("peer") == "node3"
         ]

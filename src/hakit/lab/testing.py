@@ -5,13 +5,11 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import time
-from collections.abc import Callable
-from typing import TypeVar
 
 from hakit.lab.lab import Lab
+from hakit.waiting import wait_until
 
-T = TypeVar("T")
+__all__ = ["can_ping", "unavailable_reason", "unique_name", "wait_until"]
 
 
 def unavailable_reason() -> str | None:
@@ -29,19 +27,6 @@ def unavailable_reason() -> str | None:
 def unique_name(prefix: str = "tl") -> str:
     """A fresh lab name, e.g. `tl-3fa9c1` (tests use the `tl` prefix)."""
     return f"{prefix}-{secrets.token_hex(3)}"
-
-
-def wait_until(cond: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
-    """Poll `cond` until it returns a true value (returned) or `timeout` s pass (AssertionError
-    naming `what`)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
 
 
 def can_ping(lab: Lab, src: str, dst: str, network: int | str = 1, wait: float = 1.0) -> bool:
