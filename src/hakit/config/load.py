@@ -54,7 +54,7 @@ def _walk(node: yaml.Node, loc: Loc, marks: Marks, issues: list[ConfigIssue], fi
                     ConfigIssue(
                         file,
                         key_node.start_mark.line + 1,
-                        _dotted((*loc, key)),
+                        dotted((*loc, key)),
                         None,
                         "duplicate key: each key may appear only once in a mapping",
                     )
@@ -67,7 +67,7 @@ def _walk(node: yaml.Node, loc: Loc, marks: Marks, issues: list[ConfigIssue], fi
             _walk(item, (*loc, i), marks, issues, file)
 
 
-def _dotted(loc: Loc) -> str:
+def dotted(loc: Loc) -> str:
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
@@ -165,7 +165,7 @@ def validate(model: type[BaseModel], data: Any, marks: Marks, file: str) -> Any:
             if err["type"] == "extra_forbidden":
                 value = None
             line = marks.line(loc, value=not on_key)
-            issues.append(ConfigIssue(file, line, _dotted(loc), value, expected))
+            issues.append(ConfigIssue(file, line, dotted(loc), value, expected))
         raise ConfigError(issues) from None
 
 
@@ -229,7 +229,7 @@ def load_cluster(path: Path, *, with_secret: bool = True) -> ClusterFile:
     data, marks = parse_yaml(read_text(path), file)
     config: Cluster = validate(Cluster, data, marks, file)
     issues = [
-        ConfigIssue(file, marks.line(p.loc), _dotted(p.loc), p.value, p.expected)
+        ConfigIssue(file, marks.line(p.loc), dotted(p.loc), p.value, p.expected)
         for p in rules.check_cluster(config)
     ]
     if issues:

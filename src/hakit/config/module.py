@@ -1,0 +1,245 @@
+"""Module configuration: `/etc/hakit/modules/NAME/module.yaml` (+ `bin/` scripts).
+
+A module is hakit configured for one application. This file holds the models (field
+descriptions feed `docs/config-reference.md`), the rules that relate a module to the cluster,
+and the loader. Mirror modules only for now; `kind` selects the model.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, IPvAnyInterface, StringConstraints, model_validator
+
+from hakit.config.load import Marks, dotted, parse_yaml, read_text, validate
+from hakit.config.model import Cluster, Frozen, Name
+from hakit.config.rules import Problem
+from hakit.errors import ConfigError, ConfigIssue
+
+MODULE_FILE = "module.yaml"
+SCRIPTS = (
+    "prestart",
+    "start_prim",
+    "stop_prim",
+    "start_second",
+    "stop_second",
+    "poststop",
+    "transition",
+)
+
+EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+
+
+class VirtualIp(Frozen):
+    """A virtual IP address held by the primary only."""
+
+    address: IPvAnyInterface = Field(
+        description="Address with its prefix length, e.g. `192.168.1.100/24`."
+    )
+    network: Name | None = Field(
+        None,
+        description=(
+            "Cluster network carrying the VIP: it goes on the interface that holds the node's "
+            "address on that network. Give `network` or `interface`."
+        ),
+    )
+    interface: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.:-]{1,15}$",
+        description="Interface name carrying the VIP (same name on both nodes).",
+    )
+
+    @model_validator(mode="after")
+    def _one_place(self) -> VirtualIp:
+        if (self.network is None) == (self.interface is None):
+            raise ValueError("give exactly one of `network` or `interface`")
+        return self
+
+
+class Scripts(Frozen):
+    """Time limits of the module's scripts (in `bin/`)."""
+
+    start_timeout: float = Field(
+        120.0, gt=0, le=3600, description="Seconds a start script may run before it is killed."
+    )
+    stop_timeout: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Seconds a stop script may run. Stop scripts are called twice: gracefully, then "
+            "with `force` if the graceful call fails or times out."
+        ),
+    )
+
+
+class MirrorModule(Frozen):
+    """A mirror module: the application runs on one of two nodes, the primary."""
+
+    kind: Literal["mirror"] = Field(description="`mirror` (active/passive on two nodes).")
+    nodes: tuple[Name, Name] = Field(description="The two cluster nodes running this module.")
+    heartbeat_networks: tuple[Name, ...] | None = Field(
+        None,
+        min_length=1,
+        description=(
+            "Networks whose heartbeats decide whether the other node is alive for this module "
+            "(default: every network the two nodes share)."
+        ),
+    )
+    vips: tuple[VirtualIp, ...] = Field((), description="Virtual IPs held by the primary.")
+    failover: bool = Field(
+        True,
+        description=(
+            "Take over automatically when the primary fails. Off: the secondary waits for an "
+            "operator (`hakit prim`). Switchable at run time with `hakit failover on|off`."
+        ),
+    )
+    default_primary: str = Field(
+        "alone",
+        description=(
+            "Who is primary when both nodes run: `alone` (the node that was running alone "
+            "stays primary), `lastprim` (the node that was primary last), or a node name (after "
+            "the other node is back and synchronised, roles are swapped back to that node)."
+        ),
+    )
+    scripts: Scripts = Field(default_factory=Scripts, description="Script time limits.")
+    variables: dict[EnvName, str] = Field(
+        default_factory=dict,
+        description="Variables passed to every script in its environment.",
+    )
+
+    def peer_of(self, node: str) -> str:
+        a, b = self.nodes
+        return b if node == a else a
+
+
+ModuleConfig = MirrorModule
+
+
+def check_against_cluster(m: ModuleConfig, cluster: Cluster) -> list[Problem]:
+    out: list[Problem] = []
+    a, b = m.nodes
+    if a == b:
+        out.append(Problem(("nodes",), f"[{a}, {b}]", "two different nodes"))
+    for i, n in enumerate(m.nodes):
+        if n not in cluster.nodes:
+            out.append(
+                Problem(("nodes", i), n, f"not a cluster node; nodes: {', '.join(cluster.nodes)}")
+            )
+    if out:
+        return out
+    shared = [n for n in cluster.networks_of(a) if n in cluster.nodes[b].addresses]
+    for i, net in enumerate(m.heartbeat_networks or ()):
+        if net not in shared:
+            out.append(
+                Problem(
+                    ("heartbeat_networks", i),
+                    net,
+                    f"not a network shared by {a} and {b}; shared: {', '.join(shared) or 'none'}",
+                )
+            )
+    if m.default_primary not in ("alone", "lastprim", *m.nodes):
+        out.append(
+            Problem(
+                ("default_primary",),
+                m.default_primary,
+                f"expected alone, lastprim, {a} or {b}",
+            )
+        )
+    node_addrs = {str(addr) for spec in cluster.nodes.values() for addr in spec.addresses.values()}
+    seen: set[str] = set()
+    for i, vip in enumerate(m.vips):
+        ip = str(vip.address.ip)
+        if vip.network is not None and vip.network not in shared:
+            out.append(
+                Problem(
+                    ("vips", i, "network"),
+                    vip.network,
+                    f"not a network shared by {a} and {b}; shared: {', '.join(shared) or 'none'}",
+                )
+            )
+        if ip in node_addrs:
+            out.append(Problem(("vips", i, "address"), str(vip.address), "is a node's own address"))
+        if ip in seen:
+            out.append(Problem(("vips", i, "address"), str(vip.address), "listed twice"))
+        seen.add(ip)
+    return out
+
+
+@dataclass(frozen=True)
+class ModuleFile:
+    name: str
+    dir: Path
+    config: ModuleConfig
+
+    @property
+    def bin(self) -> Path:
+        return self.dir / "bin"
+
+
+MODULE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
+
+
+def load_module(directory: Path, cluster: Cluster, name: str | None = None) -> ModuleFile:
+    """Load and check a module folder against the cluster; `ConfigError` lists every problem."""
+    name = name or directory.name
+    path = directory / MODULE_FILE
+    file = str(path)
+    if not MODULE_NAME.match(name):
+        raise ConfigError(
+            [
+                ConfigIssue(
+                    str(directory),
+                    None,
+                    "",
+                    repr(name),
+                    "module name: a letter, then letters, digits, '_' or '-' (at most 32)",
+                )
+            ]
+        )
+    data, marks = parse_yaml(read_text(path), file)
+    kind = data.get("kind") if isinstance(data, dict) else None
+    if kind not in ("mirror",):
+        raise ConfigError(
+            [
+                ConfigIssue(
+                    file,
+                    marks.line(("kind",)),
+                    "kind",
+                    None if kind is None else repr(kind),
+                    "required: `mirror` (farm modules come later)"
+                    if kind is None
+                    else "expected `mirror`",
+                )
+            ]
+        )
+    config: ModuleConfig = validate(MirrorModule, data, marks, file)
+    problems = check_against_cluster(config, cluster)
+    bin_dir = directory / "bin"
+    if bin_dir.exists() and not bin_dir.is_dir():
+        problems.append(Problem((), None, f"{bin_dir} must be a folder of scripts"))
+    elif bin_dir.is_dir():
+        for p in sorted(bin_dir.iterdir()):
+            if p.name in SCRIPTS and not p.is_file():
+                problems.append(Problem((), None, f"script {p} is not a regular file"))
+            elif p.name in SCRIPTS and not p.stat().st_mode & 0o100:
+                problems.append(
+                    Problem((), None, f"script {p} is not executable: run `chmod +x {p}`")
+                )
+    _raise(problems, file, marks)
+    return ModuleFile(name=name, dir=directory, config=config)
+
+
+def _raise(problems: list[Problem], file: str, marks: Marks) -> None:
+    if problems:
+        raise ConfigError(
+            [
+                ConfigIssue(
+                    file, marks.line(p.loc) if p.loc else None, dotted(p.loc), p.value, p.expected
+                )
+                for p in problems
+            ]
+        )

@@ -1,0 +1,150 @@
+"""Two mirror machines wired together, for tests: no daemon, no scripts, no sockets.
+
+Operations complete one event at a time (optionally failing), every published change reaches
+the peer as a `PeerChanged`, and persisted data survives a simulated crash, like the state file
+on disk. The simulator keeps a pessimistic "holds the VIP" flag per node (set when a promotion
+starts, cleared when a demotion ends or the node crashes) so tests can check that two nodes
+never hold it at once.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from hakit.core import mirror as mm
+
+
+@dataclass
+class SimNode:
+    name: str
+    machine: mm.Mirror
+    up: bool = True
+    persisted: mm.Data = field(default_factory=mm.Data)
+    failover: bool = True
+    holds_vip: bool = False
+    queue: deque[mm.Event] = field(default_factory=deque)
+    fail: set[mm.Op] = field(default_factory=set)
+    seen_peer: mm.PeerInfo | None = None
+    log: list[str] = field(default_factory=list)
+    answers: list[mm.Action] = field(default_factory=list)
+
+
+class MirrorSim:
+    def __init__(self, a: str = "node1", b: str = "node2", default_primary: str = "alone") -> None:
+        self.default_primary = default_primary
+        self.nodes = {a: self._fresh(a, b, mm.Data(), True), b: self._fresh(b, a, mm.Data(), True)}
+        self.partitioned = False
+        self.now = 0.0
+        self._ids = 0
+        self.double_vip = False
+
+    def _fresh(self, name: str, peer: str, data: mm.Data, failover: bool) -> SimNode:
+        machine = mm.Mirror("app", name, peer, self.default_primary, data=data, failover=failover)
+        return SimNode(name, machine, persisted=data, failover=failover)
+
+    def peer_of(self, name: str) -> SimNode:
+        return next(n for k, n in self.nodes.items() if k != name)
+
+    def view_of(self, name: str) -> mm.PeerInfo:
+        other = self.peer_of(name)
+        if not other.up or self.partitioned:
+            return mm.PeerInfo(alive=False)
+        m = other.machine
+        return mm.PeerInfo(True, True, m.phase, m.data, m.want, m.handover)
+
+    # --- driving ---------------------------------------------------------------------------
+
+    def _apply(self, node: SimNode, ev: mm.Event) -> None:
+        self.now += 0.01
+        self._ids += 1
+        m, actions = mm.step(node.machine, ev, self.now, f"id{self._ids}")
+        node.machine = m
+        for a in actions:
+            if isinstance(a, mm.RunOp):
+                if a.op is mm.Op.BECOME_PRIMARY:
+                    node.holds_vip = True
+                ok = a.op not in node.fail
+                node.queue.append(mm.OpDone(a.op, ok, "" if ok else f"{a.op.value} failed"))
+            elif isinstance(a, mm.Persist):
+                node.persisted, node.failover = a.data, a.failover
+            elif isinstance(a, mm.Explain):
+                node.log.append(a.message)
+            elif isinstance(a, mm.Accepted | mm.Refused):
+                node.answers.append(a)
+        if isinstance(ev, mm.OpDone) and ev.op is mm.Op.STOP_PRIMARY:
+            node.holds_vip = False
+        if all(n.holds_vip for n in self.nodes.values()) and not self.partitioned:
+            self.double_vip = True
+
+    def settle(self, limit: int = 500) -> None:
+        for _ in range(limit):
+            progressed = False
+            for node in self.nodes.values():
+                if not node.up:
+                    continue
+                view = self.view_of(node.name)
+                if view != node.seen_peer:
+                    node.seen_peer = view
+                    self._apply(node, mm.PeerChanged(view))
+                    progressed = True
+                if node.queue:
+                    self._apply(node, node.queue.popleft())
+                    progressed = True
+            if not progressed:
+                return
+        raise AssertionError("the two machines did not settle")
+
+    def command(self, name: str, cmd: mm.Cmd) -> mm.Action:
+        node = self.nodes[name]
+        assert node.up
+        node.answers.clear()
+        self._apply(node, mm.Command(cmd))
+        answer = node.answers[0]
+        self.settle()
+        return answer
+
+    def crash(self, name: str) -> None:
+        node = self.nodes[name]
+        node.up = False
+        node.holds_vip = False  # the heartbeat process releases the VIPs when the daemon dies
+        node.queue.clear()
+        self.settle()
+
+    def boot(self, name: str, *, start: bool = True) -> None:
+        """A new daemon: the machine restarts from the persisted data, in STOPPED."""
+        old = self.nodes[name]
+        node = self._fresh(name, old.machine.peer_name, old.persisted, old.failover)
+        node.log = old.log
+        self.nodes[name] = node
+        if start:  # the daemon starts the module before it publishes anything
+            node.answers.clear()
+            node.seen_peer = self.view_of(name)
+            self._apply(node, mm.PeerChanged(node.seen_peer))
+            self._apply(node, mm.Command(mm.Cmd.START))
+        self.settle()
+
+    def state(self, name: str) -> str:
+        s, status = self.nodes[name].machine.display()
+        return f"{s} {status}"
+
+    def states(self) -> tuple[str, ...]:
+        return tuple(self.state(n) for n in self.nodes)
+
+    def set_partition(self, on: bool) -> None:
+        self.partitioned = on
+        self.settle()
+
+    def fail(self, name: str, op: mm.Op, on: bool = True) -> None:
+        node = self.nodes[name]
+        node.fail = node.fail | {op} if on else node.fail - {op}
+
+    def data(self, name: str) -> mm.Data:
+        return self.nodes[name].persisted
+
+    def power_cut_all(self) -> None:
+        """Both nodes lose power at the same instant (nobody sees the other leave)."""
+        for n in self.nodes.values():
+            n.up = False
+            n.holds_vip = False
+            n.queue.clear()
