@@ -10,6 +10,7 @@ import httpx
 from hakit.api.app import create_app
 from hakit.config.model import Cluster
 from hakit.daemon.status import build_status
+from hakit.errors import HakitError
 
 CONFIG = Cluster.model_validate(
     {
@@ -50,21 +51,30 @@ SNAPSHOT = {
 }
 
 
-def get(path: str, **params: Any) -> httpx.Response:
+def request(method: str, path: str, **params: Any) -> httpx.Response:
     async def go() -> httpx.Response:
         transport = httpx.ASGITransport(app=create_app(Source()))
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
-            return await c.get(path, params=params)
+            return await c.request(method, path, params=params)
 
     return asyncio.run(go())
+
+
+def get(path: str, **params: Any) -> httpx.Response:
+    return request("GET", path, **params)
 
 
 class Source:
     def status(self) -> dict[str, Any]:
         return build_status(CONFIG, "node1", SNAPSHOT, {"pid": 1}, now=100.0)
 
-    def events(self, limit: int) -> list[dict[str, Any]]:
+    def events(self, limit: int, module: str | None = None) -> list[dict[str, Any]]:
         return [{"at": 1.0, "kind": "peer-lost", "message": "node3 lost"}][-limit:]
+
+    async def command(self, module: str, command: str) -> tuple[bool, str]:
+        if module != "app":
+            raise HakitError(f"no module {module!r}")
+        return command != "swap", f"{command} {'accepted' if command != 'swap' else 'refused'}"
 
 
 def test_state_follows_the_contract() -> None:
@@ -99,3 +109,16 @@ def test_events_and_health() -> None:
     assert get("/v1/events", limit=1).json()[0]["kind"] == "peer-lost"
     assert get("/v1/health").json() == {"status": "ok"}
     assert get("/v1/events", limit=0).status_code == 422
+
+
+def test_module_commands() -> None:
+    ok = request("POST", "/v1/modules/app/start")
+    assert ok.status_code == 200
+    assert ok.json() == {"accepted": True, "message": "start accepted"}
+    refused = request("POST", "/v1/modules/app/swap")
+    assert refused.status_code == 409
+    assert refused.json()["accepted"] is False
+    assert request("POST", "/v1/modules/nope/start").status_code == 404
+    unknown = request("POST", "/v1/modules/app/explode")
+    assert unknown.status_code == 404
+    assert "unknown command" in unknown.json()["detail"]

@@ -151,6 +151,7 @@ def test_cpu_saturation_causes_no_false_loss(loopback_cluster: Callable[[int], C
     c = loopback_cluster(3)
     for name in c.nodes:
         wait_until(lambda name=name: all_alive(c[name], 3), 10, "cluster to form")  # type: ignore[misc]
+    formed = time.time()
     hog = "import time\nend = time.monotonic() + 4\nwhile time.monotonic() < end: pass\n"
     hogs = [subprocess.Popen([sys.executable, "-c", hog]) for _ in range(4)]
     try:
@@ -162,4 +163,5 @@ def test_cpu_saturation_causes_no_false_loss(loopback_cluster: Callable[[int], C
                 h.kill()
                 h.wait()
     for node in c.nodes.values():
-        assert not [e for e in node.events() if e["kind"] == "peer-lost"], node.name
+        lost = [e for e in node.events() if e["kind"] == "peer-lost" and e["at"] > formed]
+        assert not lost, node.name

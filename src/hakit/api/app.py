@@ -8,17 +8,37 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from fastapi import FastAPI, Query
+from fastapi import FastAPI, HTTPException, Query
+from fastapi.responses import JSONResponse
 
 from hakit import __version__
+from hakit.errors import HakitError
 
 API_PREFIX = "/v1"
+
+
+COMMANDS = (
+    "start",
+    "stop",
+    "restart",
+    "stopstart",
+    "swap",
+    "prim",
+    "second",
+    "primforce",
+    "failover-on",
+    "failover-off",
+)
 
 
 class StatusSource(Protocol):
     def status(self) -> dict[str, Any]: ...
 
-    def events(self, limit: int) -> list[dict[str, Any]]: ...
+    def events(self, limit: int, module: str | None = None) -> list[dict[str, Any]]: ...
+
+    async def command(self, module: str, command: str) -> tuple[bool, str]:
+        """(accepted, message); raises `HakitError` for an unknown module."""
+        ...
 
 
 def create_app(source: StatusSource) -> FastAPI:
@@ -35,8 +55,27 @@ def create_app(source: StatusSource) -> FastAPI:
         return source.status()
 
     @app.get(API_PREFIX + "/events", summary="Recent timeline entries, oldest first")
-    def events(limit: int = Query(100, ge=1, le=2000)) -> list[dict[str, Any]]:
-        return source.events(limit)
+    def events(
+        limit: int = Query(100, ge=1, le=2000), module: str | None = None
+    ) -> list[dict[str, Any]]:
+        return source.events(limit, module)
+
+    @app.post(
+        API_PREFIX + "/modules/{module}/{command}",
+        summary="Run a module command on this node (200 accepted, 409 refused with the reason)",
+    )
+    async def module_command(module: str, command: str) -> JSONResponse:
+        if command not in COMMANDS:
+            raise HTTPException(
+                404, f"unknown command {command!r}; commands: {', '.join(COMMANDS)}"
+            )
+        try:
+            accepted, message = await source.command(module, command)
+        except HakitError as e:
+            raise HTTPException(404, str(e)) from None
+        return JSONResponse(
+            {"accepted": accepted, "message": message}, status_code=200 if accepted else 409
+        )
 
     @app.get(API_PREFIX + "/health", summary="200 while the daemon runs")
     def health() -> dict[str, str]:

@@ -16,7 +16,12 @@ import uvicorn
 from hakit.api.app import create_app
 from hakit.config.load import load_cluster
 from hakit.daemon.logs import LOGGER, daemon_logging
-from hakit.daemon.runtime import NodeDaemon, resolve_local_node, single_instance
+from hakit.daemon.runtime import (
+    SHUTDOWN_TIMEOUT,
+    NodeDaemon,
+    resolve_local_node,
+    single_instance,
+)
 from hakit.paths import Paths
 
 log = logging.getLogger(LOGGER)
@@ -57,22 +62,24 @@ async def _serve(daemon: NodeDaemon, paths: Paths) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    async def wait_stop() -> None:
+    async def wait_stop(daemon_task: asyncio.Task[None]) -> None:
         await stop.wait()
-        log.info("signal received: stopping")
+        log.info("stopping")
         daemon.stop()
-        server.should_exit = True
+        try:
+            await asyncio.wait_for(asyncio.shield(daemon_task), SHUTDOWN_TIMEOUT + 10)
+        finally:
+            server.should_exit = True  # the API answers until the modules are stopped
 
     try:
         async with asyncio.TaskGroup() as tg:
-            hb = tg.create_task(daemon.run())
+            main = tg.create_task(daemon.run())
             api = tg.create_task(server.serve(sockets=[sock]))
-            waiter = tg.create_task(wait_stop())
-            await asyncio.wait([hb, api, waiter], return_when=asyncio.FIRST_COMPLETED)
+            waiter = tg.create_task(wait_stop(main))
+            await asyncio.wait([main, api, waiter], return_when=asyncio.FIRST_COMPLETED)
             if not stop.is_set():
                 log.error("a daemon component ended unexpectedly; stopping")
                 stop.set()
-            await asyncio.wait_for(asyncio.gather(hb, api, return_exceptions=True), 10)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

@@ -12,6 +12,7 @@ import click
 from rich.console import Console
 
 from hakit import __version__
+from hakit.cli import modules
 from hakit.cli.lab import lab
 from hakit.errors import ConfigError, HakitError
 from hakit.paths import Paths
@@ -170,6 +171,9 @@ def cluster_init(
 
 
 cli.add_command(lab)
+
+
+modules.register(cli)
 
 
 def main() -> None:

@@ -251,6 +251,8 @@ def event_kind(ev: Event) -> str:
 class RunOp:
     op: Op
     force: bool = False  # stop scripts: skip the graceful call
+    from_second: bool = False  # become-primary: stop the secondary side first
+    action: str = ""  # why, for scripts' third argument: start, stop, swap, failover, ...
 
 
 @dataclass(frozen=True)
@@ -335,7 +337,8 @@ def _promote(
         f"{_name(m)} becoming primary: {why}; {data.label()}; {steps}"
         "taking the VIPs, starting the application"
     )
-    return m2, (Persist(data, m.failover), Explain(msg), Publish(), RunOp(Op.BECOME_PRIMARY))
+    run = RunOp(Op.BECOME_PRIMARY, from_second=from_second)
+    return m2, (Persist(data, m.failover), Explain(msg), Publish(), run)
 
 
 def _block(m: Mirror, now: float, why: str) -> Result:
@@ -1092,3 +1095,44 @@ def step(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
             f"{new.phase.value}, which its table entry does not allow"
         )
     return new, actions
+
+
+# --- what a node publishes in its heartbeats ---------------------------------------------------
+
+PUBLISHED_HISTORY = 16
+
+
+def to_wire(m: Mirror) -> dict[str, object]:
+    """The compact form of our state carried in every heartbeat."""
+    d = m.data
+    return {
+        "p": m.phase.value,
+        "g": d.gen,
+        "i": d.gen_id,
+        "h": [list(x) for x in d.history[-PUBLISHED_HISTORY:]],
+        "a": int(d.alone_ok),
+        "c": int(d.consistent),
+        "r": d.last_role,
+        "w": m.want.value,
+        "o": int(m.handover),
+    }
+
+
+def peer_from_wire(alive: bool, obj: object) -> PeerInfo:
+    """The peer as seen from its heartbeat payload; malformed or absent means not running."""
+    if not alive:
+        return PeerInfo(alive=False)
+    if not isinstance(obj, dict):
+        return PeerInfo(alive=True, installed=False)
+    try:
+        data = Data(
+            gen=int(obj["g"]),
+            gen_id=str(obj["i"]),
+            history=tuple((int(g), str(i)) for g, i in obj["h"]),
+            alone_ok=bool(obj["a"]),
+            consistent=bool(obj["c"]),
+            last_role=str(obj["r"]),
+        )
+        return PeerInfo(True, True, Phase(obj["p"]), data, Want(obj["w"]), bool(obj["o"]))
+    except (KeyError, TypeError, ValueError):
+        return PeerInfo(alive=True, installed=False)

@@ -202,6 +202,8 @@ async def run(init: dict[str, Any]) -> None:
     reader = asyncio.StreamReader(limit=1 << 20)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
 
+    held: list[dict[str, Any]] = []
+
     async def from_parent() -> None:
         while True:
             line = await reader.readline()
@@ -211,6 +213,10 @@ async def run(init: dict[str, Any]) -> None:
             msg = json.loads(line)
             if "payload" in msg:
                 engine.payload = bytes.fromhex(msg["payload"])
+            if "hold" in msg:
+                held[:] = msg["hold"]
+                if held:
+                    import hakit.adapters.vip  # noqa: F401  (loaded now, not when it must be fast)
 
     async def pulses() -> None:
         interval = settings.interval
@@ -237,6 +243,13 @@ async def run(init: dict[str, Any]) -> None:
             pulse_task = tg.create_task(pulses())
             await from_parent()
             pulse_task.cancel()
+        # The daemon is gone (killed, crashed, or stopped): whatever VIPs it held must not stay
+        # up while the peer takes over.
+        if held:
+            from hakit.adapters.vip import Vip, release_all
+
+            for line in release_all([Vip(**v) for v in held]):
+                sys.stderr.write(f"heartbeat process: {line}\n")
     finally:
         for sock in runner.socks.values():
             loop.remove_reader(sock.fileno())

@@ -70,11 +70,16 @@ class Timeline:
 
     def record(self, ev: Event) -> None:
         self._events.append(ev)
-        level = logging.WARNING if ev.kind in ("peer-lost", "link-down") else logging.INFO
+        level = logging.INFO
+        if ev.kind in ("peer-lost", "link-down", "module-warning"):
+            level = logging.WARNING
+        elif ev.kind.endswith("-error"):
+            level = logging.ERROR
         self._log.log(level, "%s", ev.message, extra={"event": ev.to_json()})
 
-    def recent(self, limit: int = 100) -> list[Event]:
-        return list(self._events)[-limit:]
+    def recent(self, limit: int = 100, module: str | None = None) -> list[Event]:
+        events = [e for e in self._events if module is None or e.module == module]
+        return events[-limit:]
 
 
 @contextmanager

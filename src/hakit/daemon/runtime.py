@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import logging
 import os
@@ -10,14 +11,18 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from hakit import __version__
+from hakit.adapters.scripts import ProcessScriptRunner
+from hakit.adapters.vip import NetlinkVips
 from hakit.config.load import ClusterFile
 from hakit.config.model import Cluster
+from hakit.core.mirror import Accepted, Cmd
 from hakit.daemon.logs import LOGGER, Event, Timeline
+from hakit.daemon.modules import ModuleManager
 from hakit.daemon.status import build_status
 from hakit.daemon.supervisor import HeartbeatSupervisor
 from hakit.errors import HakitError
@@ -25,6 +30,8 @@ from hakit.paths import Paths
 from hakit.wire.heartbeat import make_boot_id
 
 log = logging.getLogger(LOGGER)
+
+SHUTDOWN_TIMEOUT = 300.0  # stop scripts have their own limits; this bounds the whole stop
 
 
 class IdentityError(HakitError):
@@ -98,6 +105,7 @@ class NodeDaemon:
     identity_reason: str
 
     def __post_init__(self) -> None:
+        self._stopping = asyncio.Event()
         self.started_at = time.time()
         self.started_mono = time.monotonic()
         self.boot = make_boot_id(time.time_ns(), secrets.token_bytes(8))
@@ -123,10 +131,27 @@ class NodeDaemon:
                 for p in cfg.peers_of(self.local)
             },
         }
-        self.heartbeat = HeartbeatSupervisor(init, self.local, self.record, self.started_mono)
+        self.heartbeat = HeartbeatSupervisor(
+            init, self.local, self.record, self.started_mono, on_snapshot=self._snapshot
+        )
+        self.modules = ModuleManager(
+            paths=self.paths,
+            cluster=self.cluster,
+            local=self.local,
+            vips=NetlinkVips(),
+            scripts=ProcessScriptRunner(),
+            record=self.record,
+            publish=self.heartbeat.publish,
+            hold=lambda vips: self.heartbeat.hold([asdict(v) for v in vips]),
+        )
+
+    def _snapshot(self, snap: dict[str, Any]) -> None:
+        self.modules.snapshot(snap)
 
     def record(self, ev: Event) -> None:
         self.timeline.record(ev)
+        if ev.peer and ev.kind == "peer-lost":
+            self.modules.membership_event(ev.peer, ev.message)
 
     async def run(self) -> None:
         cfg = self.cluster.config
@@ -141,11 +166,18 @@ class NodeDaemon:
                 f"{cfg.heartbeat.interval:g} s, peer lost after {cfg.heartbeat.timeout:g} s",
             )
         )
-        await self.heartbeat.run()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.heartbeat.run())
+            modules = tg.create_task(self.modules.run())
+            await self._stopping.wait()
+            await self.modules.shutdown(SHUTDOWN_TIMEOUT)
+            modules.cancel()
+            self.heartbeat.stop()
 
     def stop(self) -> None:
-        self.heartbeat.stop()
+        """Begin an orderly stop: modules first (their peers take over), then heartbeats."""
         self.record(Event(time.time(), self.local, "daemon-stop", "hakit daemon stopping"))
+        self._stopping.set()
 
     # --- StatusSource ----------------------------------------------------------------------
 
@@ -160,7 +192,13 @@ class NodeDaemon:
             "heartbeat_scheduling": self.heartbeat.view.scheduling,
             "heartbeat_restarts": self.heartbeat.view.restarts,
         }
-        return build_status(self.cluster.config, self.local, self.heartbeat.view.snapshot, daemon)
+        st = build_status(self.cluster.config, self.local, self.heartbeat.view.snapshot, daemon)
+        st["modules"] = self.modules.status()
+        return st
 
-    def events(self, limit: int) -> list[dict[str, Any]]:
-        return [e.to_json() for e in self.timeline.recent(limit)]
+    def events(self, limit: int, module: str | None = None) -> list[dict[str, Any]]:
+        return [e.to_json() for e in self.timeline.recent(limit, module)]
+
+    async def command(self, module: str, command: str) -> tuple[bool, str]:
+        answer = await self.modules.command(module, Cmd(command))
+        return isinstance(answer, Accepted), answer.message

@@ -38,11 +38,14 @@ class HeartbeatSupervisor:
         node: str,
         record: Callable[[Event], None],
         monotonic_base: float,
+        on_snapshot: Callable[[dict[str, Any]], None] = lambda s: None,
     ) -> None:
         self._init = init
         self._node = node
         self._record = record
         self._base = monotonic_base
+        self._on_snapshot = on_snapshot
+        self._hold: list[dict[str, Any]] = []
         self.view = HeartbeatView()
         self._proc: asyncio.subprocess.Process | None = None
         self._payload: bytes = b""
@@ -95,6 +98,8 @@ class HeartbeatSupervisor:
         proc.stdin.write(json.dumps({"init": init}).encode() + b"\n")
         if self._payload:
             proc.stdin.write(json.dumps({"payload": self._payload.hex()}).encode() + b"\n")
+        if self._hold:
+            proc.stdin.write(json.dumps({"hold": self._hold}).encode() + b"\n")
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._keepalive(proc))
@@ -136,6 +141,7 @@ class HeartbeatSupervisor:
                 continue
             if "snapshot" in msg:
                 self.view.snapshot = msg["snapshot"]
+                self._on_snapshot(msg["snapshot"])
             elif "event" in msg:
                 e = msg["event"]
                 self._record(
@@ -164,9 +170,17 @@ class HeartbeatSupervisor:
     def publish(self, payload: bytes) -> None:
         """State carried in every heartbeat from now on (module states, later)."""
         self._payload = payload
+        self._send({"payload": payload.hex()})
+
+    def hold(self, vips: list[dict[str, Any]]) -> None:
+        """VIPs the heartbeat process must release at once if this daemon dies."""
+        self._hold = vips
+        self._send({"hold": vips})
+
+    def _send(self, msg: dict[str, Any]) -> None:
         proc = self._proc
         if proc and proc.stdin and not proc.stdin.is_closing():
-            proc.stdin.write(json.dumps({"payload": payload.hex()}).encode() + b"\n")
+            proc.stdin.write(json.dumps(msg).encode() + b"\n")
 
     def stop(self) -> None:
         self._stopping = True

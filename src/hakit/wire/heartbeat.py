@@ -29,7 +29,7 @@ MAC_LEN = 16
 BOOT_LEN = 16
 NO_BOOT = bytes(BOOT_LEN)
 MAX_NAME = 32
-MAX_PAYLOAD = 1024
+MAX_PAYLOAD = 8192  # keep typical heartbeats under one MTU; larger ones fragment
 _HEAD = struct.Struct("!2sBB8s4s")
 _BODY = struct.Struct("!16sQd16sH")
 

@@ -1,0 +1,346 @@
+"""Module commands: `hakit module …`, `hakit start|stop|… MODULE`, `wait`, `log`, `failover`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from hakit.cli.client import DaemonClient
+from hakit.config.load import load_cluster
+from hakit.config.module import MODULE_FILE, ModuleFile, load_module
+from hakit.errors import DaemonUnavailable, HakitError
+from hakit.paths import Paths
+
+PACKAGE_SUFFIX = ".hakit"
+STATES = ("STOP", "WAIT", "ALONE", "PRIM", "SECOND", "UP")
+
+out = Console(highlight=False, soft_wrap=True)
+
+
+class Refused(HakitError):
+    exit_code = 1
+
+
+# --- packages ------------------------------------------------------------------------------------
+
+
+def _unpack(source: Path, into: Path) -> Path:
+    """A module folder from a folder or a `.hakit` zip; returns the folder holding module.yaml."""
+    if source.is_dir():
+        return source
+    if not zipfile.is_zipfile(source):
+        raise HakitError(f"{source}: neither a module folder nor a {PACKAGE_SUFFIX} zip package")
+    with zipfile.ZipFile(source) as z:
+        for member in z.namelist():
+            p = Path(member)
+            if p.is_absolute() or ".." in p.parts:
+                raise HakitError(f"{source}: unsafe path {member!r} in the package")
+        z.extractall(into)
+        for info in z.infolist():  # keep the executable bits of scripts
+            mode = (info.external_attr >> 16) & 0o777
+            if mode:
+                (into / info.filename).chmod(mode)
+    candidates = [into, *sorted(p for p in into.iterdir() if p.is_dir())]
+    for c in candidates:
+        if (c / MODULE_FILE).is_file():
+            return c
+    raise HakitError(f"{source}: no {MODULE_FILE} in the package")
+
+
+def _vip_owners(paths: Paths, exclude: str) -> dict[str, str]:
+    owners: dict[str, str] = {}
+    if not paths.modules.is_dir():
+        return owners
+    for d in paths.modules.iterdir():
+        f = d / MODULE_FILE
+        if d.name == exclude or not f.is_file():
+            continue
+        try:
+            import yaml
+
+            data = yaml.safe_load(f.read_text()) or {}
+            for v in data.get("vips", []) or []:
+                owners[str(v.get("address", "")).split("/")[0]] = d.name
+        except (OSError, ValueError, AttributeError):
+            continue
+    return owners
+
+
+def install(paths: Paths, source: Path, name: str | None, force: bool) -> ModuleFile:
+    cluster = load_cluster(paths.cluster_config, with_secret=False).config
+    with tempfile.TemporaryDirectory(prefix="hakit-module-") as tmp:
+        folder = _unpack(source, Path(tmp))
+        default = folder.name if folder != Path(tmp) else source.name.removesuffix(PACKAGE_SUFFIX)
+        mname = name or default
+        mf = load_module(folder, cluster, name=mname)
+        for v in mf.config.vips:
+            owner = _vip_owners(paths, mname).get(str(v.address.ip))
+            if owner:
+                raise HakitError(f"VIP {v.address} is already used by module {owner}")
+        target = paths.modules / mname
+        if target.exists() and not force:
+            raise HakitError(f"module {mname} is already installed ({target}); --force replaces it")
+        paths.modules.mkdir(parents=True, exist_ok=True)
+        staging = paths.modules / f".{mname}.new"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(folder, staging, symlinks=True)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    return load_module(target, cluster)
+
+
+def package(folder: Path, output: Path | None) -> Path:
+    if not (folder / MODULE_FILE).is_file():
+        raise HakitError(f"{folder}: no {MODULE_FILE}")
+    output = output or Path(folder.resolve().name + PACKAGE_SUFFIX)
+    with zipfile.ZipFile(output, "w", zipfile.ZIP_DEFLATED) as z:
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                info = zipfile.ZipInfo.from_file(p, p.relative_to(folder).as_posix())
+                with p.open("rb") as f:
+                    z.writestr(info, f.read(), zipfile.ZIP_DEFLATED)
+    return output
+
+
+# --- talking to the daemon --------------------------------------------------------------------
+
+
+def _client() -> DaemonClient:
+    return DaemonClient(Paths.from_env())
+
+
+def _module_state(st: dict[str, Any], module: str) -> dict[str, Any]:
+    mod = st["modules"].get(module)
+    if mod is None:
+        raise HakitError(
+            f"no module {module!r} on {st['node']}; installed: {', '.join(st['modules']) or 'none'}"
+        )
+    return mod  # type: ignore[no-any-return]
+
+
+def run_command(module: str, command: str) -> None:
+    r = _client().post(f"/modules/{module}/{command}")
+    if r.get("accepted"):
+        out.print(r["message"])
+        return
+    raise Refused(r.get("message") or r.get("detail") or "refused")
+
+
+# --- click commands ---------------------------------------------------------------------------
+
+
+@click.group("module")
+def module_group() -> None:
+    """Install, check and list modules."""
+
+
+@module_group.command("install")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option("--name", help="Module name (default: the folder or package name).")
+@click.option("--force", is_flag=True, help="Replace an installed module of the same name.")
+def module_install(source: Path, name: str | None, force: bool) -> None:
+    """Install a module from a folder or a NAME.hakit package on this node."""
+    paths = Paths.from_env()
+    mf = install(paths, source, name, force)
+    out.print(
+        f"module {mf.name} installed in {mf.dir} ({mf.config.kind} on "
+        f"{' and '.join(mf.config.nodes)}); the daemon loads it within a second — "
+        f"then `hakit prim {mf.name}` on the node with the good data"
+    )
+
+
+@module_group.command("uninstall")
+@click.argument("module")
+def module_uninstall(module: str) -> None:
+    """Remove an installed module from this node (it must be stopped)."""
+    paths = Paths.from_env()
+    target = paths.modules / module
+    if not (target / MODULE_FILE).is_file():
+        raise HakitError(f"no module {module!r} installed in {paths.modules}")
+    try:
+        st = _client().get("/state")
+        mod = st["modules"].get(module)
+        if mod and mod.get("nodes", {}).get(st["node"], {}).get("state", "STOP") != "STOP":
+            raise HakitError(f"module {module} is running here: `hakit stop {module}` first")
+    except DaemonUnavailable:
+        pass
+    shutil.rmtree(target)
+    out.print(
+        f"module {module} uninstalled (its state in {paths.var / 'modules' / module} is kept)"
+    )
+
+
+@module_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def module_list(as_json: bool) -> None:
+    """Installed modules, with their state on this node when the daemon runs."""
+    paths = Paths.from_env()
+    names = (
+        sorted(d.name for d in paths.modules.iterdir() if (d / MODULE_FILE).is_file())
+        if paths.modules.is_dir()
+        else []
+    )
+    try:
+        mods = _client().get("/state")["modules"]
+    except DaemonUnavailable:
+        mods = {}
+    rows = {n: mods.get(n, {}) for n in names}
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not names:
+        out.print(f"no modules installed in {paths.modules}")
+    for n, m in rows.items():
+        states = ", ".join(
+            f"{node} {s['state']} ({s['status']})" for node, s in m.get("nodes", {}).items()
+        )
+        err = m.get("error")
+        out.print(
+            f"{n}: {states or ('[red]' + err.splitlines()[0] + '[/]' if err else 'not loaded')}"
+        )
+
+
+@module_group.command("check")
+@click.argument("module")
+def module_check(module: str) -> None:
+    """Validate an installed module (by name) or a module folder, without starting anything."""
+    paths = Paths.from_env()
+    cluster = load_cluster(paths.cluster_config, with_secret=False).config
+    folder = Path(module) if Path(module).is_dir() else paths.modules / module
+    if not folder.is_dir():
+        raise HakitError(f"no module folder {module!r} (installed modules are in {paths.modules})")
+    mf = load_module(folder, cluster)
+    c = mf.config
+    out.print(
+        f"{folder / MODULE_FILE}: OK — {c.kind} module {mf.name} on {' and '.join(c.nodes)}, "
+        f"VIPs {', '.join(str(v.address) for v in c.vips) or 'none'}, failover "
+        f"{'on' if c.failover else 'off'}, default primary {c.default_primary}"
+    )
+
+
+@module_group.command("package")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Package file to write.")
+def module_package(folder: Path, output: Path | None) -> None:
+    """Zip a module folder into NAME.hakit (scripts keep their executable bit)."""
+    out.print(f"wrote {package(folder, output)}")
+
+
+def _control(command: str, doc: str) -> click.Command:
+    @click.command(command, help=doc)
+    @click.argument("module")
+    def cmd(module: str) -> None:
+        run_command(module, command)
+
+    return cmd
+
+
+CONTROL = {
+    "start": "Start MODULE on this node (it becomes primary or secondary by itself).",
+    "stop": "Stop MODULE on this node (a primary hands over to a ready secondary).",
+    "restart": "Restart the application of MODULE on this primary, without failover.",
+    "stopstart": "Stop then start MODULE on this node (a primary fails over).",
+    "swap": "Exchange the roles: run on the primary; the secondary becomes primary.",
+    "prim": "Start MODULE as primary (first start, or to override stale data; logged).",
+    "second": "Start MODULE as secondary of the other node (discarding local changes).",
+    "primforce": "Force primary even with inconsistent data (loud warning, logged).",
+}
+
+
+@click.command("failover")
+@click.argument("mode", type=click.Choice(["on", "off"]))
+@click.argument("module")
+def failover(mode: str, module: str) -> None:
+    """Turn automatic failover of MODULE on or off on this node (kept across restarts)."""
+    run_command(module, f"failover-{mode}")
+
+
+@click.command("wait")
+@click.argument("module")
+@click.argument("state", type=click.Choice(STATES, case_sensitive=False))
+@click.option("--timeout", type=float, default=60.0, show_default=True)
+def wait(module: str, state: str, timeout: float) -> None:
+    """Wait until MODULE is in STATE on this node (not transient); exit 1 on timeout."""
+    state = state.upper()
+    deadline = time.monotonic() + timeout
+    last = ""
+    while True:
+        st = _client().get("/state")
+        me = _module_state(st, module)["nodes"].get(st["node"], {})
+        last = f"{me.get('state')} ({me.get('status')})"
+        if me.get("state") == state and me.get("status") != "transient":
+            out.print(f"{module} is {last} on {st['node']}")
+            return
+        if time.monotonic() > deadline:
+            raise Refused(f"{module} is {last} on {st['node']} after {timeout:g} s, not {state}")
+        time.sleep(0.2)
+
+
+def _events(paths: Paths, module: str) -> Iterator[dict[str, Any]]:
+    path = paths.events_log
+    if not path.exists():
+        return
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            if ev.get("module") == module:
+                yield ev
+
+
+def _print_event(ev: dict[str, Any]) -> None:
+    t = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ev["at"]))
+    style = {"module-warning": "yellow", "module-error": "bold red"}.get(ev.get("kind", ""), "")
+    text = f"{t}.{int(ev['at'] % 1 * 1000):03d} {ev['message']}"
+    out.print(f"[{style}]{text}[/]" if style else text, markup=bool(style))
+
+
+@click.command("log")
+@click.argument("module")
+@click.option("-n", "--lines", type=int, default=50, show_default=True)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new entries.")
+def log_cmd(module: str, lines: int, follow: bool) -> None:
+    """The timeline of MODULE on this node: every decision and action with its cause."""
+    paths = Paths.from_env()
+    entries = list(_events(paths, module))
+    for ev in entries[-lines:]:
+        _print_event(ev)
+    if not follow:
+        if not entries:
+            out.print(f"no timeline entries for {module} in {paths.events_log}")
+        return
+    path = paths.events_log
+    with path.open(encoding="utf-8") as f:
+        f.seek(0, 2)
+        while True:
+            line = f.readline()
+            if not line:
+                time.sleep(0.2)
+                continue
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            if ev.get("module") == module:
+                _print_event(ev)
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(module_group)
+    for name, doc in CONTROL.items():
+        cli.add_command(_control(name, doc))
+    cli.add_command(failover)
+    cli.add_command(wait)
+    cli.add_command(log_cmd)

@@ -1,0 +1,434 @@
+"""Runs one mirror module on this node: feeds its state machine, carries out its actions.
+
+Events (operator commands, what the peer publishes, completions of operations) are handled one
+at a time, in order. Actions are executed in the order the machine gives them: state is
+persisted (fsync'd) before an operation starts, so a new data generation is on disk before the
+application runs as primary. At most one operation (scripts, VIPs) runs at a time; its
+completion comes back as an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hakit.adapters.scripts import ScriptResult, ScriptRunner
+from hakit.adapters.statefile import read_json, write_json
+from hakit.adapters.vip import Vip, VipError, VipPort
+from hakit.config.module import ModuleFile
+from hakit.core import mirror as mm
+from hakit.daemon.logs import LOGGER, Event
+from hakit.paths import Paths
+
+log = logging.getLogger(LOGGER + ".mirror")
+
+VIP_CHECK_EVERY = 2.0
+START_SCRIPTS = ("prestart", "start_prim", "start_second", "transition")
+
+
+@dataclass
+class Pending:
+    event: mm.Event
+    answer: asyncio.Future[mm.Accepted | mm.Refused] | None = None
+
+
+@dataclass
+class Environment:
+    """What the runner needs from the daemon (ports and callbacks)."""
+
+    paths: Paths
+    cluster: str
+    local: str
+    local_addresses: dict[str, str]  # network -> this node's address
+    vips: VipPort
+    scripts: ScriptRunner
+    record: Callable[[Event], None]
+    published: Callable[[], None]  # our heartbeat payload changed
+    holding: Callable[[], None]  # the set of VIPs we hold changed
+    peer_wait: float = 30.0  # longest wait for the first news of the peer (timeout + margin)
+    now: Callable[[], float] = time.time
+
+
+@dataclass
+class MirrorRunner:
+    module: ModuleFile
+    env: Environment
+    machine: mm.Mirror = field(init=False)
+    run_flag: bool = field(init=False, default=False)
+    ready: bool = field(init=False, default=False)  # published (initial reconciliation done)
+    held: list[Vip] = field(init=False, default_factory=list)
+    cause: str = field(init=False, default="start")
+    shutting_down: bool = field(init=False, default=False)  # keep "run" for the next daemon
+
+    def __post_init__(self) -> None:
+        cfg = self.module.config
+        self.name = self.module.name
+        self.var = self.env.paths.var / "modules" / self.name
+        self.log_dir = self.env.paths.log / "modules" / self.name
+        self.state_path = self.var / "state.json"
+        self.var.mkdir(parents=True, exist_ok=True, mode=0o700)
+        saved = read_json(self.state_path) or {}
+        data = mm.Data(**_data_fields(saved.get("data", {})))
+        self.machine = mm.Mirror(
+            module=self.name,
+            local=self.env.local,
+            peer_name=cfg.peer_of(self.env.local),
+            default_primary=cfg.default_primary,
+            data=data,
+            failover=bool(saved.get("failover", cfg.failover)),
+        )
+        self.run_flag = bool(saved.get("run", False))
+        self.saved_phase = str(saved.get("phase", "stopped"))
+        self.vip_list = [
+            Vip(
+                address=str(v.address.ip),
+                prefixlen=v.address.network.prefixlen,
+                interface=v.interface,
+                local_address=self.env.local_addresses.get(v.network) if v.network else None,
+            )
+            for v in cfg.vips
+        ]
+        self.queue: asyncio.Queue[Pending] = asyncio.Queue()
+        self._peer_known = asyncio.Event()
+        self._latest_peer: mm.PeerChanged | None = None
+        self._transitions = asyncio.Lock()
+
+    # --- interface for the daemon ------------------------------------------------------------
+
+    async def command(self, cmd: mm.Cmd) -> mm.Accepted | mm.Refused:
+        fut: asyncio.Future[mm.Accepted | mm.Refused] = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait(Pending(mm.Command(cmd), fut))
+        return await fut
+
+    async def wait_stopped(self, limit: float) -> bool:
+        deadline = time.monotonic() + limit
+        while self.machine.phase is not mm.Phase.STOPPED:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.1)
+        return True
+
+    async def shutdown(self) -> None:
+        """The daemon stops: stop the module (peer takes over) but resume it at next start."""
+        self.shutting_down = self.machine.phase is not mm.Phase.STOPPED
+        if self.shutting_down:
+            await self.command(mm.Cmd.STOP)
+
+    def peer_changed(self, info: mm.PeerInfo, why: str = "") -> None:
+        ev = mm.PeerChanged(info, why)
+        self._latest_peer = ev
+        self._peer_known.set()
+        self.queue.put_nowait(Pending(ev))
+
+    def wire(self) -> dict[str, object]:
+        return mm.to_wire(self.machine)
+
+    def status(self) -> dict[str, Any]:
+        m = self.machine
+        state, status = m.display()
+        peer = m.peer
+        if peer.present:
+            pstate, pstatus = mm.Mirror(self.name, m.peer_name, m.local, phase=peer.phase).display()
+        else:
+            pstate, pstatus = "STOP", "not-ready"
+        cfg = self.module.config
+        return {
+            "kind": "mirror",
+            "nodes": {
+                m.local: {
+                    "state": state,
+                    "status": status,
+                    "phase": m.phase.value,
+                    "reason": m.reason,
+                    "blocked": m.blocked or None,
+                    "data": asdict(m.data) | {"history": len(m.data.history)},
+                    "since": m.since,
+                },
+                m.peer_name: {
+                    "state": pstate,
+                    "status": pstatus,
+                    "reachable": peer.alive,
+                    "running": peer.installed,
+                    "phase": peer.phase.value if peer.present else None,
+                    "data": {"gen": peer.data.gen, "gen_id": peer.data.gen_id}
+                    if peer.present
+                    else None,
+                },
+            },
+            "failover": m.failover,
+            "default_primary": cfg.default_primary,
+            "vips": [str(v) for v in self.vip_list],
+            "vips_held": [str(v) for v in self.held],
+        }
+
+    # --- main loop ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self._reconcile()
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            # Decide nothing before knowing whether the peer is there (heard, or silent for the
+            # heartbeat timeout): its first view is applied before any command.
+            try:
+                await asyncio.wait_for(self._peer_known.wait(), self.env.peer_wait)
+            except TimeoutError:
+                self._record(
+                    f"{self.name}: no news of {self.machine.peer_name} after "
+                    f"{self.env.peer_wait:g} s; deciding without it",
+                    "warning",
+                )
+            if self._latest_peer is not None:
+                await self._handle(Pending(self._latest_peer))
+            if self.run_flag:
+                self._note("resuming: the module was started before the daemon stopped")
+                await self._handle(Pending(mm.Command(mm.Cmd.START)))
+            self.ready = True
+            self.env.published()
+            tg.create_task(self._vip_watch())
+            while True:
+                await self._handle(await self.queue.get())
+
+    async def _handle(self, p: Pending) -> None:
+        ev = p.event
+        if isinstance(ev, mm.Command):
+            self.cause = ev.cmd.value
+        elif isinstance(ev, mm.PeerChanged):
+            self.cause = "heartbeat"
+        before = self.machine.display()
+        m, actions = mm.step(self.machine, ev, self.env.now(), secrets.token_hex(4))
+        self.machine = m
+        answered = False
+        for a in actions:
+            if isinstance(a, mm.Persist):
+                self.machine = m
+                await asyncio.to_thread(self._save, a.data, a.failover)
+            elif isinstance(a, mm.RunOp):
+                self._tg.create_task(self._op(a, before[0]))
+            elif isinstance(a, mm.Publish):
+                await asyncio.to_thread(self._save, m.data, m.failover)
+                if self.ready:
+                    self.env.published()
+            elif isinstance(a, mm.Explain):
+                self._record(a.message, a.level)
+            elif isinstance(a, mm.Accepted | mm.Refused):
+                if isinstance(a, mm.Refused):
+                    self._record(f"{self.name}: {self.cause} refused: {a.message}", "warning")
+                if p.answer is not None and not p.answer.done() and not answered:
+                    p.answer.set_result(a)
+                    answered = True
+        after = self.machine.display()
+        if after[0] != before[0]:
+            self._tg.create_task(self._transition(before[0], after[0]))
+
+    def _save(self, data: mm.Data, failover: bool) -> None:
+        m = self.machine
+        write_json(
+            self.state_path,
+            {
+                "data": asdict(data) | {"history": [list(h) for h in data.history]},
+                "failover": failover,
+                "run": m.phase is not mm.Phase.STOPPED or self.shutting_down,
+                "phase": m.phase.value,
+                "saved_at": self.env.now(),
+            },
+        )
+
+    def _record(self, message: str, level: str = "info") -> None:
+        kind = {"info": "module", "warning": "module-warning", "error": "module-error"}[level]
+        self.env.record(Event(self.env.now(), self.env.local, kind, message, module=self.name))
+
+    def _note(self, message: str) -> None:
+        self._record(f"{self.name}: {message}")
+
+    # --- reconciliation ----------------------------------------------------------------------
+
+    async def _reconcile(self) -> None:
+        """A previous daemon may have died with the application running or VIPs held."""
+        present = [v for v in self.vip_list if await asyncio.to_thread(self._present, v)]
+        phase = self.saved_phase
+        primaryish = phase in {p.value for p in mm.PRIMARYISH}
+        secondish = phase in ("joining", "syncing", "second", "leaving")
+        if not (present or primaryish or secondish):
+            return
+        what = f"previous daemon left {self.name} {phase}"
+        if present:
+            what += f" with VIPs {', '.join(str(v) for v in present)}"
+        self._note(f"reconciling: {what}; cleaning up before deciding")
+        if primaryish or present:
+            await self._stop_script("stop_prim", "STOP", "WAIT", "reconcile", force_only=True)
+        if secondish:
+            await self._stop_script("stop_second", "STOP", "WAIT", "reconcile", force_only=True)
+        for v in self.vip_list:
+            await self._remove_vip(v)
+
+    def release_vips(self) -> list[str]:
+        """Emergency: drop every VIP of this module, say what happened (never raises)."""
+        from hakit.adapters.vip import release_all
+
+        self.held.clear()
+        return release_all(self.vip_list)
+
+    def _present(self, v: Vip) -> bool:
+        try:
+            return self.env.vips.present(v)
+        except VipError:
+            return False
+
+    # --- operations --------------------------------------------------------------------------
+
+    async def _op(self, run: mm.RunOp, state: str) -> None:
+        try:
+            ok, detail = await self._execute(run, state)
+        except Exception as e:  # a bug must not wedge the module: report it as a failure
+            log.exception("operation %s of %s failed", run.op, self.name)
+            ok, detail = False, f"internal error: {e!r}"
+        self.queue.put_nowait(Pending(mm.OpDone(run.op, ok, detail)))
+
+    async def _execute(self, run: mm.RunOp, state: str) -> tuple[bool, str]:
+        op, action = run.op, self.cause
+        second_ready = self.machine.peer_second_ready()
+        if op is mm.Op.PRESTART:
+            return _outcome(await self._script("prestart", state, "WAIT", action))
+        if op is mm.Op.BECOME_PRIMARY:
+            target = "PRIM" if second_ready else "ALONE"
+            if run.from_second:
+                await self._stop_script("stop_second", state, target, action)
+            for v in self.vip_list:
+                try:
+                    await asyncio.to_thread(self._add_vip, v)
+                except VipError as e:
+                    return False, str(e)
+            r = await self._script("start_prim", state, target, action)
+            for v in self.held:  # once more now that the application listens
+                await asyncio.to_thread(self._announce, v)
+            return _outcome(r)
+        if op is mm.Op.RESTART_PRIMARY:
+            await self._stop_script("stop_prim", state, state, "restart")
+            return _outcome(await self._script("start_prim", state, state, "restart"))
+        if op is mm.Op.STOP_PRIMARY:
+            ok, detail = await self._stop_script(
+                "stop_prim", state, "WAIT", action, force_only=run.force
+            )
+            for v in self.vip_list:
+                await self._remove_vip(v)
+            return ok, detail
+        if op is mm.Op.START_SECOND:
+            return _outcome(await self._script("start_second", state, "SECOND", action))
+        if op is mm.Op.SYNC:
+            return True, "no replicated directories"
+        if op is mm.Op.STOP_SECOND:
+            return await self._stop_script(
+                "stop_second", state, "WAIT", action, force_only=run.force
+            )
+        return _outcome(await self._script("poststop", state, "STOP", action))
+
+    def _add_vip(self, v: Vip) -> None:
+        added = self.env.vips.add(v)
+        if v not in self.held:
+            self.held.append(v)
+            self.env.holding()
+        self._announce(v)
+        self._note(f"VIP {v} {'added' if added else 'already present'} {v.where}; announced")
+
+    def _announce(self, v: Vip) -> None:
+        try:
+            self.env.vips.announce(v)
+        except VipError as e:
+            self._record(f"{self.name}: {e}", "warning")
+
+    async def _remove_vip(self, v: Vip) -> None:
+        try:
+            removed = await asyncio.to_thread(self.env.vips.remove, v)
+        except VipError as e:
+            self._record(f"{self.name}: could not remove VIP {v}: {e}", "error")
+            return
+        if v in self.held:
+            self.held.remove(v)
+            self.env.holding()
+        if removed:
+            self._note(f"VIP {v} removed")
+
+    def script_env(self, script: str, state: str, next_state: str, action: str) -> dict[str, str]:
+        m = self.machine
+        env = {
+            "HAKIT_CLUSTER": self.env.cluster,
+            "HAKIT_MODULE": self.name,
+            "HAKIT_NODE": m.local,
+            "HAKIT_PEER": m.peer_name,
+            "HAKIT_MODULE_DIR": str(self.module.dir),
+            "HAKIT_MODULE_BIN": str(self.module.bin),
+            "HAKIT_MODULE_VAR": str(self.var),
+            "HAKIT_MODULE_LOG": str(self.log_dir),
+            "HAKIT_SCRIPT": script,
+            "HAKIT_STATE": state,
+            "HAKIT_NEXT_STATE": next_state,
+            "HAKIT_ACTION": action,
+            "HAKIT_VIPS": " ".join(str(v) for v in self.vip_list),
+        }
+        return {**self.module.config.variables, **env}
+
+    async def _script(self, name: str, state: str, next_state: str, action: str) -> ScriptResult:
+        cfg = self.module.config.scripts
+        timeout = cfg.start_timeout if name in START_SCRIPTS else cfg.stop_timeout
+        self.var.mkdir(parents=True, exist_ok=True)
+        r = await self.env.scripts.run(
+            name,
+            self.module.bin / name,
+            [state, next_state, action],
+            self.script_env(name, state, next_state, action),
+            timeout,
+            self.log_dir / "scripts",
+        )
+        if not r.missing:
+            self._record(f"{self.name}: {r.reason}", "info" if r.ok else "error")
+        return r
+
+    async def _stop_script(
+        self, name: str, state: str, next_state: str, action: str, *, force_only: bool = False
+    ) -> tuple[bool, str]:
+        """A graceful call, then a forced one if it failed or timed out (or the forced one only)."""
+        if not force_only:
+            r = await self._script(name, state, next_state, action)
+            if r.ok:
+                return True, r.reason
+        r = await self._script(name, state, next_state, "force")
+        return r.ok, r.reason
+
+    async def _transition(self, old: str, new: str) -> None:
+        async with self._transitions:
+            await self._script("transition", old, new, self.cause)
+
+    async def _vip_watch(self) -> None:
+        """A VIP gone from the primary (deleted by hand, interface reset): stopstart."""
+        while True:
+            await asyncio.sleep(VIP_CHECK_EVERY)
+            if self.machine.phase not in (mm.Phase.ALONE, mm.Phase.PRIM):
+                continue
+            for v in self.vip_list:
+                if not await asyncio.to_thread(self._present, v):
+                    self._record(
+                        f"{self.name}: VIP {v} is no longer present {v.where}: stopstart", "error"
+                    )
+                    self.queue.put_nowait(Pending(mm.Command(mm.Cmd.STOPSTART)))
+                    break
+
+
+def _outcome(r: ScriptResult) -> tuple[bool, str]:
+    return r.ok, r.reason
+
+
+def _data_fields(d: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in d.items() if k in mm.Data.__dataclass_fields__}
+    if "history" in out:
+        out["history"] = tuple((int(g), str(i)) for g, i in out["history"])
+    return out
+
+
+def module_state_dir(paths: Paths, name: str) -> Path:
+    return paths.var / "modules" / name

@@ -1,0 +1,250 @@
+"""The modules of this node: found in $HAKIT_ETC/modules, one runner each, side by side.
+
+The manager rescans the modules folder every second: a newly installed module gets its runner
+(and starts if it was running before), a removed one is stopped and dropped, a changed
+`module.yaml` is reloaded when the module is stopped. Other modules are never disturbed.
+It also turns heartbeat snapshots into each module's view of its peer, and gathers every
+module's state into the payload of our heartbeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hakit.adapters.scripts import ScriptRunner
+from hakit.adapters.vip import Vip, VipPort
+from hakit.config.load import ClusterFile
+from hakit.config.module import MODULE_FILE, MODULE_NAME, load_module
+from hakit.core import mirror as mm
+from hakit.daemon.logs import LOGGER, Event
+from hakit.daemon.mirror_runner import Environment, MirrorRunner
+from hakit.errors import ConfigError, HakitError
+from hakit.paths import Paths
+
+log = logging.getLogger(LOGGER + ".modules")
+
+RESCAN_EVERY = 1.0
+
+
+class UnknownModule(HakitError):
+    exit_code = 4
+
+
+@dataclass
+class Entry:
+    runner: MirrorRunner
+    task: asyncio.Task[None]
+    mtime: float
+    stale_config: bool = False
+
+
+@dataclass
+class ModuleManager:
+    paths: Paths
+    cluster: ClusterFile
+    local: str
+    vips: VipPort
+    scripts: ScriptRunner
+    record: Callable[[Event], None]
+    publish: Callable[[bytes], None]  # new heartbeat payload
+    hold: Callable[[list[Vip]], None]  # VIPs to release if the daemon dies
+    entries: dict[str, Entry] = field(default_factory=dict)
+    broken: dict[str, str] = field(default_factory=dict)  # module -> configuration error
+    crashed: dict[str, float] = field(default_factory=dict)  # module -> mtime when it crashed
+    _last_peer: dict[str, mm.PeerInfo] = field(default_factory=dict)
+    _why: dict[str, str] = field(default_factory=dict)  # peer -> last membership sentence
+
+    def _env(self) -> Environment:
+        cfg = self.cluster.config
+        return Environment(
+            paths=self.paths,
+            cluster=cfg.cluster,
+            local=self.local,
+            local_addresses={n: str(a) for n, a in cfg.nodes[self.local].addresses.items()},
+            vips=self.vips,
+            scripts=self.scripts,
+            record=self.record,
+            published=self._published,
+            holding=self._holding,
+            peer_wait=cfg.heartbeat.timeout + 5.0,
+        )
+
+    # --- the module folder ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            while True:
+                await self._rescan()
+                await asyncio.sleep(RESCAN_EVERY)
+
+    def _found(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        root = self.paths.modules
+        if not root.is_dir():
+            return out
+        for d in sorted(root.iterdir()):
+            f = d / MODULE_FILE
+            if d.is_dir() and MODULE_NAME.match(d.name) and f.is_file():
+                out[d.name] = f.stat().st_mtime
+        return out
+
+    async def _rescan(self) -> None:
+        found = self._found()
+        for name in list(self.entries):
+            if name not in found:
+                await self._drop(name, "module removed from " + str(self.paths.modules))
+        for name, mtime in found.items():
+            e = self.entries.get(name)
+            if e is None:
+                if self.crashed.get(name) == mtime:
+                    continue  # not again until its configuration changes or the daemon restarts
+                self._load(name, mtime)
+            elif mtime != e.mtime:
+                if e.runner.machine.phase is mm.Phase.STOPPED:
+                    await self._drop(name, "module.yaml changed: reloading")
+                    self._load(name, mtime)
+                elif not e.stale_config:
+                    e.stale_config = True
+                    self._event(
+                        name,
+                        "module-warning",
+                        f"{name}: module.yaml changed while the module runs; it applies at the "
+                        f"next `hakit stop {name}` / `hakit start {name}`",
+                    )
+        for name in list(self.broken):
+            if name not in found:
+                del self.broken[name]
+                self.crashed.pop(name, None)
+
+    def _load(self, name: str, mtime: float) -> None:
+        try:
+            mf = load_module(self.paths.modules / name, self.cluster.config)
+        except ConfigError as e:
+            msg = str(e)
+            if self.broken.get(name) != msg:
+                self.broken[name] = msg
+                self._event(
+                    name, "module-error", f"{name}: not loaded, invalid configuration:\n{msg}"
+                )
+            return
+        self.broken.pop(name, None)
+        if self.local not in mf.config.nodes:
+            return  # installed here but runs on other nodes: nothing to do on this one
+        runner = MirrorRunner(mf, self._env())
+        task = self._tg.create_task(self._guard(name, runner), name=f"module {name}")
+        self.entries[name] = Entry(runner, task, mtime)
+        self._event(
+            name, "module-loaded", f"{name}: mirror module loaded ({' / '.join(mf.config.nodes)})"
+        )
+
+    async def _guard(self, name: str, runner: MirrorRunner) -> None:
+        """A failing module must not take the daemon or the other modules down with it."""
+        try:
+            await runner.run()
+        except Exception as e:
+            log.exception("module %s failed", name)
+            released = await asyncio.to_thread(runner.release_vips)
+            entry = self.entries.pop(name, None)
+            self.crashed[name] = entry.mtime if entry else 0.0
+            self.broken[name] = f"internal error: {e!r}"
+            self._event(
+                name,
+                "module-error",
+                f"{name}: INTERNAL ERROR, module dropped on this node ({e!r}); VIPs released "
+                f"({'; '.join(released) or 'none held'}); the peer may take over. The "
+                "application may still run here: check it, then restart the daemon.",
+            )
+            self._published()
+            self._holding()
+
+    async def _drop(self, name: str, why: str) -> None:
+        e = self.entries[name]
+        if e.runner.machine.phase is not mm.Phase.STOPPED:
+            self._event(name, "module-warning", f"{name}: {why} while running: stopping it first")
+            await e.runner.command(mm.Cmd.STOP)
+            await e.runner.wait_stopped(600.0)
+        e.task.cancel()
+        del self.entries[name]
+        self._event(name, "module-unloaded", f"{name}: {why}")
+        self._published()
+        self._holding()
+
+    def _event(self, module: str, kind: str, message: str) -> None:
+        self.record(Event(time.time(), self.local, kind, message, module=module))
+
+    # --- heartbeats in and out -----------------------------------------------------------------
+
+    def _published(self) -> None:
+        mods = {n: e.runner.wire() for n, e in self.entries.items() if e.runner.ready}
+        self.publish(json.dumps({"v": 1, "m": mods}, separators=(",", ":")).encode())
+
+    def _holding(self) -> None:
+        self.hold([v for e in self.entries.values() for v in e.runner.held])
+
+    def membership_event(self, peer: str, message: str) -> None:
+        self._why[peer] = message
+
+    def snapshot(self, snap: dict[str, Any]) -> None:
+        """A heartbeat snapshot: give every module its (possibly new) view of its peer."""
+        peers = snap.get("peers", {})
+        for name, e in self.entries.items():
+            cfg = e.runner.module.config
+            peer = cfg.peer_of(self.local)
+            p = peers.get(peer)
+            if p is None or p.get("state") == "unknown":
+                continue  # not heard yet, and not yet past the timeout: nothing to decide on
+            nets = cfg.heartbeat_networks or tuple(p["networks"])
+            alive = bool(p) and any(p["networks"].get(n, False) for n in nets)
+            payload: Any = None
+            if alive and p and p.get("payload"):
+                try:
+                    payload = json.loads(bytes.fromhex(p["payload"])).get("m", {}).get(name)
+                except (ValueError, AttributeError):
+                    payload = None
+            info = mm.peer_from_wire(alive, payload)
+            if self._last_peer.get(name) != info:
+                self._last_peer[name] = info
+                why = "" if alive else self._why.get(peer, f"{peer} lost")
+                e.runner.peer_changed(info, why)
+
+    # --- queries and commands ------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {n: e.runner.status() for n, e in self.entries.items()}
+        for name, err in self.broken.items():
+            out[name] = {"kind": "mirror", "nodes": {}, "error": err}
+        return out
+
+    def runner(self, name: str) -> MirrorRunner:
+        e = self.entries.get(name)
+        if e is None:
+            if name in self.broken:
+                raise UnknownModule(f"module {name} is not loaded: {self.broken[name]}")
+            raise UnknownModule(
+                f"no module {name!r} on {self.local}; installed: "
+                + (", ".join(self.entries) or "none")
+                + " (`hakit module list`)"
+            )
+        return e.runner
+
+    async def shutdown(self, limit: float) -> None:
+        """Stop every running module (bounded by `limit` s), remembering to resume them."""
+        for e in self.entries.values():
+            await e.runner.shutdown()
+        deadline = time.monotonic() + limit
+        for e in self.entries.values():
+            if not await e.runner.wait_stopped(max(0.0, deadline - time.monotonic())):
+                break
+        else:
+            return
+        self._event("", "module-error", f"modules still not stopped after {limit:g} s")
+
+    async def command(self, name: str, cmd: mm.Cmd) -> mm.Accepted | mm.Refused:
+        return await self.runner(name).command(cmd)

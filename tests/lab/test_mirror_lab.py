@@ -1,0 +1,360 @@
+"""Mirror modules in a real lab: real daemons, real VIPs, a real TCP service behind the VIP.
+
+Each test installs its own module (its own VIP and port) on a shared 2-node lab, so tests are
+independent. Scripts record every call (name, arguments, environment) in the node's /srv.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import textwrap
+import time
+from collections.abc import Iterator
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hakit.lab.lab import Lab
+from hakit.waiting import wait_until
+
+pytestmark = [
+    pytest.mark.lab,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root"),
+    pytest.mark.skipif(not shutil.which("nft"), reason="the lab needs nftables (nft)"),
+]
+
+LAB = "tmirror"
+_ids = count(1)
+
+SCRIPT = """\
+#!/bin/sh
+# records the call, then does the work of {name}
+echo "{name} $* action=$HAKIT_ACTION module=$HAKIT_MODULE node=$HAKIT_NODE peer=$HAKIT_PEER \
+color=$COLOR" >> "$ROOT/calls.log"
+{body}
+"""
+START_PRIM = """\
+mkdir -p "$ROOT/www"
+[ -f "$ROOT/fail-start-$HAKIT_NODE" ] && { echo "refusing to start: marker"; exit 3; }
+echo "served by $HAKIT_NODE" > "$ROOT/www/index.html"
+nohup python3 -m http.server "$PORT" --bind 0.0.0.0 --directory "$ROOT/www" >/dev/null 2>&1 &
+echo $! > "$ROOT/web.pid"
+for _ in $(seq 50); do
+  python3 -c "import socket,sys; socket.create_connection(('127.0.0.1', $PORT), 0.2)" \
+    2>/dev/null && exit 0
+  sleep 0.1
+done
+exit 1
+"""
+STOP_PRIM = """\
+[ -f "$ROOT/web.pid" ] || exit 0
+pid=$(cat "$ROOT/web.pid"); kill -9 "$pid" 2>/dev/null
+for _ in $(seq 50); do
+  kill -0 "$pid" 2>/dev/null || { rm -f "$ROOT/web.pid"; exit 0; }
+  sleep 0.1
+done
+exit 1
+"""
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    lab = Lab(LAB)
+    lab.down(missing_ok=True)
+    try:
+        lab.up(2, 2, 1)
+        yield lab
+    finally:
+        lab.down(missing_ok=True)
+
+
+class Module:
+    def __init__(self, lab: Lab, tmp: Path, **options: Any) -> None:
+        n = next(_ids)
+        self.lab = lab
+        self.name = f"web{n}"
+        self.vip = f"10.100.1.{150 + n}"
+        self.port = 8000 + n
+        self.root = f"/srv/{self.name}"
+        folder = tmp / self.name
+        (folder / "bin").mkdir(parents=True)
+        lines = [
+            "kind: mirror",
+            "nodes: [node1, node2]",
+            "vips:",
+            f"  - {{address: {self.vip}/24, network: net1}}",
+            f"failover: {str(options.get('failover', True)).lower()}",
+            f"default_primary: {options.get('default_primary', 'alone')}",
+            "scripts: {start_timeout: 20, stop_timeout: 20}",
+            f"variables: {{ROOT: {self.root}, PORT: '{self.port}', COLOR: blue}}",
+        ]
+        (folder / "module.yaml").write_text("\n".join(lines) + "\n")
+        bodies = {"start_prim": START_PRIM, "stop_prim": STOP_PRIM}
+        for s in (
+            "prestart",
+            "start_prim",
+            "stop_prim",
+            "start_second",
+            "stop_second",
+            "poststop",
+            "transition",
+        ):
+            p = folder / "bin" / s
+            body = bodies.get(s, "exit 0")
+            p.write_text(SCRIPT.format(name=s, body=body))
+            p.chmod(0o755)
+        for node in ("node1", "node2"):
+            lab.exec(node, ["mkdir", "-p", self.root])
+            lab.exec(node, ["hakit", "module", "install", str(folder)], capture=True)
+        for node in ("node1", "node2"):
+            wait_until(lambda node=node: self.name in self.state(node)["modules"], 10, "loaded")  # type: ignore[misc]
+
+    def state(self, node: str) -> dict[str, Any]:
+        r = self.lab.exec(node, ["hakit", "state", "--json"], capture=True, check=False)
+        return json.loads(r.stdout) if r.returncode == 0 else {"modules": {}}  # type: ignore[no-any-return]
+
+    def me(self, node: str) -> str:
+        mod = self.state(node)["modules"].get(self.name, {}).get("nodes", {}).get(node)
+        return f"{mod['state']} {mod['status']}" if mod else "unknown"
+
+    def cmd(self, node: str, *args: str, check: bool = True) -> str:
+        r = self.lab.exec(node, ["hakit", *args, self.name], capture=True, check=False)
+        if check:
+            assert r.returncode == 0, r.stderr
+        return r.stdout + r.stderr
+
+    def wait(self, node: str, expected: str, timeout: float = 15) -> None:
+        wait_until(lambda: self.me(node) == expected, timeout, f"{self.name} {expected} on {node}")
+
+    def pair(self, a: str, b: str, timeout: float = 15) -> None:
+        self.wait("node1", a, timeout)
+        self.wait("node2", b, timeout)
+
+    def served_by(self, timeout: float = 1.0) -> str | None:
+        code = (
+            "import urllib.request,sys\n"
+            f"print(urllib.request.urlopen('http://{self.vip}:{self.port}/', timeout={timeout})"
+            ".read().decode().strip())"
+        )
+        r = self.lab.exec("client1", ["python3", "-c", code], capture=True, check=False)
+        return r.stdout.strip().removeprefix("served by ") if r.returncode == 0 else None
+
+    def has_vip(self, node: str) -> bool:
+        r = self.lab.exec(node, ["ip", "-o", "addr", "show"], capture=True)
+        return f" {self.vip}/24 " in r.stdout
+
+    def calls(self, node: str) -> list[str]:
+        p = self.lab.host_path(node, f"{self.root}/calls.log")
+        return p.read_text().splitlines() if p.exists() else []
+
+    def log(self, node: str) -> str:
+        return self.cmd(node, "log")
+
+    def first_start(self) -> None:
+        self.cmd("node1", "prim")
+        self.wait("node1", "ALONE ready")
+        self.cmd("node2", "second")
+        self.pair("PRIM ready", "SECOND ready")
+
+    def remove(self) -> None:
+        """Stop it on both nodes (secondary first) and uninstall it."""
+        for node in ("node2", "node1"):
+            self.lab.exec(node, ["hakit", "stop", self.name], check=False, capture=True)
+            wait_until(lambda node=node: self.me(node) == "STOP not-ready", 30, "stopped")  # type: ignore[misc]
+        for node in ("node1", "node2"):
+            self.lab.exec(node, ["hakit", "module", "uninstall", self.name], capture=True)
+
+
+@pytest.fixture
+def make(lab: Lab, tmp_path: Path) -> Iterator[Any]:
+    made: list[Module] = []
+
+    def factory(**options: Any) -> Module:
+        m = Module(lab, tmp_path, **options)
+        made.append(m)
+        return m
+
+    yield factory
+    for m in made:
+        m.remove()
+
+
+@pytest.fixture
+def module(make: Any) -> Module:
+    return make()  # type: ignore[no-any-return]
+
+
+def test_first_start_needs_prim_then_vip_and_service_only_on_primary(module: Module) -> None:
+    module.cmd("node1", "start")
+    module.cmd("node2", "start")
+    module.pair("WAIT not-ready", "WAIT not-ready")
+    st = module.state("node1")["modules"][module.name]["nodes"]["node1"]
+    assert "first start: run `hakit prim`" in st["blocked"]
+    module.cmd("node1", "prim")
+    module.pair("PRIM ready", "SECOND ready")
+    assert module.served_by() == "node1"
+    assert module.has_vip("node1")
+    assert not module.has_vip("node2")
+    refused = module.cmd("node2", "prim", check=False)
+    assert "is secondary on node2" in refused
+    assert f"`hakit swap {module.name} --node node1`" in refused
+
+
+def test_poweroff_of_primary_fails_over_and_it_returns_as_secondary(module: Module) -> None:
+    module.first_start()
+    module.lab.poweroff("node1")
+    try:
+        module.wait("node2", "ALONE ready", 10)
+        wait_until(lambda: module.served_by() == "node2", 10, "the client to reach node2")
+        assert "failover: node1 lost" in module.log("node2")
+    finally:
+        module.lab.poweron("node1")
+    module.pair("SECOND ready", "PRIM ready", 20)
+    assert module.served_by() == "node2"
+    assert not module.has_vip("node1")
+
+
+def test_swap_both_ways(module: Module) -> None:
+    module.first_start()
+    module.cmd("node1", "swap")
+    module.pair("SECOND ready", "PRIM ready")
+    assert module.served_by() == "node2"
+    assert "run swap on the primary" in module.cmd("node1", "swap", check=False)
+    module.cmd("node2", "swap")
+    module.pair("PRIM ready", "SECOND ready")
+    assert module.served_by() == "node1"
+
+
+def test_stop_and_start_order_the_last_primary_comes_back_primary(module: Module) -> None:
+    module.first_start()
+    module.cmd("node2", "stop")
+    module.pair("ALONE ready", "STOP not-ready")
+    module.cmd("node1", "stop")
+    module.pair("STOP not-ready", "STOP not-ready")
+    module.cmd("node2", "start")
+    module.wait("node2", "WAIT not-ready")
+    blocked = module.state("node2")["modules"][module.name]["nodes"]["node2"]["blocked"]
+    assert "node1 has newer data" in blocked
+    module.cmd("node1", "start")
+    module.pair("PRIM ready", "SECOND ready")
+    assert module.served_by() == "node1"
+
+
+def test_default_primary_fails_back(lab: Lab, make: Any) -> None:
+    module = make(default_primary="node1")
+    module.first_start()
+    lab.poweroff("node1")
+    try:
+        module.wait("node2", "ALONE ready", 10)
+    finally:
+        lab.poweron("node1")
+    module.pair("PRIM ready", "SECOND ready", 25)
+    assert module.served_by() == "node1"
+    assert "failback: node1 is the default primary" in module.log("node2")
+
+
+def test_failover_off_keeps_the_secondary_waiting(lab: Lab, make: Any) -> None:
+    module = make(failover=False)
+    module.first_start()
+    lab.poweroff("node1")
+    try:
+        module.wait("node2", "WAIT not-ready", 10)
+        assert module.served_by(0.5) is None
+        module.cmd("node2", "prim")
+        module.wait("node2", "ALONE ready")
+        assert module.served_by() == "node2"
+    finally:
+        lab.poweron("node1")
+    module.pair("SECOND ready", "PRIM ready", 20)
+
+
+def test_failover_can_be_switched_at_run_time(module: Module) -> None:
+    module.first_start()
+    assert "failover off" in module.cmd("node2", "failover", "off")
+    assert module.state("node2")["modules"][module.name]["failover"] is False
+    assert "failover on" in module.cmd("node2", "failover", "on")
+
+
+def test_killed_daemon_on_primary_never_leaves_two_vips(module: Module) -> None:
+    lab = module.lab
+    module.first_start()
+    samplers = {}
+    sampler = textwrap.dedent(f"""
+        import subprocess, time
+        end = time.monotonic() + 12
+        with open("{module.root}/vip-samples", "w") as f:
+            while time.monotonic() < end:
+                out = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True).stdout
+                f.write(f"{{time.time()}} {{int(' {module.vip}/24 ' in out)}}\\n")
+                f.flush()
+                time.sleep(0.02)
+    """)
+    for node in ("node1", "node2"):
+        samplers[node] = lab.spawn(node, ["python3", "-c", sampler])
+    time.sleep(0.5)
+    os.kill(lab.daemon_pid("node1") or 0, signal.SIGKILL)
+    module.wait("node2", "ALONE ready", 10)
+    # the replacement daemon reconciles what the killed one left behind
+    lab.spawn("node1", ["hakit", "daemon"])
+    wait_until(lambda: module.me("node1") == "SECOND ready", 20, "node1 back as secondary")
+    for pid in samplers.values():
+        wait_until(lambda pid=pid: not Path(f"/proc/{pid}").exists(), 20, "sampler end")  # type: ignore[misc]
+
+    def intervals(node: str) -> list[tuple[float, float]]:
+        rows = lab.host_path(node, f"{module.root}/vip-samples").read_text().split("\n")
+        samples = [(float(t), v == "1") for t, v in (r.split() for r in rows if r)]
+        out, start, prev = [], None, 0.0
+        for t, present in samples:
+            if present and start is None:
+                start = prev  # it may have appeared right after the previous sample
+            if not present and start is not None:
+                out.append((start, t))
+                start = None
+            prev = t
+        if start is not None:
+            out.append((start, float("inf")))
+        return out
+
+    one, two = intervals("node1"), intervals("node2")
+    assert one, "node1 held the VIP at the start"
+    assert two, "node2 holds the VIP at the end"
+    for a0, a1 in one:
+        for b0, b1 in two:
+            assert a1 <= b0 or b1 <= a0, f"VIP on both nodes: node1 {a0}-{a1}, node2 {b0}-{b1}"
+    assert module.served_by() == "node2"
+
+
+def test_scripts_order_arguments_and_environment(module: Module) -> None:
+    module.first_start()
+    module.cmd("node1", "stop")
+    module.pair("STOP not-ready", "ALONE ready")
+    calls = [c for c in module.calls("node1") if not c.startswith("transition")]
+    names = [c.split()[0] for c in calls]
+    assert names == ["prestart", "start_prim", "stop_prim", "poststop"]
+    assert calls[0].startswith("prestart STOP WAIT prim action=prim")
+    assert calls[1].startswith("start_prim WAIT ALONE prim action=prim")
+    assert calls[2].startswith("stop_prim PRIM WAIT stop action=stop")
+    assert f"module={module.name} node=node1 peer=node2 color=blue" in calls[1]
+    transitions = [c for c in module.calls("node1") if c.startswith("transition")]
+    assert transitions[0].startswith("transition STOP WAIT")
+    calls2 = [c.split()[0] for c in module.calls("node2") if not c.startswith("transition")]
+    assert calls2 == ["prestart", "start_second", "stop_second", "start_prim"]
+
+
+def test_failing_start_prim_stops_the_node_and_the_other_takes_over(module: Module) -> None:
+    lab = module.lab
+    module.first_start()
+    module.cmd("node1", "swap")
+    module.pair("SECOND ready", "PRIM ready")
+    lab.exec("node1", ["touch", f"{module.root}/fail-start-node1"])
+    module.cmd("node2", "swap")
+    module.pair("STOP not-ready", "ALONE ready", 20)
+    log = module.log("node1")
+    assert "start as primary FAILED: start_prim exited 3" in log
+    assert module.served_by() == "node2"
+    assert not module.has_vip("node1")
