@@ -116,7 +116,7 @@ class Module:
 
     def state(self, node: str) -> dict[str, Any]:
         r = self.lab.exec(node, ["hakit", "state", "--json"], capture=True, check=False)
-        return json.loads(r.stdout) if r.returncode == 0 else {"modules": {}}  # type: ignore[no-any-return]
+        return json.loads(r.stdout) if r.returncode == 0 else {"modules": {}}
 
     def me(self, node: str) -> str:
         mod = self.state(node)["modules"].get(self.name, {}).get("nodes", {}).get(node)
@@ -358,3 +358,32 @@ def test_failing_start_prim_stops_the_node_and_the_other_takes_over(module: Modu
     assert "start as primary FAILED: start_prim exited 3" in log
     assert module.served_by() == "node2"
     assert not module.has_vip("node1")
+
+
+def test_commands_on_another_node_and_on_all_nodes(module: Module) -> None:
+    lab = module.lab
+    module.cmd("node1", "prim")
+    module.wait("node1", "ALONE ready")
+    assert "node2: " in module.cmd("node1", "second", "--node", "node2")
+    module.pair("PRIM ready", "SECOND ready")
+    started = time.time()
+    module.cmd("node1", "stop", "--all")  # the secondary first: no useless failover
+    module.pair("STOP not-ready", "STOP not-ready")
+    takeovers = [line for line in module.log("node2").splitlines() if "becoming primary" in line]
+    assert all(
+        time.mktime(time.strptime(t[:19], "%Y-%m-%d %H:%M:%S")) < started - 1 for t in takeovers
+    )
+    module.cmd("node2", "start", "--all")
+    module.pair("PRIM ready", "SECOND ready")  # node1 was primary last
+    remote = lab.exec("node2", ["hakit", "state", "--json", "--node", "node1"], capture=True)
+    assert json.loads(remote.stdout)["node"] == "node1"
+    # a request not signed with the cluster secret is refused
+    code = (
+        "import urllib.request, urllib.error\n"
+        "req = urllib.request.Request('http://10.100.1.11:7351/v1/modules/x/stop', method='POST')\n"
+        "try:\n    urllib.request.urlopen(req, timeout=2)\n"
+        "except urllib.error.HTTPError as e:\n    print(e.code, e.read().decode())\n"
+    )
+    r = lab.exec("client1", ["python3", "-c", code], capture=True)
+    assert r.stdout.startswith("401")
+    assert "missing authentication headers" in r.stdout

@@ -311,3 +311,20 @@ def test_never_two_primaries_without_a_partition(actions: list[tuple[str, object
             assert not (a.machine.phase in mm.PRIMARYISH and b.machine.phase in mm.PRIMARYISH), (
                 sim.states()
             )
+
+
+def test_primary_losing_its_secondary_while_stopping_starts_a_new_generation() -> None:
+    """The secondary stops; the primary is told to stop before it noticed: its data is newer,
+    so the old secondary must not come back primary on its own."""
+    sim = MirrorSim()
+    first_start(sim)
+    n1, n2 = sim.nodes["node1"], sim.nodes["node2"]
+    sim._apply(n2, mm.Command(C.STOP))  # node2 leaves; node1 has not seen it yet
+    sim._apply(n1, mm.Command(C.STOP))  # node1 starts demoting with a stale view
+    sim.settle()
+    assert sim.states() == ("STOP not-ready", "STOP not-ready")
+    assert mm.compare(sim.data("node1"), sim.data("node2")) is mm.Cmp.NEWER
+    sim.command("node2", C.START)
+    assert sim.state("node2") == "WAIT not-ready"
+    sim.command("node1", C.START)
+    assert sim.states() == ("PRIM ready", "SECOND ready")

@@ -6,6 +6,7 @@ daemon internals.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from fastapi import FastAPI, HTTPException, Query
@@ -13,6 +14,7 @@ from fastapi.responses import JSONResponse
 
 from hakit import __version__
 from hakit.errors import HakitError
+from hakit.wire.apiauth import Verifier
 
 API_PREFIX = "/v1"
 
@@ -39,6 +41,42 @@ class StatusSource(Protocol):
     async def command(self, module: str, command: str) -> tuple[bool, str]:
         """(accepted, message); raises `HakitError` for an unknown module."""
         ...
+
+
+class Authenticated:
+    """ASGI middleware: every request must be signed with the cluster secret (TCP API)."""
+
+    def __init__(self, app: Any, verifier: Verifier, now: Callable[[], float]) -> None:
+        self.app = app
+        self.verifier = verifier
+        self.now = now
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        body, messages = b"", []
+        while True:
+            msg = await receive()
+            messages.append(msg)
+            body += msg.get("body", b"")
+            if not msg.get("more_body"):
+                break
+        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        target = scope["path"] + (
+            ("?" + scope["query_string"].decode()) if scope["query_string"] else ""
+        )
+        why = self.verifier.check(headers, scope["method"], target, body, self.now())
+        if why is not None:
+            response = JSONResponse({"detail": why}, status_code=401)
+            await response(scope, receive, send)
+            return
+        replay = iter(messages)
+
+        async def again() -> Any:
+            return next(replay, {"type": "http.disconnect"})
+
+        await self.app(scope, again, send)
 
 
 def create_app(source: StatusSource) -> FastAPI:

@@ -8,12 +8,15 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
-from hakit.api.app import create_app
+from hakit.adapters.udp import IP_FREEBIND
+from hakit.api.app import Authenticated, create_app
 from hakit.config.load import load_cluster
 from hakit.daemon.logs import LOGGER, daemon_logging
 from hakit.daemon.runtime import (
@@ -23,6 +26,7 @@ from hakit.daemon.runtime import (
     single_instance,
 )
 from hakit.paths import Paths
+from hakit.wire.apiauth import Verifier, api_key
 
 log = logging.getLogger(LOGGER)
 
@@ -51,12 +55,40 @@ def _unix_socket(path: Path) -> socket.socket:
     return sock
 
 
+def _tcp_sockets(addresses: list[str], port: int) -> list[socket.socket]:
+    """One listening socket per cluster address (FREEBIND: the address may come up later)."""
+    socks = []
+    for addr in addresses:
+        family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET:
+            sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+        try:
+            sock.bind((addr, port))
+        except OSError as e:
+            sock.close()
+            log.error("API not listening on %s:%s: %s", addr, port, e.strerror)
+            continue
+        sock.listen(64)
+        sock.setblocking(False)
+        socks.append(sock)
+    return socks
+
+
+def _server(app: Any) -> _Server:
+    config = uvicorn.Config(app, log_config=None, lifespan="off", access_log=False, loop="asyncio")
+    return _Server(config)
+
+
 async def _serve(daemon: NodeDaemon, paths: Paths) -> None:
     sock = _unix_socket(paths.socket)
-    config = uvicorn.Config(
-        create_app(daemon), log_config=None, lifespan="off", access_log=False, loop="asyncio"
-    )
-    server = _Server(config)
+    cfg = daemon.cluster.config
+    server = _server(create_app(daemon))
+    verifier = Verifier(api_key(daemon.cluster.secret, cfg.cluster))
+    addresses = [str(a) for a in cfg.nodes[daemon.local].addresses.values()]
+    remote = _server(Authenticated(create_app(daemon), verifier, time.time))
+    tcp = _tcp_sockets(addresses, cfg.api.port)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -70,11 +102,14 @@ async def _serve(daemon: NodeDaemon, paths: Paths) -> None:
             await asyncio.wait_for(asyncio.shield(daemon_task), SHUTDOWN_TIMEOUT + 10)
         finally:
             server.should_exit = True  # the API answers until the modules are stopped
+            remote.should_exit = True
 
     try:
         async with asyncio.TaskGroup() as tg:
             main = tg.create_task(daemon.run())
             api = tg.create_task(server.serve(sockets=[sock]))
+            if tcp:
+                tg.create_task(remote.serve(sockets=tcp))
             waiter = tg.create_task(wait_stop(main))
             await asyncio.wait([main, api, waiter], return_when=asyncio.FIRST_COMPLETED)
             if not stop.is_set():

@@ -43,12 +43,13 @@ def daemon(node: str | None) -> None:
 @cli.command()
 @click.argument("module", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (stable contract).")
-def state(module: str | None, as_json: bool) -> None:
-    """Show the cluster as this node sees it: nodes, networks, modules."""
-    from hakit.cli.client import DaemonClient
+@click.option("--node", metavar="NODE", help="Ask the daemon of NODE instead of this node's.")
+def state(module: str | None, as_json: bool, node: str | None) -> None:
+    """Show the cluster as this node (or NODE) sees it: nodes, networks, modules."""
+    from hakit.cli.client import client_for
     from hakit.cli.render import render_state
 
-    st = DaemonClient(Paths.from_env()).get("/state")
+    st = client_for(Paths.from_env(), node).get("/state")
     if module is not None:
         if module not in st["modules"]:
             raise HakitError(

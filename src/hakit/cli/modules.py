@@ -14,7 +14,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from hakit.cli.client import DaemonClient
+from hakit.cli.client import DaemonClient, RemoteClient, client_for
 from hakit.config.load import load_cluster
 from hakit.config.module import MODULE_FILE, ModuleFile, load_module
 from hakit.errors import DaemonUnavailable, HakitError
@@ -115,8 +115,16 @@ def package(folder: Path, output: Path | None) -> Path:
 # --- talking to the daemon --------------------------------------------------------------------
 
 
-def _client() -> DaemonClient:
-    return DaemonClient(Paths.from_env())
+def _client(node: str | None = None) -> DaemonClient | RemoteClient:
+    return client_for(Paths.from_env(), node)
+
+
+node_option = click.option(
+    "--node", "node", metavar="NODE", help="Act on the daemon of NODE instead of this node."
+)
+all_option = click.option(
+    "--all", "all_nodes", is_flag=True, help="Act on every node of the module."
+)
 
 
 def _module_state(st: dict[str, Any], module: str) -> dict[str, Any]:
@@ -128,12 +136,55 @@ def _module_state(st: dict[str, Any], module: str) -> dict[str, Any]:
     return mod  # type: ignore[no-any-return]
 
 
-def run_command(module: str, command: str) -> None:
-    r = _client().post(f"/modules/{module}/{command}")
+def run_command(module: str, command: str, node: str | None = None) -> None:
+    r = _client(node).post(f"/modules/{module}/{command}")
+    where = f"{node}: " if node else ""
     if r.get("accepted"):
-        out.print(r["message"])
+        out.print(where + r["message"])
         return
-    raise Refused(r.get("message") or r.get("detail") or "refused")
+    raise Refused(where + (r.get("message") or r.get("detail") or "refused"))
+
+
+def module_nodes(module: str, command: str) -> list[str]:
+    """The module's nodes, in the order `--all` acts on them: for stops, the primary last."""
+    st = _client().get("/state")
+    mod = _module_state(st, module)
+    nodes = list(mod["nodes"])
+    if command in ("stop", "stopstart"):
+        nodes.sort(key=lambda n: mod["nodes"][n].get("state") in ("ALONE", "PRIM"))
+    return nodes
+
+
+ALL_STEP_TIMEOUT = 180.0
+
+
+def _settled(module: str, node: str, want: str | None) -> bool:
+    st = _client(node).get("/state")
+    me = _module_state(st, module)["nodes"].get(node, {})
+    if me.get("status") == "transient":
+        return False
+    return want is None or me.get("state") == want
+
+
+def run_everywhere(module: str, command: str) -> None:
+    """`--all`: node after node, each done before the next (a stop ends in STOP first), so a
+    global stop stops the secondary before the primary and causes no useless failover."""
+    failures = []
+    for n in module_nodes(module, command):
+        want = "STOP" if command == "stop" else None
+        deadline = time.monotonic() + ALL_STEP_TIMEOUT
+        while not _settled(module, n, None) and time.monotonic() < deadline:
+            time.sleep(0.2)  # busy with an earlier step: let it finish
+        try:
+            run_command(module, command, n)
+        except HakitError as e:
+            failures.append(str(e))
+            out.print(f"[red]{e}[/]", markup=True)
+            continue
+        while not _settled(module, n, want) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    if failures:
+        raise Refused(f"{len(failures)} node(s) refused or failed")
 
 
 # --- click commands ---------------------------------------------------------------------------
@@ -239,8 +290,13 @@ def module_package(folder: Path, output: Path | None) -> None:
 def _control(command: str, doc: str) -> click.Command:
     @click.command(command, help=doc)
     @click.argument("module")
-    def cmd(module: str) -> None:
-        run_command(module, command)
+    @node_option
+    @all_option
+    def cmd(module: str, node: str | None, all_nodes: bool) -> None:
+        if all_nodes:
+            run_everywhere(module, command)
+        else:
+            run_command(module, command, node)
 
     return cmd
 
@@ -260,22 +316,29 @@ CONTROL = {
 @click.command("failover")
 @click.argument("mode", type=click.Choice(["on", "off"]))
 @click.argument("module")
-def failover(mode: str, module: str) -> None:
-    """Turn automatic failover of MODULE on or off on this node (kept across restarts)."""
-    run_command(module, f"failover-{mode}")
+@node_option
+@all_option
+def failover(mode: str, module: str, node: str | None, all_nodes: bool) -> None:
+    """Turn automatic failover of MODULE on or off (kept across restarts)."""
+    if all_nodes:
+        run_everywhere(module, f"failover-{mode}")
+    else:
+        run_command(module, f"failover-{mode}", node)
 
 
 @click.command("wait")
 @click.argument("module")
 @click.argument("state", type=click.Choice(STATES, case_sensitive=False))
 @click.option("--timeout", type=float, default=60.0, show_default=True)
-def wait(module: str, state: str, timeout: float) -> None:
+@node_option
+def wait(module: str, state: str, timeout: float, node: str | None) -> None:
     """Wait until MODULE is in STATE on this node (not transient); exit 1 on timeout."""
     state = state.upper()
     deadline = time.monotonic() + timeout
     last = ""
+    client = _client(node)
     while True:
-        st = _client().get("/state")
+        st = client.get("/state")
         me = _module_state(st, module)["nodes"].get(st["node"], {})
         last = f"{me.get('state')} ({me.get('status')})"
         if me.get("state") == state and me.get("status") != "transient":
@@ -311,9 +374,14 @@ def _print_event(ev: dict[str, Any]) -> None:
 @click.argument("module")
 @click.option("-n", "--lines", type=int, default=50, show_default=True)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new entries.")
-def log_cmd(module: str, lines: int, follow: bool) -> None:
+@node_option
+def log_cmd(module: str, lines: int, follow: bool, node: str | None) -> None:
     """The timeline of MODULE on this node: every decision and action with its cause."""
     paths = Paths.from_env()
+    if node is not None:
+        for ev in _client(node).get("/events", limit=min(lines, 2000), module=module):
+            _print_event(ev)
+        return
     entries = list(_events(paths, module))
     for ev in entries[-lines:]:
         _print_event(ev)

@@ -9,6 +9,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+STATUS_STYLE = {"ready": "green", "transient": "yellow", "not-ready": "red"}
+
 
 def _ago(seconds: float | None) -> str:
     if seconds is None:
@@ -64,7 +66,29 @@ def render_state(st: dict[str, Any], console: Console) -> None:
         console.print(Text(f"heartbeats rejected: {parts}", style="yellow"))
     for net, err in (hb.get("bind_errors") or {}).items():
         console.print(Text(f"network {net}: {err}", style="red"))
-    if st["modules"]:
-        console.print(f"modules: {', '.join(st['modules'])}")
-    else:
+    if not st["modules"]:
         console.print(Text("no modules installed", style="dim"))
+        return
+    mods = Table(show_edge=False, header_style="bold")
+    mods.add_column("module")
+    for name in st["nodes"]:
+        mods.add_column(name)
+    mods.add_column("")
+    for mname, mod in st["modules"].items():
+        mcells: list[Text | str] = []
+        for node in st["nodes"]:
+            n = mod.get("nodes", {}).get(node)
+            if n is None:
+                mcells.append(Text("-", style="dim"))
+                continue
+            colour = STATUS_STYLE.get(n["status"], "")
+            label = f"{n['state']} {n['status']}"
+            if n.get("reachable") is False:
+                label, colour = "unreachable", "dim"
+            mcells.append(Text(label, style=colour))
+        me = mod.get("nodes", {}).get(st["node"], {})
+        note = mod.get("error") or me.get("blocked") or ""
+        if not mod.get("failover", True):
+            note = ("failover off; " + note) if note else "failover off"
+        mods.add_row(mname, *mcells, Text(note.splitlines()[0] if note else "", style="yellow"))
+    console.print(mods)

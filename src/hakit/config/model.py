@@ -13,6 +13,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, StringConstraints
 
 DEFAULT_PORT = 7350
+DEFAULT_API_PORT = 7351
 DEFAULT_INTERVAL = 0.2
 DEFAULT_TIMEOUT = 1.0
 MIN_PULSES_PER_TIMEOUT = 3
@@ -62,6 +63,20 @@ class Heartbeat(Frozen):
     )
 
 
+class Api(Frozen):
+    """The daemons' API between nodes (commands with `--node` / `--all`)."""
+
+    port: int = Field(
+        DEFAULT_API_PORT,
+        ge=1,
+        le=65535,
+        description=(
+            "TCP port of each daemon's API on its cluster addresses. Requests are signed with "
+            "the cluster secret and must be within 5 minutes of the receiver's clock."
+        ),
+    )
+
+
 class Network(Frozen):
     """A network between the nodes (a LAN, a dedicated replication link, …)."""
 
@@ -95,6 +110,7 @@ class Cluster(Frozen):
         ),
     )
     heartbeat: Heartbeat = Field(default_factory=Heartbeat, description="Heartbeat settings.")
+    api: Api = Field(default_factory=Api, description="API between nodes.")
     networks: dict[Name, Network] = Field(
         min_length=1,
         description="The networks between the nodes, by name; two or more are recommended.",

@@ -89,5 +89,11 @@ def check_topology(config: Cluster) -> list[Problem]:
     return out
 
 
+def check_ports(config: Cluster) -> list[Problem]:
+    if config.api.port == config.heartbeat.port:
+        return [Problem(("api", "port"), str(config.api.port), "must differ from heartbeat.port")]
+    return []
+
+
 def check_cluster(config: Cluster) -> list[Problem]:
-    return check_timing(config) + check_topology(config)
+    return check_timing(config) + check_topology(config) + check_ports(config)

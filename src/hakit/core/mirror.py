@@ -708,8 +708,30 @@ def _peer_update(m: Mirror, ev: Event) -> Mirror:
 
 
 def _peer_note(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
-    """Transient phases and STOP: remember; decisions are taken when the operation ends."""
-    return _peer_update(m, ev), ()
+    """Transient phases and STOP: remember; decisions are taken when the operation ends.
+
+    Except one: a node that may still run the application (promoting, restarting, demoting)
+    and loses its ready secondary starts a new generation at once, as ALONE would: whatever
+    the application writes from now on is not on the peer.
+    """
+    m2 = _peer_update(m, ev)
+    if m.phase in PRIMARYISH and m.peer_second_ready() and not m2.peer_second_ready():
+        data = replace(m2.data.next_generation(fresh_id), alone_ok=True)
+        why = (
+            ev.why
+            if isinstance(ev, PeerChanged) and ev.why
+            else f"{m.peer_name} {m2.peer.describe()}"
+        )
+        return replace(m2, data=data), (
+            Persist(data, m.failover),
+            Explain(
+                f"{_name(m)} ({m.phase.value}): {why}; {m.peer_name}'s copy is stale from now "
+                f"({data.label()})",
+                "warning",
+            ),
+            Publish(),
+        )
+    return m2, ()
 
 
 def _peer_waiting(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
