@@ -87,8 +87,8 @@ case "$action" in
     ;;
   test)
     say "ruff"
-    "$venv/bin/ruff" check src tests
-    "$venv/bin/ruff" format --check src tests
+    "$venv/bin/ruff" check src tests bench
+    "$venv/bin/ruff" format --check src tests bench
     say "mypy"
     "$venv/bin/mypy"
     say "generated documentation is up to date"

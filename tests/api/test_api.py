@@ -51,11 +51,11 @@ SNAPSHOT = {
 }
 
 
-def request(method: str, path: str, **params: Any) -> httpx.Response:
+def request(method: str, path: str, body: bytes = b"", **params: Any) -> httpx.Response:
     async def go() -> httpx.Response:
         transport = httpx.ASGITransport(app=create_app(Source()))
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
-            return await c.request(method, path, params=params)
+            return await c.request(method, path, params=params, content=body)
 
     return asyncio.run(go())
 
@@ -70,6 +70,16 @@ class Source:
 
     def events(self, limit: int, module: str | None = None) -> list[dict[str, Any]]:
         return [{"at": 1.0, "kind": "peer-lost", "message": "node3 lost"}][-limit:]
+
+    def install(self, package: bytes, name: str, force: bool) -> str:
+        if not package.startswith(b"PK"):
+            raise HakitError("not a zip")
+        return f"module {name} installed"
+
+    def uninstall(self, name: str) -> str:
+        if name != "app":
+            raise HakitError(f"no module {name!r}")
+        return "module app uninstalled"
 
     async def command(self, module: str, command: str) -> tuple[bool, str]:
         if module != "app":
@@ -122,3 +132,13 @@ def test_module_commands() -> None:
     unknown = request("POST", "/v1/modules/app/explode")
     assert unknown.status_code == 404
     assert "unknown command" in unknown.json()["detail"]
+
+
+def test_install_and_uninstall() -> None:
+    ok = request("POST", "/v1/modules", body=b"PK...", name="web", force="false")
+    assert ok.json() == {"installed": True, "message": "module web installed"}
+    bad = request("POST", "/v1/modules", body=b"nope", name="web")
+    assert bad.status_code == 400
+    assert bad.json()["detail"] == "not a zip"
+    assert request("DELETE", "/v1/modules/app").json()["uninstalled"] is True
+    assert request("DELETE", "/v1/modules/zzz").status_code == 409

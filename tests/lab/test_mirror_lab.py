@@ -110,7 +110,8 @@ class Module:
             p.chmod(0o755)
         for node in ("node1", "node2"):
             lab.exec(node, ["mkdir", "-p", self.root])
-            lab.exec(node, ["hakit", "module", "install", str(folder)], capture=True)
+        # one command installs it on both nodes (signed API)
+        lab.exec("node1", ["hakit", "module", "install", str(folder), "--all"], capture=True)
         for node in ("node1", "node2"):
             wait_until(lambda node=node: self.name in self.state(node)["modules"], 10, "loaded")  # type: ignore[misc]
 
@@ -166,8 +167,7 @@ class Module:
         for node in ("node2", "node1"):
             self.lab.exec(node, ["hakit", "stop", self.name], check=False, capture=True)
             wait_until(lambda node=node: self.me(node) == "STOP not-ready", 30, "stopped")  # type: ignore[misc]
-        for node in ("node1", "node2"):
-            self.lab.exec(node, ["hakit", "module", "uninstall", self.name], capture=True)
+        self.lab.exec("node2", ["hakit", "module", "uninstall", self.name, "--all"], capture=True)
 
 
 @pytest.fixture

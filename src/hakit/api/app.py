@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 
 from hakit import __version__
@@ -40,6 +40,14 @@ class StatusSource(Protocol):
 
     async def command(self, module: str, command: str) -> tuple[bool, str]:
         """(accepted, message); raises `HakitError` for an unknown module."""
+        ...
+
+    def install(self, package: bytes, name: str, force: bool) -> str:
+        """Install a module package; the message; `HakitError` if invalid."""
+        ...
+
+    def uninstall(self, name: str) -> str:
+        """Uninstall a stopped module; `HakitError` if running or absent."""
         ...
 
 
@@ -97,6 +105,23 @@ def create_app(source: StatusSource) -> FastAPI:
         limit: int = Query(100, ge=1, le=2000), module: str | None = None
     ) -> list[dict[str, Any]]:
         return source.events(limit, module)
+
+    @app.post(API_PREFIX + "/modules", summary="Install a module package (zip body)")
+    async def install(request: Request, name: str, force: bool = False) -> JSONResponse:
+        data = await request.body()
+        try:
+            message = source.install(data, name, force)
+        except HakitError as e:
+            return JSONResponse({"installed": False, "detail": str(e)}, status_code=400)
+        return JSONResponse({"installed": True, "message": message})
+
+    @app.delete(API_PREFIX + "/modules/{module}", summary="Uninstall a stopped module")
+    def uninstall(module: str) -> JSONResponse:
+        try:
+            message = source.uninstall(module)
+        except HakitError as e:
+            return JSONResponse({"uninstalled": False, "detail": str(e)}, status_code=409)
+        return JSONResponse({"uninstalled": True, "message": message})
 
     @app.post(
         API_PREFIX + "/modules/{module}/{command}",

@@ -60,10 +60,10 @@ class DaemonClient:
 
 def _answer(r: httpx.Response, accept: tuple[int, ...]) -> Any:
     if r.status_code in accept:
-        body = r.json()
-        if r.status_code == 404 and "detail" in body:
-            raise HakitError(str(body["detail"]))
-        return body
+        answer = r.json()
+        if r.status_code == 404 and "detail" in answer and "uninstalled" not in answer:
+            raise HakitError(str(answer["detail"]))
+        return answer
     if r.status_code == 401:
         raise HakitError(f"refused by the remote daemon: {r.json().get('detail')}")
     r.raise_for_status()
@@ -95,19 +95,22 @@ class RemoteClient:
         path: str,
         params: dict[str, Any] | None = None,
         accept: tuple[int, ...] = (),
+        body: bytes = b"",
     ) -> Any:
         url = httpx.URL("/v1" + path, params=params or {})
         target = url.raw_path.decode()
         errors = []
         for addr in self.addresses:
             host = f"[{addr}]" if ":" in addr else addr
-            headers = sign(self.key, "cli", method, target, b"", time.time(), secrets.token_hex(12))
+            headers = sign(
+                self.key, "cli", method, target, body, time.time(), secrets.token_hex(12)
+            )
             try:
                 with httpx.Client(
                     base_url=f"http://{host}:{self.port}",
                     timeout=httpx.Timeout(TIMEOUT, connect=1.0),
                 ) as c:
-                    r = c.request(method, target, headers=headers)
+                    r = c.request(method, target, headers=headers, content=body)
             except httpx.HTTPError as e:
                 errors.append(f"{addr}: {e}")
                 continue

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +13,8 @@ from rich.console import Console
 
 from hakit.cli.client import DaemonClient, RemoteClient, client_for
 from hakit.config.load import load_cluster
-from hakit.config.module import MODULE_FILE, ModuleFile, load_module
+from hakit.config.module import MODULE_FILE, load_module
+from hakit.daemon.packages import install, package, package_bytes, uninstall
 from hakit.errors import DaemonUnavailable, HakitError
 from hakit.paths import Paths
 
@@ -31,85 +29,6 @@ class Refused(HakitError):
 
 
 # --- packages ------------------------------------------------------------------------------------
-
-
-def _unpack(source: Path, into: Path) -> Path:
-    """A module folder from a folder or a `.hakit` zip; returns the folder holding module.yaml."""
-    if source.is_dir():
-        return source
-    if not zipfile.is_zipfile(source):
-        raise HakitError(f"{source}: neither a module folder nor a {PACKAGE_SUFFIX} zip package")
-    with zipfile.ZipFile(source) as z:
-        for member in z.namelist():
-            p = Path(member)
-            if p.is_absolute() or ".." in p.parts:
-                raise HakitError(f"{source}: unsafe path {member!r} in the package")
-        z.extractall(into)
-        for info in z.infolist():  # keep the executable bits of scripts
-            mode = (info.external_attr >> 16) & 0o777
-            if mode:
-                (into / info.filename).chmod(mode)
-    candidates = [into, *sorted(p for p in into.iterdir() if p.is_dir())]
-    for c in candidates:
-        if (c / MODULE_FILE).is_file():
-            return c
-    raise HakitError(f"{source}: no {MODULE_FILE} in the package")
-
-
-def _vip_owners(paths: Paths, exclude: str) -> dict[str, str]:
-    owners: dict[str, str] = {}
-    if not paths.modules.is_dir():
-        return owners
-    for d in paths.modules.iterdir():
-        f = d / MODULE_FILE
-        if d.name == exclude or not f.is_file():
-            continue
-        try:
-            import yaml
-
-            data = yaml.safe_load(f.read_text()) or {}
-            for v in data.get("vips", []) or []:
-                owners[str(v.get("address", "")).split("/")[0]] = d.name
-        except (OSError, ValueError, AttributeError):
-            continue
-    return owners
-
-
-def install(paths: Paths, source: Path, name: str | None, force: bool) -> ModuleFile:
-    cluster = load_cluster(paths.cluster_config, with_secret=False).config
-    with tempfile.TemporaryDirectory(prefix="hakit-module-") as tmp:
-        folder = _unpack(source, Path(tmp))
-        default = folder.name if folder != Path(tmp) else source.name.removesuffix(PACKAGE_SUFFIX)
-        mname = name or default
-        mf = load_module(folder, cluster, name=mname)
-        for v in mf.config.vips:
-            owner = _vip_owners(paths, mname).get(str(v.address.ip))
-            if owner:
-                raise HakitError(f"VIP {v.address} is already used by module {owner}")
-        target = paths.modules / mname
-        if target.exists() and not force:
-            raise HakitError(f"module {mname} is already installed ({target}); --force replaces it")
-        paths.modules.mkdir(parents=True, exist_ok=True)
-        staging = paths.modules / f".{mname}.new"
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(folder, staging, symlinks=True)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    return load_module(target, cluster)
-
-
-def package(folder: Path, output: Path | None) -> Path:
-    if not (folder / MODULE_FILE).is_file():
-        raise HakitError(f"{folder}: no {MODULE_FILE}")
-    output = output or Path(folder.resolve().name + PACKAGE_SUFFIX)
-    with zipfile.ZipFile(output, "w", zipfile.ZIP_DEFLATED) as z:
-        for p in sorted(folder.rglob("*")):
-            if p.is_file():
-                info = zipfile.ZipInfo.from_file(p, p.relative_to(folder).as_posix())
-                with p.open("rb") as f:
-                    z.writestr(info, f.read(), zipfile.ZIP_DEFLATED)
-    return output
 
 
 # --- talking to the daemon --------------------------------------------------------------------
@@ -199,25 +118,52 @@ def module_group() -> None:
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.option("--name", help="Module name (default: the folder or package name).")
 @click.option("--force", is_flag=True, help="Replace an installed module of the same name.")
-def module_install(source: Path, name: str | None, force: bool) -> None:
-    """Install a module from a folder or a NAME.hakit package on this node."""
+@click.option("--all", "all_nodes", is_flag=True, help="Install on every node of the cluster.")
+def module_install(source: Path, name: str | None, force: bool, all_nodes: bool) -> None:
+    """Install a module from a folder or a NAME.hakit package on this node (or all nodes)."""
     paths = Paths.from_env()
-    mf = install(paths, source, name, force)
-    out.print(
-        f"module {mf.name} installed in {mf.dir} ({mf.config.kind} on "
-        f"{' and '.join(mf.config.nodes)}); the daemon loads it within a second — "
-        f"then `hakit prim {mf.name}` on the node with the good data"
-    )
+    if not all_nodes:
+        mf = install(paths, source, name, force)
+        out.print(
+            f"module {mf.name} installed in {mf.dir} ({mf.config.kind} on "
+            f"{' and '.join(mf.config.nodes)}); the daemon loads it within a second — "
+            f"then `hakit prim {mf.name}` on the node with the good data"
+        )
+        return
+    data = source.read_bytes() if source.is_file() else package_bytes(source)
+    mname = name or source.name.removesuffix(".hakit")
+    failures = []
+    for node in load_cluster(paths.cluster_config, with_secret=False).config.nodes:
+        params = {"name": mname, "force": str(force).lower()}
+        r = RemoteClient(paths, node).request(
+            "POST", "/modules", params=params, body=data, accept=(400, 409)
+        )
+        if r.get("installed"):
+            out.print(f"{node}: {r['message']}")
+        else:
+            failures.append(node)
+            out.print(f"[red]{node}: {r.get('detail') or r.get('message')}[/]", markup=True)
+    if failures:
+        raise Refused(f"not installed on {', '.join(failures)}")
 
 
 @module_group.command("uninstall")
 @click.argument("module")
-def module_uninstall(module: str) -> None:
-    """Remove an installed module from this node (it must be stopped)."""
+@click.option("--all", "all_nodes", is_flag=True, help="Uninstall from every node.")
+def module_uninstall(module: str, all_nodes: bool) -> None:
+    """Remove an installed module (it must be stopped); its state is kept for a reinstall."""
     paths = Paths.from_env()
-    target = paths.modules / module
-    if not (target / MODULE_FILE).is_file():
-        raise HakitError(f"no module {module!r} installed in {paths.modules}")
+    if all_nodes:
+        failures = []
+        for node in load_cluster(paths.cluster_config, with_secret=False).config.nodes:
+            r = RemoteClient(paths, node).request("DELETE", f"/modules/{module}", accept=(404, 409))
+            ok = r.get("uninstalled")
+            out.print(f"{node}: {r.get('message') or r.get('detail')}")
+            if not ok:
+                failures.append(node)
+        if failures:
+            raise Refused(f"not uninstalled on {', '.join(failures)}")
+        return
     try:
         st = _client().get("/state")
         mod = st["modules"].get(module)
@@ -225,7 +171,7 @@ def module_uninstall(module: str) -> None:
             raise HakitError(f"module {module} is running here: `hakit stop {module}` first")
     except DaemonUnavailable:
         pass
-    shutil.rmtree(target)
+    uninstall(paths, module)
     out.print(
         f"module {module} uninstalled (its state in {paths.var / 'modules' / module} is kept)"
     )

@@ -23,6 +23,7 @@ from hakit.config.model import Cluster
 from hakit.core.mirror import Accepted, Cmd
 from hakit.daemon.logs import LOGGER, Event, Timeline
 from hakit.daemon.modules import ModuleManager
+from hakit.daemon.packages import install_bytes, uninstall
 from hakit.daemon.status import build_status
 from hakit.daemon.supervisor import HeartbeatSupervisor
 from hakit.errors import HakitError
@@ -198,6 +199,29 @@ class NodeDaemon:
 
     def events(self, limit: int, module: str | None = None) -> list[dict[str, Any]]:
         return [e.to_json() for e in self.timeline.recent(limit, module)]
+
+    def install(self, package: bytes, name: str, force: bool) -> str:
+        if force and name in self.modules.entries:
+            phase = self.modules.entries[name].runner.machine.phase
+            if phase.value != "stopped":
+                raise HakitError(f"module {name} is running on {self.local}: stop it first")
+        mf = install_bytes(self.paths, package, name, force)
+        self.record(
+            Event(time.time(), self.local, "module-installed", f"{name}: installed", module=name)
+        )
+        return f"module {mf.name} installed on {self.local}"
+
+    def uninstall(self, name: str) -> str:
+        e = self.modules.entries.get(name)
+        if e is not None and e.runner.machine.phase.value != "stopped":
+            raise HakitError(f"module {name} is running on {self.local}: `hakit stop {name}` first")
+        uninstall(self.paths, name)
+        self.record(
+            Event(
+                time.time(), self.local, "module-uninstalled", f"{name}: uninstalled", module=name
+            )
+        )
+        return f"module {name} uninstalled from {self.local}"
 
     async def command(self, module: str, command: str) -> tuple[bool, str]:
         answer = await self.modules.command(module, Cmd(command))

@@ -22,6 +22,7 @@ import datetime
 import json
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -576,10 +577,15 @@ class Lab:
             mnt, uts = self._ns_files(host)
             ids = [("net", ns_id(netns_path(h.netns))), ("mnt", ns_id(mnt)), ("uts", ns_id(uts))]
             wanted = [(kind, i) for kind, i in ids if i is not None]
-            killed, survivors = kill_all(lambda: pids_in(wanted), timeout=5.0)
             in_host, in_switch = topo.link_commands(host, "down")
-            ip_batch(h.netns, in_host, f"taking {host}'s links down")
+            # Like a real power cut, nothing may react to the others dying: unplug the node
+            # first, freeze every process, then kill them all.
             ip_batch(topo.switch_netns, in_switch, f"taking {host}'s switch ports down")
+            for pid in pids_in(wanted):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGSTOP)
+            killed, survivors = kill_all(lambda: pids_in(wanted), timeout=5.0)
+            ip_batch(h.netns, in_host, f"taking {host}'s links down")
             rec.hosts[host] = HostState("off")
             save(self.record_path, rec)
             if survivors:
