@@ -57,6 +57,7 @@ class ModuleManager:
     entries: dict[str, Entry] = field(default_factory=dict)
     broken: dict[str, str] = field(default_factory=dict)  # module -> configuration error
     crashed: dict[str, float] = field(default_factory=dict)  # module -> mtime when it crashed
+    elsewhere: dict[str, float] = field(default_factory=dict)  # installed, runs on other nodes
     _last_peer: dict[str, mm.PeerInfo] = field(default_factory=dict)
     _why: dict[str, str] = field(default_factory=dict)  # peer -> last membership sentence
 
@@ -103,8 +104,8 @@ class ModuleManager:
         for name, mtime in found.items():
             e = self.entries.get(name)
             if e is None:
-                if self.crashed.get(name) == mtime:
-                    continue  # not again until its configuration changes or the daemon restarts
+                if self.crashed.get(name) == mtime or self.elsewhere.get(name) == mtime:
+                    continue  # crashed, or not for this node: until its configuration changes
                 self._load(name, mtime)
             elif mtime != e.mtime:
                 if e.runner.machine.phase is mm.Phase.STOPPED:
@@ -136,7 +137,9 @@ class ModuleManager:
             return
         self.broken.pop(name, None)
         if self.local not in mf.config.nodes:
-            return  # installed here but runs on other nodes: nothing to do on this one
+            self.elsewhere[name] = mtime  # installed here but runs on other nodes
+            return
+        self.elsewhere.pop(name, None)
         runner = MirrorRunner(mf, self._env())
         task = self._tg.create_task(self._guard(name, runner), name=f"module {name}")
         self.entries[name] = Entry(runner, task, mtime)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from functools import partial
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,21 @@ from hakit.lab.lab import Lab
 from hakit.waiting import wait_until
 
 STEP_TIMEOUT = 15.0
+VIP = "10.100.1.100"
+CLIENT_LOG = "/srv/demo-client.log"
+CLIENT = """
+import time, urllib.request
+end = time.monotonic() + 90
+with open("{log}", "a") as f:
+    while time.monotonic() < end:
+        try:
+            who = urllib.request.urlopen("http://{vip}:8080/", timeout=0.2).read().decode()
+            f.write(f"{{time.time()}} {{who.split()[-1]}}\\n")
+        except OSError:
+            f.write(f"{{time.time()}} -\\n")
+        f.flush()
+        time.sleep(0.05)
+"""
 
 
 class DemoFailed(LabError):
@@ -146,6 +162,77 @@ class Demo:
         if back:
             out.print(f"node1: “{back[-1]['message']}”", highlight=False)
         self.show_state("node2")
+        self.mirror()
+
+    def hakit(self, node: str, *args: str) -> str:
+        self.out.print(f"[dim]$ hakit lab exec {self.lab.name} {node} -- hakit {' '.join(args)}[/]")
+        r = self.lab.exec(node, ["hakit", *args], capture=True, check=False)
+        text = (r.stdout + r.stderr).strip()
+        if text:
+            self.out.print(text, highlight=False, markup=False)
+        if r.returncode != 0:
+            raise DemoFailed(f"demo: `hakit {' '.join(args)}` failed on {node}")
+        return text
+
+    def client_log(self) -> list[tuple[float, str]]:
+        path = self.lab.host_path("client1", CLIENT_LOG)
+        if not path.exists():
+            return []
+        rows = []
+        for line in path.read_text().splitlines():
+            t, _, who = line.partition(" ")
+            rows.append((float(t), who))
+        return rows
+
+    def served_by(self, node: str) -> bool:
+        rows = self.client_log()
+        return bool(rows) and rows[-1][1] == node
+
+    def mirror(self) -> None:
+        lab, out = self.lab, self.out
+        self.step("5. A mirror module: an application behind a virtual IP, on node1 and node2")
+        example = resources.files("hakit") / "examples" / "mirror-web"
+        out.print(
+            "The module `mirror-web` runs a web server on the primary only; clients use the "
+            f"virtual IP {VIP}. It is installed on every node with one command, then started: "
+            "`prim` on the node with the good data, `second` on the other."
+        )
+        self.hakit("node1", "module", "install", str(example), "--all")
+        wait_until(lambda: "mirror-web" in self.state("node2").get("modules", {}), 10, "module")
+        self.hakit("node1", "prim", "mirror-web")
+        self.hakit("node1", "second", "mirror-web", "--node", "node2")
+        self.hakit("node1", "wait", "mirror-web", "PRIM", "--timeout", "20")
+        self.hakit("node2", "wait", "mirror-web", "SECOND", "--timeout", "20")
+        lab.spawn("client1", ["python3", "-c", CLIENT.format(vip=VIP, log=CLIENT_LOG)])
+        wait_until(partial(self.served_by, "node1"), 10, "the client to be served")
+        out.print(f"client1 asks http://{VIP}:8080/ every 50 ms: served by node1.")
+        self.show_state("node2")
+
+        self.step("6. Power cut on the primary: node2 takes over")
+        off_at = time.time()
+        lab.poweroff("node1")
+        out.print("node1 lost its power while client1 was being served.")
+        wait_until(partial(self.served_by, "node2"), STEP_TIMEOUT, "the client to reach node2")
+        rows = self.client_log()
+        last1 = max(t for t, who in rows if who == "node1")
+        first2 = min(t for t, who in rows if who == "node2" and t > off_at)
+        out.print(
+            f"client1 was answered by node2 {first2 - off_at:.2f} s after the power cut "
+            f"(no answer for {first2 - last1:.2f} s). What node2 decided, and why:"
+        )
+        for e in self.events("node2"):
+            if e.get("module") == "mirror-web" and e["at"] >= off_at:
+                out.print(f"  +{e['at'] - off_at:.2f} s  {e['message']}", highlight=False)
+        self.show_state("node2")
+
+        self.step("7. node1 comes back: secondary, resynchronised")
+        lab.poweron("node1")
+        self.hakit("node1", "wait", "mirror-web", "SECOND", "--timeout", "30")
+        out.print(
+            "node1 was primary before the cut; node2 has newer data since, so node1 joins as "
+            "secondary and the service stays on node2: no second interruption."
+        )
+        self.show_state("node1")
 
 
 def run_demo(name: str, *, keep: bool, console: Console | None = None) -> None:
