@@ -387,3 +387,11 @@ def test_commands_on_another_node_and_on_all_nodes(module: Module) -> None:
     r = lab.exec("client1", ["python3", "-c", code], capture=True)
     assert r.stdout.startswith("401")
     assert "missing authentication headers" in r.stdout
+
+
+def test_vip_removed_by_hand_on_the_primary_triggers_a_failover(module: Module) -> None:
+    module.first_start()
+    module.lab.exec("node1", ["ip", "addr", "del", f"{module.vip}/24", "dev", "eth0"])
+    module.pair("SECOND ready", "PRIM ready", 20)
+    assert f"VIP {module.vip}/24 is no longer present" in module.log("node1")
+    assert module.served_by() == "node2"

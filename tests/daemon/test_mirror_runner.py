@@ -1,0 +1,187 @@
+"""The mirror runner with fake ports: what it does to scripts, VIPs and its state file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hakit.config.model import Cluster
+from hakit.config.module import MirrorModule, ModuleFile
+from hakit.core import mirror as mm
+from hakit.daemon.logs import Event
+from hakit.daemon.mirror_runner import Environment, MirrorRunner
+from hakit.paths import Paths
+from hakit.testing.fakes import FakeScriptRunner, FakeVips
+
+CLUSTER = Cluster.model_validate(
+    {
+        "cluster": "c",
+        "networks": {"lan": {}},
+        "nodes": {
+            "node1": {"addresses": {"lan": "10.0.0.1"}},
+            "node2": {"addresses": {"lan": "10.0.0.2"}},
+        },
+    }
+)
+MODULE = MirrorModule.model_validate(
+    {
+        "kind": "mirror",
+        "nodes": ["node1", "node2"],
+        "vips": [{"address": "10.0.0.100/24", "network": "lan"}],
+        "variables": {"COLOR": "blue"},
+    }
+)
+PEER_LOST = mm.PeerInfo(alive=False)
+
+
+class World:
+    def __init__(self, tmp: Path, scripts: FakeScriptRunner | None = None) -> None:
+        self.paths = Paths(tmp / "etc", tmp / "var", tmp / "log")
+        self.vips = FakeVips({"eth0": ["10.0.0.1/24"]})
+        self.scripts = scripts or FakeScriptRunner()
+        self.events: list[Event] = []
+        self.published = 0
+        self.module = ModuleFile("web", tmp / "etc" / "modules" / "web", MODULE)
+
+    def runner(self) -> MirrorRunner:
+        env = Environment(
+            paths=self.paths,
+            cluster="c",
+            local="node1",
+            local_addresses={"lan": "10.0.0.1"},
+            vips=self.vips,
+            scripts=self.scripts,
+            record=self.events.append,
+            published=self._published,
+            holding=lambda: None,
+            peer_wait=1.0,
+        )
+        return MirrorRunner(self.module, env)
+
+    def _published(self) -> None:
+        self.published += 1
+
+    def messages(self) -> list[str]:
+        return [e.message for e in self.events]
+
+
+async def until(cond: Callable[[], bool], what: str, limit: float = 5.0) -> None:
+    """Poll a condition of the runner (it has no event for it), with a deadline."""
+    try:
+        async with asyncio.timeout(limit):
+            while not cond():  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {limit} s waiting for {what}") from None
+
+
+def run(body: Callable[[MirrorRunner], Awaitable[None]], world: World) -> MirrorRunner:
+    async def main() -> MirrorRunner:
+        r = world.runner()
+        task = asyncio.create_task(r.run())
+        try:
+            r.peer_changed(PEER_LOST, "node2 lost")
+            await body(r)
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        return r
+
+    return asyncio.run(main())
+
+
+def test_prim_runs_prestart_adds_and_announces_the_vip_then_start_prim(tmp_path: Path) -> None:
+    w = World(tmp_path)
+
+    async def body(r: MirrorRunner) -> None:
+        answer = await r.command(mm.Cmd.PRIM)
+        assert isinstance(answer, mm.Accepted)
+        await until(lambda: r.machine.phase is mm.Phase.ALONE, "ALONE")
+
+    r = run(body, w)
+    assert [c.name for c in w.scripts.calls if c.name != "transition"] == ["prestart", "start_prim"]
+    start = next(c for c in w.scripts.calls if c.name == "start_prim")
+    assert start.args == ("WAIT", "ALONE", "prim")
+    assert start.env["HAKIT_MODULE"] == "web"
+    assert start.env["HAKIT_PEER"] == "node2"
+    assert start.env["COLOR"] == "blue"
+    assert start.env["HAKIT_VIPS"] == "10.0.0.100/24"
+    assert w.vips.addresses("eth0") == ["10.0.0.1/24", "10.0.0.100/24"]
+    assert len(w.vips.announced) >= 1
+    saved = json.loads((tmp_path / "var" / "modules" / "web" / "state.json").read_text())
+    assert saved["run"] is True
+    assert saved["phase"] == "alone"
+    assert saved["data"]["alone_ok"] is True
+    assert saved["data"]["gen"] == 1
+    assert r.status()["nodes"]["node1"]["state"] == "ALONE"
+
+
+def test_failing_start_prim_cleans_up_and_stops(tmp_path: Path) -> None:
+    w = World(tmp_path, FakeScriptRunner({"start_prim": 3}))
+
+    async def body(r: MirrorRunner) -> None:
+        await r.command(mm.Cmd.PRIM)
+        await until(lambda: r.machine.phase is mm.Phase.STOPPED, "STOP")
+
+    run(body, w)
+    names = [c.name for c in w.scripts.calls if c.name != "transition"]
+    assert names == ["prestart", "start_prim", "stop_prim", "poststop"]
+    stop = next(c for c in w.scripts.calls if c.name == "stop_prim")
+    assert stop.args[2] == "force"  # the cleanup after a failed start is forced at once
+    assert w.vips.addresses("eth0") == ["10.0.0.1/24"]
+    assert any("start as primary FAILED: start_prim exited 3" in m for m in w.messages())
+
+
+def test_stop_scripts_get_a_graceful_then_a_forced_call(tmp_path: Path) -> None:
+    w = World(tmp_path, FakeScriptRunner({"stop_prim": [1, 0]}))
+
+    async def body(r: MirrorRunner) -> None:
+        await r.command(mm.Cmd.PRIM)
+        await until(lambda: r.machine.phase is mm.Phase.ALONE, "ALONE")
+        await r.command(mm.Cmd.STOP)
+        await until(lambda: r.machine.phase is mm.Phase.STOPPED, "STOP")
+
+    run(body, w)
+    stops = [c.args for c in w.scripts.calls if c.name == "stop_prim"]
+    assert stops == [("ALONE", "WAIT", "stop"), ("ALONE", "WAIT", "force")]
+    assert w.vips.addresses("eth0") == ["10.0.0.1/24"]
+
+
+def test_restart_of_the_daemon_reconciles_and_resumes(tmp_path: Path) -> None:
+    w = World(tmp_path)
+
+    async def first(r: MirrorRunner) -> None:
+        await r.command(mm.Cmd.PRIM)
+        await until(lambda: r.machine.phase is mm.Phase.ALONE, "ALONE")
+
+    run(first, w)  # the "daemon" dies with the module ALONE and its VIP held
+    w.scripts.calls.clear()
+
+    async def second(r: MirrorRunner) -> None:
+        await until(lambda: r.machine.phase is mm.Phase.ALONE, "ALONE again")
+
+    run(second, w)
+    names = [c.name for c in w.scripts.calls if c.name != "transition"]
+    assert names == ["stop_prim", "prestart", "start_prim"]
+    assert w.scripts.calls[0].args == ("STOP", "WAIT", "force")
+    assert any("reconciling: previous daemon left web alone" in m for m in w.messages())
+    assert any("resuming" in m for m in w.messages())
+
+
+def test_refusals_are_answered_and_recorded(tmp_path: Path) -> None:
+    w = World(tmp_path)
+    answers: list[Any] = []
+
+    async def body(r: MirrorRunner) -> None:
+        answers.append(await r.command(mm.Cmd.SECOND))
+
+    run(body, w)
+    assert isinstance(answers[0], mm.Refused)
+    assert "`second` needs node2 to be primary" in answers[0].message
+    assert any("second refused" in m for m in w.messages())
