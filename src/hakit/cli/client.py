@@ -16,16 +16,8 @@ from hakit.wire.apiauth import api_key, sign
 TIMEOUT = 5.0
 
 
-class DaemonClient:
-    def __init__(self, paths: Paths) -> None:
-        self.paths = paths
-
-    def _unavailable(self, why: str) -> DaemonUnavailable:
-        return DaemonUnavailable(
-            f"the hakit daemon is not running on this node ({why} at {self.paths.socket}).\n"
-            "Start it with `systemctl start hakit` (or `hakit daemon` in the foreground); "
-            f"its log is {self.paths.daemon_log}."
-        )
+class _Client:
+    """get/post over `request`, which each transport implements."""
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params=params)
@@ -40,6 +32,29 @@ class DaemonClient:
         path: str,
         params: dict[str, Any] | None = None,
         accept: tuple[int, ...] = (),
+        body: bytes = b"",
+    ) -> Any:
+        raise NotImplementedError
+
+
+class DaemonClient(_Client):
+    def __init__(self, paths: Paths) -> None:
+        self.paths = paths
+
+    def _unavailable(self, why: str) -> DaemonUnavailable:
+        return DaemonUnavailable(
+            f"the hakit daemon is not running on this node ({why} at {self.paths.socket}).\n"
+            "Start it with `systemctl start hakit` (or `hakit daemon` in the foreground); "
+            f"its log is {self.paths.daemon_log}."
+        )
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any] | None = None,
+        accept: tuple[int, ...] = (),
+        body: bytes = b"",
     ) -> Any:
         sock = self.paths.socket
         if not sock.exists():
@@ -47,7 +62,7 @@ class DaemonClient:
         transport = httpx.HTTPTransport(uds=str(sock))
         try:
             with httpx.Client(transport=transport, base_url="http://hakit", timeout=TIMEOUT) as c:
-                r = c.request(method, "/v1" + path, params=params)
+                r = c.request(method, "/v1" + path, params=params, content=body)
         except (httpx.ConnectError, httpx.RemoteProtocolError) as e:
             raise self._unavailable(f"no answer: {e}") from None
         except httpx.TimeoutException:
@@ -70,7 +85,7 @@ def _answer(r: httpx.Response, accept: tuple[int, ...]) -> Any:
     return r.json()
 
 
-class RemoteClient:
+class RemoteClient(_Client):
     """Another node's daemon, over TCP on its cluster addresses, requests signed with the secret."""
 
     def __init__(self, paths: Paths, node: str) -> None:
@@ -82,12 +97,6 @@ class RemoteClient:
         self.key = api_key(cf.secret, cfg.cluster)
         self.port = cfg.api.port
         self.addresses = [str(a) for a in cfg.nodes[node].addresses.values()]
-
-    def get(self, path: str, **params: Any) -> Any:
-        return self.request("GET", path, params=params)
-
-    def post(self, path: str) -> Any:
-        return self.request("POST", path, accept=(404, 409))
 
     def request(
         self,

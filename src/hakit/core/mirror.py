@@ -355,6 +355,16 @@ def _wait_transient(m: Mirror, now: float, why: str) -> Result:
     return m2, (Explain(f"{_name(m)} waiting: {why}"), Publish())
 
 
+def _then_pending(
+    m: Mirror, now: float, acts: tuple[Action, ...], leave: Phase, during: str
+) -> Result:
+    """An operation ended in a stable phase while a stop waited for it: do it now."""
+    if m.then is Then.NOTHING:
+        return m, acts
+    m2, more = _start_op(m, leave, now, f"{_name(m)}: {m.then.value} requested during {during}")
+    return m2, acts + more
+
+
 def _decide(m: Mirror, now: float, fresh_id: str) -> Result:
     """In WAITING: become primary, join as secondary, or keep waiting (and say why)."""
     p, d, peer = m.peer, m.data, m.peer_name
@@ -827,12 +837,7 @@ def _after_become_primary(m: Mirror, ev: Event, now: float, fresh_id: str) -> Re
         Explain(f"{_name(m)} {phase.value.upper()}: application started, VIPs held"),
         Publish(),
     )
-    if m.then is not Then.NOTHING:
-        m3, more = _start_op(
-            m2, Phase.DEMOTING, now, f"{_name(m)}: {m.then.value} requested during start"
-        )
-        return m3, acts2 + more
-    return m2, acts2
+    return _then_pending(m2, now, acts2, Phase.DEMOTING, "start")
 
 
 def _after_restart(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
@@ -844,11 +849,8 @@ def _after_restart(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
         )
     phase = Phase.PRIM if m.peer_second_ready() else Phase.ALONE
     m2 = _go(m, phase, now)
-    if m.then in (Then.STOP, Then.STOPSTART):
-        return _start_op(
-            m2, Phase.DEMOTING, now, f"{_name(m)}: {m.then.value} requested during restart"
-        )
-    return m2, (Explain(f"{_name(m)} application restarted"), Publish())
+    restarted = (Explain(f"{_name(m)} application restarted"), Publish())
+    return _then_pending(m2, now, restarted, Phase.DEMOTING, "restart")
 
 
 def _after_stop_primary(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
@@ -928,12 +930,7 @@ def _after_sync(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
         Explain(f"{_name(m)} SECOND ready: up to date with {m.peer_name} ({data.label()})"),
         Publish(),
     )
-    if m.then is not Then.NOTHING:
-        m3, more = _start_op(
-            m2, Phase.LEAVING, now, f"{_name(m)}: {m.then.value} requested during synchronisation"
-        )
-        return m3, acts + more
-    return m2, acts
+    return _then_pending(m2, now, acts, Phase.LEAVING, "synchronisation")
 
 
 def _after_stop_second(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
