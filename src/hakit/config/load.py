@@ -126,6 +126,8 @@ def _expected(err: Any, model: type[BaseModel], loc: Loc) -> str:
         allowed = _allowed_keys(model, loc[:-1])
         return "unknown key" + (f"; expected one of: {', '.join(allowed)}" if allowed else "")
     if kind == "missing":
+        if loc and isinstance(loc[-1], int):
+            return f"item {loc[-1] + 1} is missing: the list is too short"
         return "required key is missing"
     msg = str(err["msg"])
     if msg.startswith("Value error, "):
