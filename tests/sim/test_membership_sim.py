@@ -72,3 +72,14 @@ def test_restarted_node_is_reported_and_rejoins() -> None:
     assert sim.first("node1", m.PeerRestarted, "node2") is not None
     assert sim.first("node1", m.PeerLost, "node2") is None
     assert set(sim.view("node2").values()) == {ALIVE}
+
+
+def test_a_new_peer_payload_is_flagged_for_immediate_report() -> None:
+    sim = SimCluster(["node1", "node2"], ["net1"])
+    sim.run_until(1.0)
+    receiver = sim.engines["node2"]
+    receiver.payload_changed = False
+    sim.engines["node1"].payload = b'{"m": {"web": {"p": "alone"}}}'
+    sim.run_until(1.3)
+    assert receiver.payload_changed
+    assert receiver.peers["node1"].payload == b'{"m": {"web": {"p": "alone"}}}'

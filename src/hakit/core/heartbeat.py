@@ -66,6 +66,7 @@ class Engine:
     received: int = 0
     accepted: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
+    payload_changed: bool = False  # a peer published a new state: report it without delay
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -103,6 +104,8 @@ class Engine:
         )
         new, actions = m.step(peer, ev, now, self.settings.timeout)
         self.peers[hb.sender] = new
+        if new.payload != peer.payload:
+            self.payload_changed = True
         dropped = [a for a in actions if isinstance(a, m.Dropped)]
         for d in dropped:
             self.rejected[d.reason] += 1

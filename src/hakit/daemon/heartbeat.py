@@ -140,7 +140,7 @@ class Runner:
     def on_readable(self, network: str, sock: socket.socket) -> None:
         for _ in range(64):  # bounded batch per wake-up
             try:
-                data = sock.recv(2048)
+                data = sock.recv(65535)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -148,6 +148,12 @@ class Runner:
             self.handle(
                 self.engine.receive(data, network, time.monotonic(), time.time()), time.time()
             )
+            if self.engine.payload_changed:
+                # A peer's module changed state: the daemon must know now, not at the next
+                # periodic snapshot.
+                self.engine.payload_changed = False
+                now, wall = time.monotonic(), time.time()
+                self.emit({"snapshot": self.snapshot(now, wall)}, droppable=True)
 
     def send_round(self) -> None:
         for o in self.engine.outgoing(time.time()):
