@@ -18,6 +18,7 @@ LAYERS = {
     "core": 1,
     "config": 1,
     "adapters": 2,
+    "replication": 2,
     "testing": 2,
     "daemon": 3,
     "lab": 3,
