@@ -468,3 +468,37 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
     }
+
+
+def run_and_record(
+    name: str,
+    started: Any,
+    result: dict[str, Any],
+    measure: Callable[[], None],
+    report: Callable[[dict[str, Any]], None],
+) -> int:
+    """Run a benchmark, always write its JSON (with `error` on failure), print the report.
+
+    `started` is the start time (a `datetime`); exit status 1 only if it could not measure.
+    """
+    import datetime
+
+    from hakit.errors import HakitError
+
+    status = 0
+    try:
+        measure()
+    except (MeasureError, HakitError, OSError, subprocess.SubprocessError) as e:
+        result["error"] = str(e)
+        print(f"bench/{name}.py: could not measure: {e}", file=sys.stderr)
+        status = 1
+    finally:
+        result["finished_at"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        out_dir = Path(__file__).resolve().parent / "results"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        out = out_dir / f"{name}-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+        out.write_text(json.dumps(result, indent=2) + "\n")
+    if status == 0:
+        report(result)
+    print(f"\nresults: {out}")
+    return status

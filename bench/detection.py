@@ -41,7 +41,6 @@ import argparse
 import contextlib
 import datetime
 import importlib.metadata
-import json
 import os
 import random
 import statistics
@@ -50,7 +49,6 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from _common import (
@@ -70,6 +68,7 @@ from _common import (
     memory_of,
     netns_id,
     peer_lost_at,
+    run_and_record,
     sees_alive,
     sleep_until,
     stratified,
@@ -77,7 +76,6 @@ from _common import (
     wait_for,
 )
 
-from hakit.errors import HakitError
 from hakit.lab import Lab
 from hakit.waiting import WaitTimeout, wait_until
 
@@ -540,23 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "samples": [],
         "error": None,
     }
-    status = 0
-    try:
-        run(args, result)
-    except (MeasureError, HakitError, OSError, subprocess.SubprocessError) as e:
-        result["error"] = str(e)
-        print(f"bench/detection.py: could not measure: {e}", file=sys.stderr)
-        status = 1
-    finally:
-        result["finished_at"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-        out_dir = Path(__file__).resolve().parent / "results"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        out = out_dir / f"detection-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
-        out.write_text(json.dumps(result, indent=2) + "\n")
-    if status == 0:
-        print_report(result)
-    print(f"\nresults: {out}")
-    return status
+    return run_and_record("detection", started, result, lambda: run(args, result), print_report)
 
 
 if __name__ == "__main__":

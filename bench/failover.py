@@ -56,7 +56,6 @@ import os
 import random
 import re
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -79,6 +78,7 @@ from _common import (
     keepalived_version,
     machine_info,
     netns_id,
+    run_and_record,
     sees_alive,
     sleep_until,
     stratified,
@@ -86,7 +86,6 @@ from _common import (
     wait_for,
 )
 
-from hakit.errors import HakitError
 from hakit.lab import Lab, LabError
 from hakit.waiting import WaitTimeout, wait_until
 
@@ -1064,23 +1063,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "samples": [],
         "error": None,
     }
-    status = 0
-    try:
-        run(args, result)
-    except (MeasureError, HakitError, OSError, subprocess.SubprocessError) as e:
-        result["error"] = str(e)
-        print(f"bench/failover.py: could not measure: {e}", file=sys.stderr)
-        status = 1
-    finally:
-        result["finished_at"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-        out_dir = Path(__file__).resolve().parent / "results"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        out = out_dir / f"failover-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
-        out.write_text(json.dumps(result, indent=2) + "\n")
-    if status == 0:
-        print_report(result)
-    print(f"\nresults: {out}")
-    return status
+    return run_and_record("failover", started, result, lambda: run(args, result), print_report)
 
 
 if __name__ == "__main__":
