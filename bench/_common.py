@@ -502,3 +502,16 @@ def run_and_record(
         report(result)
     print(f"\nresults: {out}")
     return status
+
+
+def result_header(name: str, started: Any) -> dict[str, Any]:
+    """What every benchmark's JSON starts with: which benchmark, when, which hakit, where."""
+    import importlib.metadata
+
+    return {
+        "benchmark": name,
+        "started_at": started.isoformat(timespec="seconds"),
+        "hakit_version": importlib.metadata.version("hakit"),
+        "hakit_source": hakit_source(),
+        "machine": machine_info(),
+    }

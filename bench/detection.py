@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import importlib.metadata
 import os
 import random
 import statistics
@@ -61,13 +60,12 @@ from _common import (
     events_since,
     freeze,
     hakit_processes,
-    hakit_source,
     hakit_state,
     keepalived_version,
-    machine_info,
     memory_of,
     netns_id,
     peer_lost_at,
+    result_header,
     run_and_record,
     sees_alive,
     sleep_until,
@@ -511,11 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = datetime.datetime.now(datetime.UTC)
     result: dict[str, Any] = {
-        "benchmark": "detection",
-        "started_at": started.isoformat(timespec="seconds"),
-        "hakit_version": importlib.metadata.version("hakit"),
-        "hakit_source": hakit_source(),
-        "machine": machine_info(),
+        **result_header("detection", started),
         "settings": {
             "runs": args.runs,
             "load_runs": args.load_runs,

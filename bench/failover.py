@@ -50,7 +50,6 @@ import argparse
 import collections
 import contextlib
 import datetime
-import importlib.metadata
 import json
 import os
 import random
@@ -73,11 +72,10 @@ from _common import (
     ensure_keepalived,
     events_since,
     freeze,
-    hakit_source,
     hakit_state,
     keepalived_version,
-    machine_info,
     netns_id,
+    result_header,
     run_and_record,
     sees_alive,
     sleep_until,
@@ -1014,11 +1012,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = datetime.datetime.now(datetime.UTC)
     result: dict[str, Any] = {
-        "benchmark": "failover",
-        "started_at": started.isoformat(timespec="seconds"),
-        "hakit_version": importlib.metadata.version("hakit"),
-        "hakit_source": hakit_source(),
-        "machine": machine_info(),
+        **result_header("failover", started),
         "settings": {
             "runs": args.runs,
             "lab": args.lab,

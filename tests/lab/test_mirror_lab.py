@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from hakit.config.module import SCRIPTS
 from hakit.lab.lab import Lab
 from hakit.waiting import wait_until
 
@@ -95,15 +96,7 @@ class Module:
         ]
         (folder / "module.yaml").write_text("\n".join(lines) + "\n")
         bodies = {"start_prim": START_PRIM, "stop_prim": STOP_PRIM}
-        for s in (
-            "prestart",
-            "start_prim",
-            "stop_prim",
-            "start_second",
-            "stop_second",
-            "poststop",
-            "transition",
-        ):
+        for s in SCRIPTS:
             p = folder / "bin" / s
             body = bodies.get(s, "exit 0")
             p.write_text(SCRIPT.format(name=s, body=body))
