@@ -26,7 +26,7 @@ esac
 # --- Debian packages ------------------------------------------------------------------------------
 # iproute2: ip netns / veth / bridges; nftables: lab partitions and (later) the farm filter;
 # util-linux: nsenter / unshare for the lab's mount namespaces; procps, psmisc: process tools.
-debs=(iproute2 nftables util-linux procps psmisc iputils-ping ca-certificates)
+debs=(iproute2 nftables util-linux procps psmisc iputils-ping ca-certificates fuse3 libfuse3-3)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

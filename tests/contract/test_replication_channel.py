@@ -2,147 +2,171 @@
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
-from collections.abc import Awaitable, Callable
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from hakit.replication.apply import Applier
 from hakit.replication.channel import ChannelError, Mode, Receiver, Sender, channel_key
 from hakit.wire.replication import Kind, Op
 
 KEY = channel_key(b"s" * 32, "demo")
 
 
-def scenario(
-    tmp_path: Path,
-    body: Callable[[Sender, Receiver, asyncio.Server], Awaitable[None]],
-    mode: Mode = Mode.SYNC,
-    key: bytes = KEY,
-) -> Receiver:
-    replica = tmp_path / "replica"
-    replica.mkdir(exist_ok=True)
-    fd = os.open(replica, os.O_RDONLY | os.O_DIRECTORY)
-    receiver = Receiver("web", KEY, fd, mode)
+@contextmanager
+def replica(
+    tmp_path: Path, mode: Mode = Mode.SYNC, **kw: object
+) -> Iterator[tuple[Receiver, int, Path]]:
+    root = tmp_path / "replica"
+    root.mkdir(exist_ok=True)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    receiver = Receiver("web", KEY, Applier([fd]), mode, **kw)  # type: ignore[arg-type]
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    stop = threading.Event()
 
-    async def main() -> None:
-        server = await asyncio.start_server(receiver.serve, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        try:
-            sender = await Sender.connect("127.0.0.1", port, "web", key, ack_timeout=2.0)
-            async with asyncio.TaskGroup() as tg:
-                reading = tg.create_task(sender.run())
-                try:
-                    await body(sender, receiver, server)
-                finally:
-                    sender.close()
-                    reading.cancel()
-        finally:
-            server.close()
-            await server.wait_closed()
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            if receiver.handshake(conn):
+                receiver.serve(conn, stop)
 
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
     try:
-        asyncio.run(main())
+        yield receiver, port, root
     finally:
+        stop.set()
+        t.join(5)
+        listener.close()
+        receiver.applier.forget()
         os.close(fd)
-    return receiver
+
+
+def until(cond: Callable[[], bool], limit: float = 5.0) -> None:
+    deadline = time.monotonic() + limit
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
 
 
 @pytest.mark.parametrize("mode", list(Mode))
 def test_operations_are_applied_in_order_and_acknowledged(tmp_path: Path, mode: Mode) -> None:
-    async def body(s: Sender, r: Receiver, server: asyncio.Server) -> None:
-        assert await s.send(Op(Kind.CREATE, 0, (0o644,), (b"f",))) == 0
+    with replica(tmp_path, mode) as (r, port, root):
+        s = Sender.connect("127.0.0.1", port, "web", KEY, ack_timeout=2.0)
+        assert s.send(Op(Kind.CREATE, 0, (0o644, -1, -1), (b"0/f",))) == 0
         # pipelined: 200 writes in flight at once, applied in sequence order
-        results = await asyncio.gather(
-            *(
-                s.send(Op(Kind.WRITE, 0, (i * 10,), (b"f", f"{i:09d}\n".encode())))
-                for i in range(200)
-            )
-        )
-        assert results == [0] * 200
-        assert await s.send(Op(Kind.FSYNC, 0, (0,), (b"f",))) == 0
+        seqs = [
+            s.submit(Op(Kind.WRITE, 0, (i * 10,), (b"0/f", f"{i:09d}\n".encode())))
+            for i in range(200)
+        ]
+        assert [s.wait(q).ints[0] for q in seqs] == [0] * 200
+        assert s.send(Op(Kind.FSYNC, 0, (0,), (b"0/f",))) == 0
         if mode is Mode.SYNC:
             assert r.applied == 202  # acknowledged means applied (and the fsync done)
-        for _ in range(500):  # semi: acknowledged on receipt, applied right after
-            if r.applied == 202:
-                break
-            await asyncio.sleep(0.01)
-
-    r = scenario(tmp_path, body, mode)
-    data = (tmp_path / "replica" / "f").read_text().splitlines()
+        until(lambda: r.applied == 202)  # semi: acknowledged on receipt, applied right after
+        s.close()
+    data = (root / "f").read_text().splitlines()
     assert data == [f"{i:09d}" for i in range(200)]
-    assert r.applied == 202
 
 
 def test_a_failed_operation_reports_its_errno_in_sync_mode(tmp_path: Path) -> None:
     errors: list[tuple[Op, int]] = []
-
-    async def body(s: Sender, r: Receiver, server: asyncio.Server) -> None:
-        r.on_error = lambda op, err: errors.append((op, err))
-        assert await s.send(Op(Kind.UNLINK, 0, (), (b"missing",))) == errno.ENOENT
-
-    scenario(tmp_path, body)
+    with replica(tmp_path, on_error=lambda op, err: errors.append((op, err))) as (_r, port, _):
+        s = Sender.connect("127.0.0.1", port, "web", KEY, ack_timeout=2.0)
+        assert s.send(Op(Kind.UNLINK, 0, (), (b"0/missing",))) == errno.ENOENT
+        s.close()
     assert errors[0][1] == errno.ENOENT
 
 
 def test_semi_mode_acknowledges_before_applying_and_reports_errors_aside(tmp_path: Path) -> None:
-    errors: list[int] = []
+    late: list[tuple[bytes, int]] = []
+    with replica(tmp_path, Mode.SEMI) as (_r, port, _):
+        s = Sender.connect("127.0.0.1", port, "web", KEY, ack_timeout=2.0)
+        s.on_late_error = lambda op, err: late.append((op.path, err))
+        assert s.send(Op(Kind.UNLINK, 0, (), (b"0/missing",))) == 0
+        until(lambda: bool(late))
+        s.close()
+    assert late == [(b"0/missing", errno.ENOENT)]
 
-    async def body(s: Sender, r: Receiver, server: asyncio.Server) -> None:
-        r.on_error = lambda op, err: errors.append(err)
-        assert await s.send(Op(Kind.UNLINK, 0, (), (b"missing",))) == 0
-        for _ in range(100):
-            if errors:
-                break
-            await asyncio.sleep(0.01)
 
-    scenario(tmp_path, body, Mode.SEMI)
-    assert errors == [errno.ENOENT]
+def test_queries_are_answered_beside_the_stream(tmp_path: Path) -> None:
+    answered = threading.Event()
+
+    def slow_answer(op: Op) -> Op:
+        time.sleep(0.5)  # longer than the acknowledgement timeout
+        answered.set()
+        return Op(Kind.LISTING, op.seq, (0,), (b"listing",))
+
+    with replica(tmp_path, answer=slow_answer) as (_r, port, root):
+        s = Sender.connect("127.0.0.1", port, "web", KEY, ack_timeout=0.3)
+        q = s.submit(Op(Kind.LIST, 0))
+        # writes sent after the query are acknowledged while it is computed
+        assert s.send(Op(Kind.CREATE, 0, (0o644, -1, -1), (b"0/g",))) == 0
+        assert not answered.is_set()
+        reply = s.query(Op(Kind.LIST, 0), timeout=5)  # a second query, in order after the first
+        assert s.wait(q).blobs == (b"listing",)
+        assert reply.kind is Kind.LISTING
+        assert not s.broken
+        s.close()
+    assert (root / "g").exists()
 
 
 def test_wrong_secret_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ChannelError, match="refused module 'web'"):
-        scenario(tmp_path, lambda s, r, srv: asyncio.sleep(0), key=channel_key(b"x" * 32, "demo"))
+    with (
+        replica(tmp_path) as (_r, port, _),
+        pytest.raises(ChannelError, match="refused module 'web'"),
+    ):
+        Sender.connect("127.0.0.1", port, "web", channel_key(b"x" * 32, "demo"))
+
+
+def test_an_unclean_replica_says_so_in_the_handshake(tmp_path: Path) -> None:
+    with replica(tmp_path, unclean=True) as (_r, port, _):
+        s = Sender.connect("127.0.0.1", port, "web", KEY)
+        assert s.unclean_peer
+        s.close()
 
 
 def test_a_silent_replica_fails_pending_writes_within_the_timeout() -> None:
     """A replica that authenticates, then never acknowledges (hung, or cut off)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    ended = threading.Event()
 
-    ended = asyncio.Event()
-
-    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            writer.write(b"c" * 32)
-            n = (await reader.readexactly(1))[0]
-            await reader.readexactly(n + 32)
-            writer.write(b"Y")
-            await writer.drain()
-            while await reader.read(1 << 16):
+    def mute() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(b"c" * 32)
+            n = conn.recv(1)[0]
+            got = b""
+            while len(got) < n + 32:
+                got += conn.recv(n + 32 - len(got))
+            conn.sendall(b"Y\x00")
+            while conn.recv(1 << 16):
                 pass  # reads everything, answers nothing
-        finally:
-            writer.close()
-            ended.set()
+        ended.set()
 
-    async def main() -> float:
-        server = await asyncio.start_server(mute, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        try:
-            s = await Sender.connect("127.0.0.1", port, "web", KEY, ack_timeout=0.3)
-            async with asyncio.TaskGroup() as tg:
-                reading = tg.create_task(s.run())
-                loop = asyncio.get_running_loop()
-                t0 = loop.time()
-                with pytest.raises(ChannelError, match=r"no acknowledgement within 0\.3 s"):
-                    await s.send(Op(Kind.WRITE, 0, (0,), (b"f", b"x")))
-                elapsed = loop.time() - t0
-                with pytest.raises(ChannelError):  # and it stays broken
-                    await s.send(Op(Kind.WRITE, 0, (0,), (b"f", b"y")))
-                reading.cancel()
-            await asyncio.wait_for(ended.wait(), 5)  # the replica saw the primary give up
-            return elapsed
-        finally:
-            server.close()
-
-    assert asyncio.run(main()) < 1.0
+    threading.Thread(target=mute, daemon=True).start()
+    broken: list[tuple[str, list[Op]]] = []
+    try:
+        s = Sender.connect("127.0.0.1", port, "web", KEY, ack_timeout=0.3)
+        s.on_broken = lambda why, pending: broken.append((why, pending))
+        t0 = time.monotonic()
+        with pytest.raises(ChannelError, match=r"no acknowledgement within 0\.3 s"):
+            s.send(Op(Kind.WRITE, 0, (0,), (b"0/f", b"x")))
+        elapsed = time.monotonic() - t0
+        with pytest.raises(ChannelError):  # and it stays broken
+            s.send(Op(Kind.WRITE, 0, (0,), (b"0/f", b"y")))
+        assert ended.wait(5)  # the replica saw the primary give up
+    finally:
+        listener.close()
+    assert elapsed < 1.0
+    assert broken
+    assert broken[0][1][0].blobs[1] == b"x"

@@ -17,17 +17,51 @@ from hakit.wire.replication import Decoder, FrameError, Kind, Op, ack, encode
 OPS = [
     Op(Kind.WRITE, 1, (4096,), (b"dir/f\xff", b"x" * 10000)),
     Op(Kind.TRUNCATE, 2, (0,), (b"f",)),
-    Op(Kind.CREATE, 3, (0o100644,), (b"a",)),
-    Op(Kind.MKNOD, 4, (0o10644, 0), (b"fifo",)),
-    Op(Kind.SYMLINK, 5, (), (b"l", b"../target")),
+    Op(Kind.CREATE, 3, (0o100644, 1000, -1), (b"a",)),
+    Op(Kind.MKNOD, 4, (0o10644, 0, -1, -1), (b"fifo",)),
+    Op(Kind.SYMLINK, 5, (-1, 5), (b"l", b"../target")),
     Op(Kind.RENAME, 6, (2,), (b"a", b"b")),
     Op(Kind.CHOWN, 7, (-1, 1000), (b"a",)),
     Op(Kind.UTIMENS, 8, (-5, 10**18), (b"a",)),
     Op(Kind.SETXATTR, 9, (0,), (b"a", b"user.k", b"")),
     Op(Kind.FALLOCATE, 10, (1, 0, 1 << 40), (b"a",)),
     Op(Kind.FSYNC, 11, (1,), (b"a",)),
+    Op(Kind.REMOVE_TREE, 12, (), (b"0/d",)),
+    Op(Kind.LIST, 13),
+    Op(Kind.SUMS, 14, (65536,), (b"0/f", b"\0" * 16)),
+    Op(Kind.DONE, 15),
+    Op(Kind.PROGRESS, 16, (), (b"{}",)),
     ack(11, 28),
+    Op(Kind.LISTING, 13, (0,), (b"",)),
+    Op(Kind.CHECKSUMS, 14, (0,), (b"x" * 16,)),
 ]
+
+
+def test_entries_pairs_and_ranges_round_trip() -> None:
+    from hakit.wire.replication import (
+        Entry,
+        decode_entries,
+        encode_entries,
+        pack_pairs,
+        pack_ranges,
+        unpack_pairs,
+        unpack_ranges,
+    )
+
+    entries = [
+        Entry(b"0", 0o40755, 0, 0, 0, 123, 2, 3),
+        Entry(b"0/l\xff", 0o120777, 1000, 1000, 0, -5, 9, 1, target=b"../x", xattrs=b""),
+        Entry(b"0/f", 0o100600, 1, 2, 1 << 40, 10**18, 7, 2, xattrs=b"d" * 16),
+    ]
+    assert decode_entries(encode_entries(entries)) == entries
+    pairs = [(b"user.a", b""), (b"", b"v" * 300)]
+    assert unpack_pairs(pack_pairs(pairs)) == pairs
+    ranges = [(0, 65536), (1 << 40, 1)]
+    assert unpack_ranges(pack_ranges(ranges)) == ranges
+    with pytest.raises(FrameError):
+        decode_entries(encode_entries(entries)[:-3])
+    with pytest.raises(FrameError):
+        unpack_ranges(b"x" * 15)
 
 
 def test_every_kind_round_trips_even_split_into_bytes() -> None:

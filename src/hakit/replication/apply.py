@@ -1,6 +1,7 @@
 """Applies replicated file operations to the secondary's copy of a directory.
 
-Every operation is applied relative to a handle on the replica's root, walking the path one
+Every operation is applied relative to a handle on the replica's root directory (the first
+component of a path is the directory's index in the module's list), walking the path one
 component at a time without following symbolic links (`O_NOFOLLOW`), so an operation can never
 reach outside the replicated directory, whatever the names or links in it. The result is the
 errno the operation got (0 = applied), which the secondary sends back in its acknowledgement:
@@ -14,9 +15,9 @@ import ctypes.util
 import errno as E
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
-from hakit.wire.replication import Kind, Op
+from hakit.wire.replication import Kind, Op, unpack_pairs
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -42,11 +43,52 @@ def _components(path: bytes) -> list[bytes]:
     return parts
 
 
-class Applier:
-    """Applies operations below `root_fd` (an open directory; not closed here)."""
+CACHED_FDS = 64
+_KEEPS_NAMES = frozenset(
+    {
+        Kind.WRITE,
+        Kind.TRUNCATE,
+        Kind.FALLOCATE,
+        Kind.FSYNC,
+        Kind.CHMOD,
+        Kind.CHOWN,
+        Kind.UTIMENS,
+        Kind.SETXATTR,
+        Kind.REMOVEXATTR,
+        Kind.SET_XATTRS,
+    }
+)
+"""Operations that change no name: cached descriptors stay valid across them."""
 
-    def __init__(self, root_fd: int) -> None:
-        self.root = root_fd
+
+@contextmanager
+def parent_of(roots: list[int], path: bytes) -> Iterator[tuple[int, bytes]]:
+    """(directory fd, last name) for a wire path; intermediate symlinks are refused (ELOOP).
+
+    The descriptor is valid inside the `with` block only."""
+    parts = _components(path)
+    try:
+        root = roots[int(parts[0])]
+    except (ValueError, IndexError):
+        raise PathRefused(E.EINVAL, f"no replicated directory for {path!r}") from None
+    fd = os.dup(root)
+    parts = [b"."] if len(parts) == 1 else parts[1:]  # `INDEX` alone: the directory itself
+    try:
+        for p in parts[:-1]:
+            nfd = os.open(p, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        yield fd, parts[-1]
+    finally:
+        os.close(fd)
+
+
+class Applier:
+    """Applies operations below `roots` (open directories, by index; not closed here)."""
+
+    def __init__(self, roots: list[int]) -> None:
+        self.roots = roots
+        self._fds: dict[bytes, int] = {}  # path -> O_RDWR descriptor of a regular file
         self._ops: dict[Kind, Callable[[Op], None]] = {
             Kind.WRITE: self._write,
             Kind.TRUNCATE: self._truncate,
@@ -65,6 +107,8 @@ class Applier:
             Kind.REMOVEXATTR: self._removexattr,
             Kind.FALLOCATE: self._fallocate,
             Kind.FSYNC: self._fsync,
+            Kind.REMOVE_TREE: self._remove_tree,
+            Kind.SET_XATTRS: self._set_xattrs,
         }
 
     def apply(self, op: Op) -> int:
@@ -72,27 +116,34 @@ class Applier:
         handler = self._ops.get(op.kind)
         if handler is None:
             return E.EINVAL
+        if op.kind not in _KEEPS_NAMES:
+            self.forget()
         try:
             handler(op)
         except OSError as e:
             return e.errno or E.EIO
         return 0
 
+    def forget(self) -> None:
+        """Close the cached descriptors (names changed, or the replica is released)."""
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def _cached(self, path: bytes) -> int:
+        fd = self._fds.get(path)
+        if fd is None:
+            with self._parent(path) as (d, name):
+                fd = os.open(name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=d)
+            if len(self._fds) >= CACHED_FDS:
+                os.close(self._fds.pop(next(iter(self._fds))))
+            self._fds[path] = fd
+        return fd
+
     # --- resolution without following links --------------------------------------------------
 
-    @contextmanager
-    def _parent(self, path: bytes) -> Iterator[tuple[int, bytes]]:
-        """(directory fd, last name) for `path`; intermediate symlinks are refused (ELOOP)."""
-        parts = _components(path)
-        fd = os.dup(self.root)
-        try:
-            for p in parts[:-1]:
-                nfd = os.open(p, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-                os.close(fd)
-                fd = nfd
-            yield fd, parts[-1]
-        finally:
-            os.close(fd)
+    def _parent(self, path: bytes) -> AbstractContextManager[tuple[int, bytes]]:
+        return parent_of(self.roots, path)
 
     @contextmanager
     def _file(self, path: bytes, flags: int) -> Iterator[int]:
@@ -110,32 +161,43 @@ class Applier:
 
     def _write(self, op: Op) -> None:
         (offset,) = op.ints
-        data = op.blobs[1]
-        with self._file(op.path, os.O_WRONLY) as fd:
-            view = memoryview(data)
-            while view:
-                n = os.pwrite(fd, view, offset)
-                view, offset = view[n:], offset + n
+        fd = self._cached(op.path)
+        view = memoryview(op.blobs[1])
+        while view:
+            n = os.pwrite(fd, view, offset)
+            view, offset = view[n:], offset + n
 
     def _truncate(self, op: Op) -> None:
-        with self._file(op.path, os.O_WRONLY) as fd:
-            os.ftruncate(fd, op.ints[0])
+        os.ftruncate(self._cached(op.path), op.ints[0])
 
     def _create(self, op: Op) -> None:
+        mode, uid, gid = op.ints
         with self._file(op.path, os.O_WRONLY | os.O_CREAT) as fd:
-            os.fchmod(fd, op.ints[0] & 0o7777)
+            os.fchmod(fd, mode & 0o7777)
+            if uid != -1 or gid != -1:
+                os.fchown(fd, uid, gid)
+
+    def _owner(self, d: int, name: bytes, uid: int, gid: int) -> None:
+        if uid != -1 or gid != -1:
+            os.chown(name, uid, gid, dir_fd=d, follow_symlinks=False)
 
     def _mkdir(self, op: Op) -> None:
+        mode, uid, gid = op.ints
         with self._parent(op.path) as (d, name):
-            os.mkdir(name, op.ints[0] & 0o7777, dir_fd=d)
+            os.mkdir(name, mode & 0o7777, dir_fd=d)
+            self._owner(d, name, uid, gid)
 
     def _mknod(self, op: Op) -> None:
+        mode, rdev, uid, gid = op.ints
         with self._parent(op.path) as (d, name):
-            os.mknod(name, op.ints[0], op.ints[1], dir_fd=d)
+            os.mknod(name, mode, rdev, dir_fd=d)
+            self._owner(d, name, uid, gid)
 
     def _symlink(self, op: Op) -> None:
+        uid, gid = op.ints
         with self._parent(op.path) as (d, name):
             os.symlink(op.blobs[1], name, dir_fd=d)
+            self._owner(d, name, uid, gid)
 
     def _link(self, op: Op) -> None:
         with self._parent(op.path) as (d1, old), self._parent(op.blobs[1]) as (d2, new):
@@ -184,18 +246,53 @@ class Applier:
 
     def _fallocate(self, op: Op) -> None:
         mode, offset, length = op.ints
-        with self._file(op.path, os.O_WRONLY) as fd:
-            if _fallocate(fd, mode, offset, length) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, os.strerror(err))
+        if _fallocate(self._cached(op.path), mode, offset, length) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
 
     def _fsync(self, op: Op) -> None:
+        fd = self._fds.get(op.path)
+        if fd is not None:
+            (os.fdatasync if op.ints[0] else os.fsync)(fd)
+            return
         with self._parent(op.path) as (d, name):
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=d)
         try:
-            if op.ints[0]:
-                os.fdatasync(fd)
-            else:
-                os.fsync(fd)
+            (os.fdatasync if op.ints[0] else os.fsync)(fd)
         finally:
             os.close(fd)
+
+    def _remove_tree(self, op: Op) -> None:
+        with self._parent(op.path) as (d, name):
+            remove_tree(d, name)
+
+    def _set_xattrs(self, op: Op) -> None:
+        wanted = dict(unpack_pairs(op.blobs[1]))
+        with self._parent(op.path) as (d, name):
+            p = self._proc(d, name)
+            for n in os.listxattr(p, follow_symlinks=False):
+                if n.encode() not in wanted:
+                    os.removexattr(p, n, follow_symlinks=False)
+            for key, value in wanted.items():
+                os.setxattr(p, key, value, 0, follow_symlinks=False)
+
+
+def remove_tree(d: int, name: bytes) -> None:
+    """Remove `name` in directory `d` whatever it is, without following links (ENOENT: fine)."""
+    try:
+        os.unlink(name, dir_fd=d)
+        return
+    except FileNotFoundError:
+        return
+    except IsADirectoryError:
+        pass
+    except PermissionError:  # EPERM: unlink of a directory on Linux
+        if not os.path.isdir(f"/proc/self/fd/{d}/".encode() + name):
+            raise
+    sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=d)
+    try:
+        for child in os.listdir(sub):
+            remove_tree(sub, os.fsencode(child))
+    finally:
+        os.close(sub)
+    os.rmdir(name, dir_fd=d)

@@ -1,35 +1,47 @@
 """The replication channel: one TCP stream per module from the primary to the secondary.
 
+Threads, not asyncio: on the primary the callers are libfuse's worker threads, each blocked in
+a file operation of the application until its acknowledgement arrives.
+
 - Handshake: the secondary sends a random challenge; the primary answers with the module name
-  and HMAC(key, challenge | module); the secondary checks it before reading any operation. The
-  key is derived from the cluster secret, distinct from the heartbeat and API keys.
+  and HMAC(key, challenge | module); the secondary checks it before reading any operation and
+  answers `Y` plus one flags byte (`UNCLEAN`: this replica was a primary that stopped without
+  draining, so it may hold writes that were never replicated). The key is derived from the
+  cluster secret, distinct from the heartbeat and API keys.
 - Operations flow in sequence order, pipelined: the primary does not wait for one operation's
-  acknowledgement before sending the next; each caller waits for its own.
+  acknowledgement before sending the next; each caller waits for its own (`submit` then `wait`).
 - Acknowledgement modes: `sync` — the secondary acknowledges an operation once applied, and an
   FSYNC once its data is durable, so an fsync on the primary means the data is on the
-  secondary's disk; `semi` — the secondary acknowledges on receipt, before applying.
-- A secondary that fails to apply an operation acknowledged in `semi` mode (or any operation in
-  `sync` mode) reports the errno; the primary must then treat the secondary as diverged.
-- Any silence longer than `ack_timeout` fails every pending operation: the primary continues
-  alone (an application write never blocks longer than that).
+  secondary's disk; `semi` — the secondary acknowledges on receipt, then applies. An operation
+  that fails on the secondary after a `semi` acknowledgement is reported by a second ACK with
+  its errno: the primary then knows that path differs.
+- Any silence longer than `ack_timeout` fails every pending operation and breaks the channel:
+  the primary continues alone (an application write never blocks longer than that).
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
+import errno as E
 import hashlib
 import hmac
-import os
 import secrets
+import socket
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from hakit.replication.apply import Applier
-from hakit.wire.replication import Decoder, FrameError, Kind, Op, ack, encode
+from hakit.wire.replication import REPLIES, Decoder, FrameError, Kind, Op, ack, encode
 
 CHALLENGE = 32
 MAC = 32
+UNCLEAN = 1
+_QUERIES = frozenset({Kind.LIST, Kind.SUMS})
+FATAL_ERRNOS = frozenset({E.ENOSPC, E.EDQUOT, E.EIO, E.EROFS})
+"""Errors of the secondary's disk: the secondary cannot go on and leaves."""
 
 
 class Mode(StrEnum):
@@ -49,62 +61,135 @@ def _proof(key: bytes, challenge: bytes, module: str) -> bytes:
     return hmac.new(key, challenge + b"|" + module.encode(), hashlib.sha256).digest()
 
 
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("connection closed during the handshake")
+        buf += chunk
+    return bytes(buf)
+
+
 # --- secondary ---------------------------------------------------------------------------------
+
+
+Answer = Callable[[Op], Op]
+"""Answers a query (LIST, SUMS) with its reply frame."""
 
 
 @dataclass
 class Receiver:
-    """Serves one module's replica: authenticates the primary, applies, acknowledges."""
+    """Serves one module's replica on one connection: authenticates, applies, acknowledges."""
 
     module: str
     key: bytes
-    root_fd: int
+    applier: Applier
     mode: Mode = Mode.SYNC
+    answer: Answer = lambda op: ack(op.seq, E.EINVAL)
     on_error: Callable[[Op, int], None] = lambda op, err: None
+    on_done: Callable[[], None] = lambda: None
+    on_progress: Callable[[bytes], None] = lambda blob: None
+    unclean: bool = False
     applied: int = 0
     last_seq: int = 0
+    fatal: str = ""  # why the replica gave up (disk full, I/O error)
 
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            challenge = secrets.token_bytes(CHALLENGE)
-            writer.write(challenge)
-            await writer.drain()
-            hello = await asyncio.wait_for(reader.readexactly(1), 10)
-            name = await asyncio.wait_for(reader.readexactly(hello[0]), 10)
-            proof = await asyncio.wait_for(reader.readexactly(MAC), 10)
-            if name.decode(errors="replace") != self.module or not hmac.compare_digest(
-                proof, _proof(self.key, challenge, self.module)
-            ):
-                writer.write(b"N")
-                return
-            writer.write(b"Y")
-            await writer.drain()
-            await self._stream(reader, writer)
-        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError, FrameError):
-            return
-        finally:
-            writer.close()
+    def handshake(self, sock: socket.socket, timeout: float = 10.0) -> bool:
+        sock.settimeout(timeout)
+        challenge = secrets.token_bytes(CHALLENGE)
+        sock.sendall(challenge)
+        n = _recv_exactly(sock, 1)[0]
+        name = _recv_exactly(sock, n)
+        proof = _recv_exactly(sock, MAC)
+        if name.decode(errors="replace") != self.module or not hmac.compare_digest(
+            proof, _proof(self.key, challenge, self.module)
+        ):
+            sock.sendall(b"N")
+            return False
+        sock.sendall(b"Y" + bytes((UNCLEAN if self.unclean else 0,)))
+        sock.settimeout(None)
+        return True
 
-    async def _stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        applier = Applier(self.root_fd)
+    def serve(self, sock: socket.socket, stop: threading.Event) -> None:
+        """Apply the stream until it ends, `stop` is set or the replica fails (`fatal`).
+
+        Queries are answered by another thread, beside the stream: a long listing must not
+        hold up the acknowledgements of the application's writes (resynchronisation copes with
+        an answer computed while later operations are applied)."""
         decoder = Decoder()
+        sock.settimeout(0.2)
+        self._sock_lock = threading.Lock()
+        self._queries: list[Op] = []
+        self._query_ready = threading.Condition()
+        worker = threading.Thread(
+            target=self._answer_queries, args=(sock, stop), name="replica-queries", daemon=True
+        )
+        worker.start()
+        try:
+            while not stop.is_set() and not self.fatal:
+                try:
+                    data = sock.recv(1 << 20)
+                except TimeoutError:
+                    continue
+                if not data:
+                    return
+                out: list[bytes] = []
+                for op in decoder.feed(data):
+                    out += self._one(op)
+                    if self.fatal:
+                        break
+                if out:
+                    with self._sock_lock:
+                        sock.sendall(b"".join(out))
+        finally:
+            with self._query_ready:
+                self._queries.append(Op(Kind.DONE, 0))  # tells the worker to end
+                self._query_ready.notify()
+            worker.join(timeout=5)
+
+    def _answer_queries(self, sock: socket.socket, stop: threading.Event) -> None:
         while True:
-            data = await reader.read(1 << 20)
-            if not data:
+            with self._query_ready:
+                while not self._queries:
+                    self._query_ready.wait()
+                op = self._queries.pop(0)
+            if op.kind is Kind.DONE or stop.is_set():
                 return
-            for op in decoder.feed(data):
-                if op.seq != self.last_seq + 1:
-                    raise FrameError(f"sequence {op.seq} after {self.last_seq}")
-                self.last_seq = op.seq
-                if self.mode is Mode.SEMI:
-                    writer.write(encode(ack(op.seq)))
-                err = await asyncio.to_thread(applier.apply, op)
-                self.applied += 1
-                if err:
-                    self.on_error(op, err)
-                if self.mode is Mode.SYNC:
-                    writer.write(encode(ack(op.seq, err)))
-            await writer.drain()
+            reply = encode(self.answer(op))
+            try:
+                with self._sock_lock:
+                    sock.sendall(reply)
+            except OSError:
+                return
+
+    def _one(self, op: Op) -> list[bytes]:
+        if op.seq != self.last_seq + 1:
+            raise FrameError(f"sequence {op.seq} after {self.last_seq}")
+        self.last_seq = op.seq
+        if op.kind in _QUERIES:
+            with self._query_ready:
+                self._queries.append(op)
+                self._query_ready.notify()
+            return []
+        if op.kind is Kind.DONE:
+            self.on_done()
+            return [encode(ack(op.seq))]
+        if op.kind is Kind.PROGRESS:
+            self.on_progress(op.blobs[0])
+            return [encode(ack(op.seq))]
+        out = [encode(ack(op.seq))] if self.mode is Mode.SEMI else []
+        err = self.applier.apply(op)
+        self.applied += 1
+        if err:
+            self.on_error(op, err)
+            if err in FATAL_ERRNOS:
+                self.fatal = f"{op.kind.name} {op.path!r}: {E.errorcode.get(err, err)}"
+            if self.mode is Mode.SEMI:
+                out.append(encode(ack(op.seq, err)))  # a second ACK: applied with an error
+        if self.mode is Mode.SYNC:
+            out.append(encode(ack(op.seq, err)))
+        return out
 
 
 # --- primary -----------------------------------------------------------------------------------
@@ -112,90 +197,174 @@ class Receiver:
 
 @dataclass
 class Sender:
-    """The primary's end: `await send(op)` returns the secondary's errno for that operation."""
+    """The primary's end, shared by many threads.
 
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
+    `submit(op)` assigns the sequence number and sends (callers serialise it with the order
+    in which they applied the operation locally); `wait(seq)` returns the secondary's errno, or
+    the reply frame for a query. Late errors (a second ACK in `semi` mode) go to `on_late_error`.
+    """
+
+    sock: socket.socket
     ack_timeout: float = 1.0
+    unclean_peer: bool = False
+    on_late_error: Callable[[Op, int], None] = lambda op, err: None
+    on_broken: Callable[[str, list[Op]], None] = lambda why, pending: None
     seq: int = 0
-    pending: dict[int, asyncio.Future[int]] = field(default_factory=dict)
     broken: str = ""
+    _inflight: dict[int, Op] = field(default_factory=dict)
+    _replies: dict[int, Op] = field(default_factory=dict)
+    _done: set[int] = field(default_factory=set)
+    _late: dict[int, Op] = field(default_factory=dict)  # acknowledged in semi mode, not applied
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+    _send_lock: threading.Lock = field(default_factory=threading.Lock)
+    _last_heard: float = field(default_factory=time.monotonic)
 
     @classmethod
-    async def connect(
+    def connect(
         cls, host: str, port: int, module: str, key: bytes, ack_timeout: float = 1.0
     ) -> Sender:
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port), ack_timeout
-            )
-            challenge = await asyncio.wait_for(reader.readexactly(CHALLENGE), ack_timeout)
+            sock = socket.create_connection((host, port), timeout=max(ack_timeout, 1.0))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            challenge = _recv_exactly(sock, CHALLENGE)
             name = module.encode()
-            writer.write(bytes((len(name),)) + name + _proof(key, challenge, module))
-            await writer.drain()
-            answer = await asyncio.wait_for(reader.readexactly(1), ack_timeout)
-        except (OSError, TimeoutError, asyncio.IncompleteReadError) as e:
+            sock.sendall(bytes((len(name),)) + name + _proof(key, challenge, module))
+            answer = _recv_exactly(sock, 1)
+            flags = _recv_exactly(sock, 1)[0] if answer == b"Y" else 0
+        except OSError as e:  # includes TimeoutError and ConnectionError
             raise ChannelError(f"cannot reach the replica at {host}:{port}: {e!r}") from None
         if answer != b"Y":
-            writer.close()
+            sock.close()
             raise ChannelError(
                 f"the replica at {host}:{port} refused module {module!r} (wrong secret?)"
             )
-        return cls(reader, writer, ack_timeout)
+        sock.settimeout(ack_timeout)  # bounds a send blocked by a full socket buffer
+        s = cls(sock, ack_timeout, unclean_peer=bool(flags & UNCLEAN))
+        threading.Thread(target=s._read, name="replication-acks", daemon=True).start()
+        return s
 
-    async def run(self) -> None:
-        """Read acknowledgements until the stream ends; then fail whatever is pending."""
+    def _read(self) -> None:
         decoder = Decoder()
+        why = "the replica closed the connection"
         try:
-            while True:
-                data = await self.reader.read(1 << 16)
+            while not self.broken:
+                try:
+                    data = self.sock.recv(1 << 16)
+                except TimeoutError:
+                    if self._silent():
+                        why = f"no acknowledgement within {self.ack_timeout:g} s"
+                        break
+                    continue
                 if not data:
-                    self._fail("the replica closed the connection")
-                    return
-                for op in decoder.feed(data):
-                    if op.kind is not Kind.ACK:
-                        raise FrameError(f"unexpected {op.kind.name} from the replica")
-                    fut = self.pending.pop(op.seq, None)
-                    if fut is not None and not fut.done():
-                        fut.set_result(op.ints[0])
-        except (ConnectionError, FrameError) as e:
-            self._fail(f"replication stream broken: {e!r}")
+                    break
+                ops = decoder.feed(data)
+                with self._cond:
+                    self._last_heard = time.monotonic()
+                    for op in ops:
+                        self._reply(op)
+                    self._cond.notify_all()
+        except (OSError, FrameError) as e:
+            why = f"replication stream broken: {e!r}"
+        self._fail(why)
+
+    def _silent(self) -> bool:
+        """Operations wait and the replica said nothing for `ack_timeout` (queries may take
+        longer: the replica answers them beside the stream)."""
+        with self._cond:
+            waiting = any(op.kind not in _QUERIES for op in self._inflight.values())
+            return waiting and time.monotonic() - self._last_heard > self.ack_timeout
+
+    def _reply(self, op: Op) -> None:
+        if op.kind not in REPLIES:
+            raise FrameError(f"unexpected {op.kind.name} from the replica")
+        sent = self._inflight.pop(op.seq, None)
+        if sent is None:
+            if op.kind is Kind.ACK and op.ints[0]:
+                self.on_late_error(self._late.get(op.seq, Op(Kind.ACK, op.seq)), op.ints[0])
+            return
+        if op.kind is Kind.ACK and op.ints[0] == 0 and sent.kind not in _QUERIES:
+            self._late[op.seq] = sent  # semi: a second ACK may report a failure
+            if len(self._late) > 4096:
+                self._late.pop(next(iter(self._late)))
+        self._replies[op.seq] = op
+        self._done.add(op.seq)
 
     def _fail(self, why: str) -> None:
-        self.broken = why
-        for fut in self.pending.values():
-            if not fut.done():
-                fut.set_exception(ChannelError(why))
-                fut.exception()  # its waiter, if any, gets it; nobody else must be warned
-        self.pending.clear()
-        self.writer.close()
+        with self._cond:
+            if self.broken:
+                return
+            self.broken = why
+            pending = list(self._inflight.values())
+            self._inflight.clear()
+            self._cond.notify_all()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self.on_broken(why, pending)
 
-    async def send(self, op: Op) -> int:
-        """Send `op` (its sequence number is assigned here) and wait for its acknowledgement."""
-        if self.broken:
-            raise ChannelError(self.broken)
-        self.seq += 1
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self.pending[self.seq] = fut
-        self.writer.write(encode(Op(op.kind, self.seq, op.ints, op.blobs)))
+    def submit(self, op: Op) -> int:
+        """Send `op` (its sequence number is assigned here); the number to `wait` for."""
+        with self._send_lock:
+            if self.broken:
+                raise ChannelError(self.broken)
+            self.seq += 1
+            seq = self.seq
+            frame = Op(op.kind, seq, op.ints, op.blobs)
+            with self._cond:
+                if not self._inflight:
+                    self._last_heard = time.monotonic()
+                self._inflight[seq] = frame
+            try:
+                self.sock.sendall(encode(frame))
+            except OSError as e:  # a full buffer for ack_timeout, or a reset
+                reason = (
+                    f"the replica did not read for {self.ack_timeout:g} s"
+                    if isinstance(e, TimeoutError)
+                    else f"replication stream broken: {e!r}"
+                )
+                threading.Thread(target=self._fail, args=(reason,), daemon=True).start()
+                raise ChannelError(reason) from None
+        return seq
 
-        async def acknowledged() -> int:
-            await self.writer.drain()  # back-pressure: a slow replica slows the writer
-            return await asyncio.shield(fut)
+    def wait(self, seq: int) -> Op:
+        """The reply to `seq` (an ACK with its errno, or a query's answer)."""
+        deadline = time.monotonic() + self.ack_timeout
+        with self._cond:
+            while seq not in self._done:
+                if self.broken:
+                    raise ChannelError(self.broken)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            else:
+                self._done.discard(seq)
+                return self._replies.pop(seq)
+        self._fail(f"no acknowledgement within {self.ack_timeout:g} s")
+        raise ChannelError(self.broken)
 
-        try:
-            return await asyncio.wait_for(acknowledged(), self.ack_timeout)
-        except TimeoutError:  # before OSError: TimeoutError is one
-            self._fail(f"no acknowledgement within {self.ack_timeout:g} s")
-            raise ChannelError(self.broken) from None
-        except OSError as e:
-            self._fail(f"replication stream broken: {e!r}")
-            raise ChannelError(self.broken) from None
+    def send(self, op: Op) -> int:
+        """Submit and wait: the secondary's errno for `op`."""
+        reply = self.wait(self.submit(op))
+        return int(reply.ints[0])
 
-    def close(self) -> None:
-        self._fail("closed by the primary")
+    def query(self, op: Op, timeout: float = 60.0) -> Op:
+        """A query whose answer may take long to compute (a listing, checksums)."""
+        seq = self.submit(op)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while seq not in self._done:
+                if self.broken:
+                    raise ChannelError(self.broken)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(min(left, 0.5))
+            else:
+                self._done.discard(seq)
+                return self._replies.pop(seq)
+        self._fail(f"no answer to {op.kind.name} within {timeout:g} s")
+        raise ChannelError(self.broken)
 
-
-def open_replica(path: str) -> int:
-    """A handle on the replica's root directory, for `Receiver`."""
-    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    def close(self, why: str = "closed by the primary") -> None:
+        self._fail(why)

@@ -2,8 +2,16 @@
 
 Pure codec, no I/O. Every modifying file operation the primary's filesystem layer intercepts
 becomes one `Op` with a sequence number; the secondary applies operations strictly in sequence
-order and acknowledges each with the errno it got (0 = applied). Paths are relative to the
-replicated directory, as bytes (Linux paths need not be UTF-8).
+order and acknowledges each with the errno it got (0 = applied). A module may replicate several
+directories over one stream (one order for all): a path is `INDEX/relative path`, INDEX being
+the directory's position in the module's list, and `INDEX` alone is that directory itself. Paths
+are bytes (Linux paths need not be UTF-8).
+
+Besides modifications, the primary sends queries for resynchronisation and verification
+(`LIST`: the replica's entries with their metadata; `SUMS`: checksums of blocks of a file),
+answered by `LISTING` / `CHECKSUMS` frames carrying the query's sequence number, and `DONE`,
+which marks the end of a resynchronisation (the replica is identical once it has applied
+everything before it).
 
 Frame: `length u32 | kind u8 | seq u64 | body` (network byte order; `length` counts what follows
 it). Bodies are fixed fields then length-prefixed byte strings, per kind (see `_FIELDS`).
@@ -37,7 +45,15 @@ class Kind(IntEnum):
     REMOVEXATTR = 15
     FALLOCATE = 16
     FSYNC = 17  # make everything up to this sequence number durable (datasync flag)
+    REMOVE_TREE = 18  # resync: remove a path whatever it is (recursively)
+    SET_XATTRS = 19  # resync: the exact set of extended attributes of a path
+    LIST = 20  # query: every entry of the replica (answered by LISTING)
+    SUMS = 21  # query: checksums of blocks of a file (answered by CHECKSUMS)
+    DONE = 22  # resync complete: everything before this is the primary's state
+    PROGRESS = 23  # resync progress for the secondary's `hakit state` (JSON)
     ACK = 100  # from the secondary: seq applied with errno
+    LISTING = 101  # errno; encoded entries (see `encode_entries`)
+    CHECKSUMS = 102  # errno; digests, DIGEST bytes per block asked
 
 
 class FrameError(Exception):
@@ -48,10 +64,11 @@ class FrameError(Exception):
 _FIELDS: dict[Kind, tuple[struct.Struct, int]] = {
     Kind.WRITE: (struct.Struct("!Q"), 2),  # offset; path, data
     Kind.TRUNCATE: (struct.Struct("!Q"), 1),  # size; path
-    Kind.CREATE: (struct.Struct("!I"), 1),  # mode; path
-    Kind.MKDIR: (struct.Struct("!I"), 1),  # mode; path
-    Kind.MKNOD: (struct.Struct("!IQ"), 1),  # mode, rdev; path
-    Kind.SYMLINK: (struct.Struct("!"), 2),  # ; path, target
+    # creations carry the owner (-1 = leave it to the replica's process, i.e. root)
+    Kind.CREATE: (struct.Struct("!Iii"), 1),  # mode, uid, gid; path
+    Kind.MKDIR: (struct.Struct("!Iii"), 1),  # mode, uid, gid; path
+    Kind.MKNOD: (struct.Struct("!IQii"), 1),  # mode, rdev, uid, gid; path
+    Kind.SYMLINK: (struct.Struct("!ii"), 2),  # uid, gid; path, target
     Kind.LINK: (struct.Struct("!"), 2),  # ; existing, new
     Kind.UNLINK: (struct.Struct("!"), 1),
     Kind.RMDIR: (struct.Struct("!"), 1),
@@ -63,8 +80,18 @@ _FIELDS: dict[Kind, tuple[struct.Struct, int]] = {
     Kind.REMOVEXATTR: (struct.Struct("!"), 2),  # ; path, name
     Kind.FALLOCATE: (struct.Struct("!IQQ"), 1),  # mode, offset, length; path
     Kind.FSYNC: (struct.Struct("!B"), 1),  # datasync; path
+    Kind.REMOVE_TREE: (struct.Struct("!"), 1),
+    Kind.SET_XATTRS: (struct.Struct("!"), 2),  # ; path, packed (name, value) pairs
+    Kind.LIST: (struct.Struct("!"), 0),
+    Kind.SUMS: (struct.Struct("!I"), 2),  # block size; path, packed (offset, length) ranges
+    Kind.DONE: (struct.Struct("!"), 0),
+    Kind.PROGRESS: (struct.Struct("!"), 1),
     Kind.ACK: (struct.Struct("!i"), 0),  # errno
+    Kind.LISTING: (struct.Struct("!i"), 1),  # errno; entries
+    Kind.CHECKSUMS: (struct.Struct("!i"), 1),  # errno; digests
 }
+REPLIES = frozenset({Kind.ACK, Kind.LISTING, Kind.CHECKSUMS})
+DIGEST = 16  # bytes per block checksum (BLAKE2b-128)
 _LEN = struct.Struct("!I")
 
 
@@ -152,3 +179,97 @@ def _decode_frame(frame: bytes) -> Op:
     if pos != len(frame):
         raise FrameError(f"{kind.name}: {len(frame) - pos} trailing bytes")
     return Op(kind, seq, tuple(ints), tuple(blobs))
+
+
+# --- bodies of resynchronisation frames ------------------------------------------------------
+
+_PAIR = struct.Struct("!QQ")
+
+
+def pack_ranges(ranges: list[tuple[int, int]]) -> bytes:
+    return b"".join(_PAIR.pack(o, n) for o, n in ranges)
+
+
+def unpack_ranges(blob: bytes) -> list[tuple[int, int]]:
+    if len(blob) % _PAIR.size:
+        raise FrameError("ranges: truncated")
+    return [_PAIR.unpack_from(blob, i) for i in range(0, len(blob), _PAIR.size)]
+
+
+def pack_pairs(pairs: list[tuple[bytes, bytes]]) -> bytes:
+    return b"".join(_LEN.pack(len(a)) + a + _LEN.pack(len(b)) + b for a, b in pairs)
+
+
+def unpack_pairs(blob: bytes) -> list[tuple[bytes, bytes]]:
+    out, pos = [], 0
+    try:
+        while pos < len(blob):
+            items = []
+            for _ in range(2):
+                (n,) = _LEN.unpack_from(blob, pos)
+                items.append(blob[pos + 4 : pos + 4 + n])
+                pos += 4 + n
+            if pos > len(blob):
+                raise FrameError("pairs: overrun")
+            out.append((items[0], items[1]))
+    except struct.error:
+        raise FrameError("pairs: truncated") from None
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One entry of a replicated tree, as compared by resynchronisation and verification."""
+
+    path: bytes
+    mode: int  # st_mode: type and permissions
+    uid: int
+    gid: int
+    size: int
+    mtime_ns: int
+    ino: int  # to find hard links (same ino on one side)
+    nlink: int
+    target: bytes = b""  # symbolic link target
+    xattrs: bytes = b""  # digest of the extended attributes ("" = none)
+
+
+_ENTRY = struct.Struct("!IIIQqQI")
+
+
+def encode_entries(entries: list[Entry]) -> bytes:
+    parts = []
+    for e in entries:
+        parts += [
+            _LEN.pack(len(e.path)),
+            e.path,
+            _ENTRY.pack(e.mode, e.uid, e.gid, e.size, e.mtime_ns, e.ino, e.nlink),
+            _LEN.pack(len(e.target)),
+            e.target,
+            _LEN.pack(len(e.xattrs)),
+            e.xattrs,
+        ]
+    return b"".join(parts)
+
+
+def decode_entries(blob: bytes) -> list[Entry]:
+    out, pos = [], 0
+
+    def string() -> bytes:
+        nonlocal pos
+        (n,) = _LEN.unpack_from(blob, pos)
+        if pos + 4 + n > len(blob):
+            raise FrameError("entries: string overruns")
+        pos += 4 + n
+        return blob[pos - n : pos]
+
+    try:
+        while pos < len(blob):
+            path = string()
+            mode, uid, gid, size, mtime_ns, ino, nlink = _ENTRY.unpack_from(blob, pos)
+            pos += _ENTRY.size
+            target = string()
+            xattrs = string()
+            out.append(Entry(path, mode, uid, gid, size, mtime_ns, ino, nlink, target, xattrs))
+    except struct.error:
+        raise FrameError("entries: truncated") from None
+    return out

@@ -1,0 +1,518 @@
+"""The replication process of one mirror module on one node (`python -m hakit.daemon.replicator`).
+
+Its own OS process, at normal priority, started by the module's runner: on the primary it
+serves the FUSE mounts and sends every modification to the secondary; on the secondary it
+receives and applies them to the real directories, which it makes read-only for everyone else
+(a read-only bind mount over each directory; it writes through handles opened before).
+
+Protocol with the parent, JSON lines:
+- parent -> child on stdin: first the init object (role, directories, filters, mode, key,
+  addresses...), then commands: `connect` (primary: reach the secondary and resynchronise it),
+  `disconnect`, `verify` (primary), `stop`. End of file means the daemon died: a primary then
+  *fences* itself — every further modification fails with EIO, so an application left running
+  can never write what nobody replicates (the peer is taking over) — and waits to be killed
+  by the next daemon's reconciliation; a secondary stops.
+- child -> parent on stdout: `{"event": ...}` lines (mounted, listening, connected, alone,
+  diverged, progress, synced, resync-failed, lost, verify, stopped, error).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hakit.core.filters import PathFilter
+from hakit.replication.apply import Applier, parent_of
+from hakit.replication.channel import ChannelError, Mode, Receiver, Sender
+from hakit.replication.primary import Replicated, Replicator, State
+from hakit.replication.resync import Resync, ResyncError
+from hakit.replication.scan import SUM_BLOCK, block_sums, walk
+from hakit.replication.tracker import Tracker
+from hakit.replication.verify import verify
+from hakit.wire.replication import Kind, Op, ack, encode_entries, unpack_ranges
+
+MOUNT_WAIT = 10.0
+_out_lock = threading.Lock()
+
+
+def emit(event: str, **fields: Any) -> None:
+    line = json.dumps({"event": event, "at": time.time(), **fields}) + "\n"
+    with _out_lock:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+
+
+@dataclass(frozen=True)
+class Init:
+    role: str  # primary | secondary
+    module: str
+    key: bytes
+    dirs: list[dict[str, Any]]  # path, exclude, exclude_regex, only, only_regex, require
+    mode: Mode
+    state_dir: Path
+    ack_timeout: float
+    bandwidth: int
+    listen: tuple[str, int] | None
+    base: str  # primary: generation to track from if no journal exists
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any]) -> Init:
+        listen = raw.get("listen")
+        return cls(
+            role=raw["role"],
+            module=raw["module"],
+            key=bytes.fromhex(raw["key"]),
+            dirs=raw["dirs"],
+            mode=Mode(raw["mode"]),
+            state_dir=Path(raw["state_dir"]),
+            ack_timeout=float(raw["ack_timeout"]),
+            bandwidth=int(raw.get("bandwidth", 0)),
+            listen=(listen[0], int(listen[1])) if listen else None,
+            base=str(raw.get("base", "")),
+        )
+
+
+def _filter(d: dict[str, Any]) -> PathFilter:
+    enc = os.fsencode
+    return PathFilter(
+        exclude=tuple(enc(p) for p in d.get("exclude", ())),
+        exclude_regex=tuple(d.get("exclude_regex", ())),
+        only=tuple(enc(p) for p in d.get("only", ())),
+        only_regex=tuple(d.get("only_regex", ())),
+    )
+
+
+# --- checks before taking a directory ----------------------------------------------------------
+
+
+def check_required(dirs: list[dict[str, Any]]) -> None:
+    for d in dirs:
+        if not os.path.isdir(d["path"]):
+            raise RuntimeError(f"replicated directory {d['path']} does not exist")
+        for rel in d.get("require", ()):
+            if not os.path.lexists(os.path.join(d["path"], rel)):
+                raise RuntimeError(
+                    f"required file {rel} is missing in {d['path']}: not replicating (is the "
+                    "directory's file system mounted? is it the right directory?)"
+                )
+
+
+def holders(path: str) -> list[str]:
+    """Processes with a working directory, open file or mapping inside `path` (they would
+    bypass a mount made over it)."""
+    me = os.getpid()
+    prefix = os.path.realpath(path)
+    found: list[str] = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == me:
+            continue
+        base = f"/proc/{pid}"
+        links: list[str] = []
+        with contextlib.suppress(OSError):
+            links.append(os.readlink(f"{base}/cwd"))
+        with contextlib.suppress(OSError):
+            links += [os.readlink(f"{base}/fd/{fd}") for fd in os.listdir(f"{base}/fd")]
+        with contextlib.suppress(OSError), open(f"{base}/maps") as f:
+            links += [ln.split(maxsplit=5)[-1].strip() for ln in f if "/" in ln]
+        if any(x == prefix or x.startswith(prefix + "/") for x in links):
+            with contextlib.suppress(OSError), open(f"{base}/comm") as f:
+                found.append(f"{pid} ({f.read().strip()})")
+                continue
+            found.append(pid)
+    return found
+
+
+def mounted(path: str, fstype_prefix: str) -> bool:
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            parts = line.split()
+            sep = parts.index("-")
+            if parts[4] == path and parts[sep + 1].startswith(fstype_prefix):
+                return True
+    return False
+
+
+def unmount(path: str, fstype_prefix: str) -> str:
+    """Unmount our mount over `path`; lazily if busy. Returns what was done ("" = nothing)."""
+    if not mounted(path, fstype_prefix):
+        return ""
+    r = subprocess.run(["umount", path], capture_output=True, text=True, check=False)
+    if r.returncode == 0:
+        return "unmounted"
+    subprocess.run(["umount", "-l", path], capture_output=True, text=True, check=False)
+    return f"lazily unmounted (busy: {r.stderr.strip()})"
+
+
+# --- state kept between runs -------------------------------------------------------------------
+
+
+def _state_path(init: Init) -> Path:
+    return init.state_dir / "replication.json"
+
+
+def load_state(init: Init) -> dict[str, Any]:
+    try:
+        return dict(json.loads(_state_path(init).read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+def save_state(init: Init, **fields: Any) -> None:
+    from hakit.adapters.statefile import write_json
+
+    write_json(_state_path(init), load_state(init) | fields)
+
+
+# --- primary -----------------------------------------------------------------------------------
+
+
+class Primary:
+    def __init__(self, init: Init) -> None:
+        self.init = init
+        check_required(init.dirs)
+        for d in init.dirs:
+            busy = holders(d["path"])
+            if busy:
+                raise RuntimeError(
+                    f"processes use {d['path']} from before replication starts (their writes "
+                    f"would not be replicated): {', '.join(busy[:5])}; stop them first"
+                )
+        init.state_dir.mkdir(parents=True, exist_ok=True)
+        save_state(init, role="primary", clean=False)
+        self.tracker = Tracker(init.state_dir / "tracking.journal")
+        self.tracker.start(init.base)
+        self.dirs = [
+            Replicated(i, d["path"], os.open(d["path"], os.O_RDONLY | os.O_DIRECTORY), _filter(d))
+            for i, d in enumerate(init.dirs)
+        ]
+        self.rep = Replicator(self.dirs, self.tracker, lambda ev: emit(**ev))  # type: ignore[arg-type]
+        self.rep.on_diverged = self._repair_soon
+        self.threads: list[threading.Thread] = []
+        self._connecting = threading.Lock()
+        self._target: dict[str, Any] | None = None
+        self._repair = threading.Event()
+
+    def mount(self) -> None:
+        from hakit.replication.fs import serve
+
+        for d in self.dirs:
+            t = serve(d, self.rep, self.init.module)
+            self.threads.append(t)
+            deadline = time.monotonic() + MOUNT_WAIT
+            while not mounted(d.path, "fuse.hakit"):
+                errors = getattr(t, "errors", [])
+                if errors or not t.is_alive() or time.monotonic() > deadline:
+                    self.unmount_all()
+                    raise RuntimeError(
+                        f"could not mount the replication layer over {d.path}: {errors[0]!r}"
+                        if errors
+                        else "timed out"
+                    )
+                time.sleep(0.02)
+        emit("mounted", dirs=[d.path for d in self.dirs])
+
+    def unmount_all(self) -> list[str]:
+        done = []
+        for d in self.dirs:
+            what = unmount(d.path, "fuse.hakit")
+            if what:
+                done.append(f"{d.path}: {what}")
+        for t in self.threads:
+            t.join(timeout=5)
+        return done
+
+    def connect(self, cmd: dict[str, Any]) -> None:
+        """Reach the secondary and resynchronise it (in a thread; one at a time)."""
+        self._target = cmd
+        threading.Thread(target=self._connect, args=(cmd,), daemon=True).start()
+
+    def _connect(self, cmd: dict[str, Any]) -> None:
+        if not self._connecting.acquire(blocking=False):
+            return
+        try:
+            if self.rep.state is not State.ALONE:
+                return
+            try:
+                sender = Sender.connect(
+                    cmd["host"],
+                    int(cmd["port"]),
+                    self.init.module,
+                    self.init.key,
+                    self.init.ack_timeout,
+                )
+            except ChannelError as e:
+                emit("resync-failed", reason=str(e))
+                return
+            trust = (
+                self.tracker.active
+                and bool(self.tracker.base)
+                and self.tracker.base == cmd.get("peer_gen")
+                and not sender.unclean_peer
+            )
+            why = (
+                "tracked changes since the secondary's generation"
+                if trust
+                else "secondary stopped uncleanly as a primary"
+                if sender.unclean_peer
+                else "no tracking for the secondary's generation"
+            )
+            emit("connected", peer=f"{cmd['host']}:{cmd['port']}", trust=trust, why=why)
+            self.rep.attach(sender)
+            resync = Resync(self.rep, trust, self.init.bandwidth, lambda p: emit("progress", **p))
+            try:
+                progress = resync.run()
+            except (ResyncError, ChannelError, OSError) as e:
+                self.rep.detach(f"resynchronisation failed: {e}")
+                emit("resync-failed", reason=str(e))
+                return
+            self.tracker.reset(str(cmd.get("my_gen", "")))
+            emit("synced", **progress.as_dict())
+        finally:
+            self._connecting.release()
+
+    def _repair_soon(self) -> None:
+        self._repair.set()
+
+    def repair_loop(self, stop: threading.Event) -> None:
+        """The secondary failed to apply something while ready: resend what is marked."""
+        while not stop.is_set():
+            if not self._repair.wait(0.5):
+                continue
+            self._repair.clear()
+            if self.rep.state is not State.READY or self.rep.sender is None:
+                continue
+            with self.rep.order:
+                self.rep.state = State.RESYNCING
+            try:
+                Resync(self.rep, True, self.init.bandwidth).run()
+                emit("repaired")
+            except (ResyncError, ChannelError, OSError) as e:
+                self.rep.detach(f"repair failed: {e}")
+
+    def verify(self) -> None:
+        def run() -> None:
+            sender = self.rep.sender
+            if sender is None or self.rep.state is not State.READY:
+                emit("verify", ok=False, error="no ready secondary to compare with")
+                return
+            try:
+                emit("verify", **verify(self.rep))
+            except (ChannelError, OSError) as e:
+                emit("verify", ok=False, error=str(e))
+
+        threading.Thread(target=run, daemon=True).start()
+
+    def stop(self) -> None:
+        done = self.unmount_all()  # returns once the application's operations are finished
+        clean = self.rep.state is not State.ALONE or self.rep.sender is None
+        self.rep.detach("the primary stops")
+        self.tracker.close()
+        save_state(self.init, role="primary", clean=clean)
+        emit("stopped", unmounted=done)
+
+
+# --- secondary ---------------------------------------------------------------------------------
+
+
+class Secondary:
+    def __init__(self, init: Init) -> None:
+        self.init = init
+        assert init.listen is not None
+        check_required(init.dirs)
+        init.state_dir.mkdir(parents=True, exist_ok=True)
+        state = load_state(init)
+        self.unclean = state.get("role") == "primary" and not state.get("clean", True)
+        self.roots = [os.open(d["path"], os.O_RDONLY | os.O_DIRECTORY) for d in init.dirs]
+        self.filters = [_filter(d) for d in init.dirs]
+        self.applier = Applier(self.roots)
+        self.stop_event = threading.Event()
+        self.conn: socket.socket | None = None
+        self.listener = socket.socket(socket.AF_INET6 if ":" in init.listen[0] else socket.AF_INET)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(init.listen)
+        self.listener.listen(2)
+        self.listener.settimeout(0.2)
+        for d in init.dirs:
+            self._protect(d["path"])
+        emit("listening", address=f"{init.listen[0]}:{init.listen[1]}", unclean=self.unclean)
+
+    def _protect(self, path: str) -> None:
+        """Read-only for everyone but us: a read-only bind mount over the directory."""
+        if mounted(path, "") and _is_our_bind(path):
+            return
+        for args in (["mount", "--bind", path, path], ["mount", "-o", "remount,bind,ro", path]):
+            r = subprocess.run(args, capture_output=True, text=True, check=False)
+            if r.returncode:
+                raise RuntimeError(f"cannot make {path} read-only: {r.stderr.strip()}")
+
+    def answer(self, op: Op) -> Op:
+        if op.kind is Kind.LIST:
+            try:
+                entries = list(walk(self.roots, lambda i, r: self.filters[i].replicated(r)))
+            except OSError as e:
+                return Op(Kind.LISTING, op.seq, (e.errno or 5,), (b"",))
+            return Op(Kind.LISTING, op.seq, (0,), (encode_entries(entries),))
+        if op.kind is Kind.SUMS:
+            try:
+                with parent_of(self.roots, op.path) as (d, name):
+                    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=d)
+                try:
+                    sums = block_sums(fd, unpack_ranges(op.blobs[1]), op.ints[0] or SUM_BLOCK)
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                return Op(Kind.CHECKSUMS, op.seq, (e.errno or 5,), (b"",))
+            return Op(Kind.CHECKSUMS, op.seq, (0,), (sums,))
+        return ack(op.seq, 22)
+
+    def serve(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                conn, peer = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            receiver = Receiver(
+                self.init.module,
+                self.init.key,
+                self.applier,
+                self.init.mode,
+                answer=self.answer,
+                on_done=self._synced,
+                on_progress=_relay_progress,
+                unclean=self.unclean,
+            )
+            try:
+                if not receiver.handshake(conn):
+                    emit("refused", peer=peer[0], reason="wrong module or secret")
+                    conn.close()
+                    continue
+            except OSError:
+                conn.close()
+                continue
+            old, self.conn = self.conn, conn
+            if old is not None:
+                with contextlib.suppress(OSError):
+                    old.close()
+            emit("connected", peer=peer[0])
+            why = "the primary closed the connection"
+            try:
+                receiver.serve(conn, self.stop_event)
+            except Exception as e:  # FrameError, OSError: the stream is unusable
+                why = f"replication stream broken: {e!r}"
+            self.applier.forget()
+            with contextlib.suppress(OSError):
+                conn.close()
+            if receiver.fatal:
+                emit("lost", reason=f"cannot apply: {receiver.fatal}", fatal=True)
+                return
+            if not self.stop_event.is_set():
+                emit("lost", reason=why, fatal=False)
+
+    def _synced(self) -> None:
+        for fd in self.roots:
+            os.fsync(fd)
+        self.unclean = False
+        save_state(self.init, role="secondary", clean=True)
+        Tracker(self.init.state_dir / "tracking.journal").drop()
+        emit("synced")
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.listener.close()
+        if self.conn is not None:
+            with contextlib.suppress(OSError):
+                self.conn.shutdown(socket.SHUT_RDWR)
+        self.applier.forget()
+        done = [f"{d['path']}: {w}" for d in self.init.dirs if (w := _unbind(d["path"]))]
+        emit("stopped", unmounted=done)
+
+
+def _relay_progress(blob: bytes) -> None:
+    try:
+        fields = json.loads(blob)
+    except ValueError:
+        return
+    if fields:  # an empty one is a barrier (verification)
+        emit("progress", **fields)
+
+
+def _is_our_bind(path: str) -> bool:
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            parts = line.split()
+            if parts[4] == path and "ro" in parts[5].split(","):
+                return True
+    return False
+
+
+def _unbind(path: str) -> str:
+    if not _is_our_bind(path):
+        return ""
+    r = subprocess.run(["umount", path], capture_output=True, text=True, check=False)
+    if r.returncode:
+        subprocess.run(["umount", "-l", path], capture_output=True, text=True, check=False)
+        return "lazily unmounted"
+    return "unmounted"
+
+
+# --- main --------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    first = sys.stdin.readline()
+    if not first:
+        return 1
+    init = Init.parse(json.loads(first))
+    try:
+        node: Primary | Secondary = Primary(init) if init.role == "primary" else Secondary(init)
+        if isinstance(node, Primary):
+            node.mount()
+    except (RuntimeError, OSError) as e:
+        emit("error", message=str(e))
+        return 2
+    stop = threading.Event()
+    if isinstance(node, Primary):
+        threading.Thread(target=node.repair_loop, args=(stop,), daemon=True).start()
+    else:
+        threading.Thread(target=node.serve, daemon=True).start()
+    for line in sys.stdin:
+        try:
+            cmd = json.loads(line)
+        except ValueError:
+            continue
+        what = cmd.get("cmd")
+        if what == "stop":
+            stop.set()
+            node.stop()
+            return 0
+        if isinstance(node, Primary):
+            if what == "connect":
+                node.connect(cmd)
+            elif what == "disconnect":
+                node.rep.detach(str(cmd.get("reason", "asked by the daemon")))
+            elif what == "verify":
+                node.verify()
+    # end of file: the daemon died
+    stop.set()
+    if isinstance(node, Primary):
+        node.rep.fence("the hakit daemon is gone: modifications refused until it is back")
+        emit("fenced")
+        while True:  # killed by the next daemon's reconciliation
+            time.sleep(3600)
+    node.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

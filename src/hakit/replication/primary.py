@@ -1,0 +1,181 @@
+"""The primary's side of replication: every modification applied locally *and* sent, in one order.
+
+`Replicator.modify` is called by the FUSE layer for every modifying operation. Under one lock
+(`order`) it applies the operation to the real directory and hands the frame to the channel, so
+the secondary applies operations in the order they took effect here; the caller then waits for
+the acknowledgement outside the lock (pipelining). States:
+
+- `alone`: no secondary. The operation is first marked in the tracker (durably), then applied.
+- `resyncing`: a secondary is being brought up to date (see `resync.py`); operations are sent
+  as they happen, and whatever the secondary fails to apply is marked to be sent again.
+- `ready`: the secondary is identical; an operation returns once it has acknowledged it.
+
+When the channel breaks (silence longer than the acknowledgement timeout, which is below the
+heartbeat timeout), every operation in flight is marked and the replicator is alone: the
+application's call returns — its change is local and tracked, never reported as replicated
+when it was not (the daemon is told at once and the module shows ALONE).
+"""
+
+from __future__ import annotations
+
+import errno as E
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TypeVar
+
+from hakit.core.filters import PathFilter
+from hakit.replication.channel import FATAL_ERRNOS, ChannelError, Sender
+from hakit.replication.tracker import Tracker
+from hakit.wire.replication import Kind, Op
+
+T = TypeVar("T")
+Notify = Callable[[dict[str, object]], None]
+
+
+class State(StrEnum):
+    ALONE = "alone"
+    RESYNCING = "resyncing"
+    READY = "ready"
+
+
+@dataclass(frozen=True)
+class Replicated:
+    """One replicated directory: its index on the wire, its path, the handle opened before
+    anything was mounted over it, and which of its paths are replicated."""
+
+    index: int
+    path: str
+    fd: int
+    filter: PathFilter
+
+    def wire(self, rel: bytes) -> bytes:
+        top = str(self.index).encode()
+        return top + b"/" + rel if rel else top
+
+
+class Fenced(OSError):
+    pass
+
+
+class Replicator:
+    def __init__(self, dirs: list[Replicated], tracker: Tracker, notify: Notify) -> None:
+        self.dirs = dirs
+        self.tracker = tracker
+        self.notify = notify
+        self.order = threading.Lock()
+        self.state = State.ALONE
+        self.sender: Sender | None = None
+        self.fenced = ""  # non-empty: refuse every modification (the daemon is gone)
+        self.on_diverged: Callable[[], None] = lambda: None
+
+    # --- the application's operations ----------------------------------------------------------
+
+    def modify(
+        self,
+        op: Op,
+        local: Callable[[], T],
+        resolve: Callable[[T], Op] | None = None,
+        replicated: bool = True,
+    ) -> T:
+        """Apply `local()` and replicate `op` (or `resolve(result)`, for operations whose frame
+        depends on what the local call did). Raises what `local` raises (nothing is sent)."""
+        if self.fenced:
+            raise Fenced(E.EIO, self.fenced)
+        if not replicated:
+            return local()
+        with self.order:
+            sender = self.sender
+            if sender is None or self.state is State.ALONE:
+                self.tracker.mark(op)  # durable before the change it describes
+                return local()
+            result = local()
+            frame = resolve(result) if resolve is not None else op
+            try:
+                seq = sender.submit(frame)
+            except ChannelError:
+                self.tracker.mark(frame)
+                return result
+        try:
+            reply = sender.wait(seq)
+        except ChannelError:
+            self.tracker.mark(frame)  # also marked by `_lost`; marking twice costs nothing
+            return result
+        if reply.ints[0]:
+            self.diverged(frame, int(reply.ints[0]))
+        return result
+
+    def fsync(self, op: Op, local: Callable[[], None]) -> None:
+        """The secondary makes the file durable while we do (in `sync` mode it answers after
+        its own fsync); returns when both are done."""
+        if self.fenced:
+            raise Fenced(E.EIO, self.fenced)
+        with self.order:
+            sender = self.sender if self.state is not State.ALONE else None
+            seq = 0
+            if sender is not None:
+                try:
+                    seq = sender.submit(op)
+                except ChannelError:
+                    sender = None
+        local()
+        if sender is not None:
+            try:
+                reply = sender.wait(seq)
+            except ChannelError:
+                return  # alone now; the data is durable here and the writes are tracked
+            if reply.ints[0]:
+                self.diverged(op, int(reply.ints[0]))
+
+    # --- channel events -------------------------------------------------------------------------
+
+    def attach(self, sender: Sender) -> None:
+        """A secondary is connected: from now on operations are sent (resynchronising)."""
+        sender.on_broken = self._lost
+        sender.on_late_error = self.diverged
+        with self.order:
+            self.sender = sender
+            self.state = State.RESYNCING
+
+    def ready(self) -> None:
+        """Called under `order` by the resynchronisation once the secondary is identical."""
+        self.state = State.READY
+
+    def detach(self, why: str) -> None:
+        sender = self.sender
+        if sender is not None:
+            sender.close(why)  # -> _lost
+
+    def _lost(self, why: str, pending: list[Op]) -> None:
+        for op in pending:
+            self.tracker.mark(op)
+        with self.order:
+            was = self.state
+            self.sender = None
+            self.state = State.ALONE
+        if was is not State.ALONE:
+            self.notify({"event": "alone", "reason": why, "was": was.value})
+
+    def diverged(self, op: Op, err: int) -> None:
+        """The secondary failed to apply `op`: that path differs; send it again later."""
+        self.tracker.mark(op)
+        if op.kind in (Kind.WRITE, Kind.TRUNCATE, Kind.FALLOCATE, Kind.FSYNC):
+            self.tracker.mark_whole(op.path)
+        name = E.errorcode.get(err, str(err))
+        if err in FATAL_ERRNOS:
+            return  # the secondary leaves by itself; the channel breaks
+        if self.state is State.READY:
+            self.notify(
+                {
+                    "event": "diverged",
+                    "path": op.path.decode(errors="replace"),
+                    "op": op.kind.name,
+                    "errno": name,
+                }
+            )
+            self.on_diverged()
+
+    def fence(self, why: str) -> None:
+        """Refuse every further modification (EIO): nobody supervises replication any more."""
+        self.fenced = why
