@@ -86,6 +86,20 @@ class Source:
             raise HakitError(f"no module {module!r}")
         return command != "swap", f"{command} {'accepted' if command != 'swap' else 'refused'}"
 
+    async def verify(self, module: str) -> dict[str, Any]:
+        if module not in ("app", "diverged"):
+            raise HakitError(f"no module {module!r}")
+        diffs = [{"path": "/srv/x", "difference": "size 1 vs 2"}] if module == "diverged" else []
+        return {"ok": not diffs, "differences": diffs}
+
+
+def test_verify_answers_200_when_identical_409_with_the_differences() -> None:
+    assert request("POST", "/v1/modules/app/verify").status_code == 200
+    r = request("POST", "/v1/modules/diverged/verify")
+    assert r.status_code == 409
+    assert r.json()["differences"][0]["path"] == "/srv/x"
+    assert request("POST", "/v1/modules/nope/verify").status_code == 404
+
 
 def test_state_follows_the_contract() -> None:
     st = get("/v1/state").json()

@@ -328,3 +328,34 @@ def test_primary_losing_its_secondary_while_stopping_starts_a_new_generation() -
     assert sim.state("node2") == "WAIT not-ready"
     sim.command("node1", C.START)
     assert sim.states() == ("PRIM ready", "SECOND ready")
+
+
+def test_replication_lost_on_the_primary_starts_a_generation_and_the_secondary_resyncs() -> None:
+    """The secondary stopped acknowledging but heartbeats still flow (replication network cut):
+    the primary continues ALONE with a new generation; the secondary sees the primary move on
+    without it, leaves and joins again (resynchronisation)."""
+    sim = MirrorSim()
+    first_start(sim)
+    gen = sim.data("node1").gen
+    sim.inject("node1", mm.ReplicaLost("no acknowledgement within 0.8 s"))
+    sim.settle()
+    assert sim.data("node1").gen > gen
+    assert sim.states() == ("PRIM ready", "SECOND ready")  # rejoined
+    assert sim.data("node2").gen_id == sim.data("node1").gen_id
+
+
+def test_a_fatal_replication_error_on_the_secondary_needs_an_operator() -> None:
+    sim = MirrorSim()
+    first_start(sim)
+    sim.inject("node2", mm.ReplicaLost("WRITE 'f': ENOSPC", fatal=True))
+    sim.settle()
+    assert sim.states() == ("ALONE ready", "WAIT not-ready")
+    assert "ENOSPC" in sim.nodes["node2"].machine.blocked
+    sim.command("node2", mm.Cmd.SECOND)
+    sim.settle()
+    assert sim.states() == ("PRIM ready", "SECOND ready")
+
+
+@pytest.mark.parametrize("phase", list(mm.Phase))
+def test_replica_lost_is_answered_in_every_phase(phase: mm.Phase) -> None:
+    assert (phase, "replica-lost") in mm.TRANSITIONS

@@ -46,6 +46,10 @@ class StatusSource(Protocol):
         """Install a module package; the message; `HakitError` if invalid."""
         ...
 
+    async def verify(self, module: str) -> dict[str, Any]:
+        """Compare both replicas of a module (on its primary); `HakitError` if unknown."""
+        ...
+
     def uninstall(self, name: str) -> str:
         """Uninstall a stopped module; `HakitError` if running or absent."""
         ...
@@ -122,6 +126,17 @@ def create_app(source: StatusSource) -> FastAPI:
         except HakitError as e:
             return JSONResponse({"uninstalled": False, "detail": str(e)}, status_code=409)
         return JSONResponse({"uninstalled": True, "message": message})
+
+    @app.post(
+        API_PREFIX + "/modules/{module}/verify",
+        summary="Compare both replicas by checksums (200 identical, 409 differences or error)",
+    )
+    async def verify(module: str) -> JSONResponse:
+        try:
+            result = await source.verify(module)
+        except HakitError as e:
+            raise HTTPException(404, str(e)) from None
+        return JSONResponse(result, status_code=200 if result.get("ok") else 409)
 
     @app.post(
         API_PREFIX + "/modules/{module}/{command}",

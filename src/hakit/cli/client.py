@@ -19,6 +19,8 @@ TIMEOUT = 5.0
 class _Client:
     """get/post over `request`, which each transport implements."""
 
+    timeout: float = TIMEOUT  # raise it for long requests (verification)
+
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params=params)
 
@@ -61,13 +63,15 @@ class DaemonClient(_Client):
             raise self._unavailable("no socket")
         transport = httpx.HTTPTransport(uds=str(sock))
         try:
-            with httpx.Client(transport=transport, base_url="http://hakit", timeout=TIMEOUT) as c:
+            with httpx.Client(
+                transport=transport, base_url="http://hakit", timeout=self.timeout
+            ) as c:
                 r = c.request(method, "/v1" + path, params=params, content=body)
         except (httpx.ConnectError, httpx.RemoteProtocolError) as e:
             raise self._unavailable(f"no answer: {e}") from None
         except httpx.TimeoutException:
             raise DaemonUnavailable(
-                f"the hakit daemon did not answer within {TIMEOUT:g} s on {sock}; "
+                f"the hakit daemon did not answer within {self.timeout:g} s on {sock}; "
                 f"see {self.paths.daemon_log}"
             ) from None
         return _answer(r, accept)
@@ -117,7 +121,7 @@ class RemoteClient(_Client):
             try:
                 with httpx.Client(
                     base_url=f"http://{host}:{self.port}",
-                    timeout=httpx.Timeout(TIMEOUT, connect=1.0),
+                    timeout=httpx.Timeout(self.timeout, connect=1.0),
                 ) as c:
                     r = c.request(method, target, headers=headers, content=body)
             except httpx.HTTPError as e:

@@ -14,6 +14,7 @@ from rich.console import Console
 from hakit import __version__
 from hakit.cli import modules
 from hakit.cli.lab import lab
+from hakit.cli.replication import verify
 from hakit.errors import ConfigError, HakitError
 from hakit.paths import Paths
 
@@ -172,6 +173,7 @@ def cluster_init(
 
 
 cli.add_command(lab)
+cli.add_command(verify)
 
 
 modules.register(cli)

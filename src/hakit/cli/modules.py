@@ -279,20 +279,31 @@ def failover(mode: str, module: str, node: str | None, all_nodes: bool) -> None:
 @node_option
 def wait(module: str, state: str, timeout: float, node: str | None) -> None:
     """Wait until MODULE is in STATE on this node (not transient); exit 1 on timeout."""
+    from hakit.cli.replication import ProgressBar
+
     state = state.upper()
     deadline = time.monotonic() + timeout
     last = ""
     client = _client(node)
-    while True:
-        st = client.get("/state")
-        me = _module_state(st, module)["nodes"].get(st["node"], {})
-        last = f"{me.get('state')} ({me.get('status')})"
-        if me.get("state") == state and me.get("status") != "transient":
-            out.print(f"{module} is {last} on {st['node']}")
-            return
-        if time.monotonic() > deadline:
-            raise Refused(f"{module} is {last} on {st['node']} after {timeout:g} s, not {state}")
-        time.sleep(0.2)
+    bar = ProgressBar(out)  # shown while a resynchronisation runs
+    try:
+        while True:
+            st = client.get("/state")
+            mod = _module_state(st, module)
+            me = mod["nodes"].get(st["node"], {})
+            bar.update((mod.get("replication") or {}).get("progress"))
+            last = f"{me.get('state')} ({me.get('status')})"
+            if me.get("state") == state and me.get("status") != "transient":
+                bar.close()
+                out.print(f"{module} is {last} on {st['node']}")
+                return
+            if time.monotonic() > deadline:
+                raise Refused(
+                    f"{module} is {last} on {st['node']} after {timeout:g} s, not {state}"
+                )
+            time.sleep(0.2)
+    finally:
+        bar.close()
 
 
 def _events(paths: Paths, module: str) -> Iterator[dict[str, Any]]:

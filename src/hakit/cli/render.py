@@ -9,6 +9,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from hakit.cli.replication import progress_line
+
 STATUS_STYLE = {"ready": "green", "transient": "yellow", "not-ready": "red"}
 
 
@@ -92,3 +94,7 @@ def render_state(st: dict[str, Any], console: Console) -> None:
             note = ("failover off; " + note) if note else "failover off"
         mods.add_row(mname, *mcells, Text(note.splitlines()[0] if note else "", style="yellow"))
     console.print(mods)
+    for mname, mod in st["modules"].items():
+        progress = (mod.get("replication") or {}).get("progress")
+        if progress:
+            console.print(Text(f"{mname}: {progress_line(progress)}", style="cyan"))

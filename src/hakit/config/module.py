@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, IPvAnyInterface, StringConstraints, model_validator
+from pydantic import AfterValidator, Field, IPvAnyInterface, StringConstraints, model_validator
 
 from hakit.config.load import Marks, dotted, parse_yaml, read_text, validate
 from hakit.config.model import Cluster, Frozen, Name
@@ -76,6 +76,106 @@ class Scripts(Frozen):
     )
 
 
+def _relative(value: str) -> str:
+    parts = value.split("/")
+    if value.startswith("/") or "\0" in value or any(p in ("", ".", "..") for p in parts):
+        raise ValueError("a relative path without `.`, `..` or empty components")
+    return value
+
+
+def _absolute(value: str) -> str:
+    parts = value.split("/")[1:]
+    if not value.startswith("/") or value == "/" or any(p in ("", ".", "..") for p in parts):
+        raise ValueError("an absolute path other than `/`, without `.`, `..` or a trailing `/`")
+    return value
+
+
+RelPath = Annotated[str, StringConstraints(max_length=4096), AfterValidator(_relative)]
+AbsPath = Annotated[str, StringConstraints(max_length=4096), AfterValidator(_absolute)]
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as e:
+        raise ValueError(f"not a valid regular expression: {e}") from None
+    return value
+
+
+Regex = Annotated[str, AfterValidator(_regex)]
+
+
+class ReplicatedDir(Frozen):
+    """A directory whose content is replicated to the secondary in real time."""
+
+    path: AbsPath = Field(
+        description=(
+            "Absolute path, the same on both nodes (any directory, not only a mount point; "
+            "not `/`, not inside another replicated directory)."
+        ),
+    )
+    exclude: tuple[RelPath, ...] = Field(
+        (), description="Relative paths not replicated (with everything under them)."
+    )
+    exclude_regex: tuple[Regex, ...] = Field(
+        (),
+        description=(
+            "Regular expressions (Python syntax, searched in the relative path, e.g. "
+            "`\\.tmp$`); a matching path and everything under it is not replicated."
+        ),
+    )
+    only: tuple[RelPath, ...] = Field(
+        (),
+        description=(
+            '"Only these": when given, only these relative paths (and what is under them) '
+            "are replicated."
+        ),
+    )
+    only_regex: tuple[Regex, ...] = Field((), description='"Only these", as regular expressions.')
+    require: tuple[RelPath, ...] = Field(
+        (),
+        description=(
+            "Files that must exist in the directory before replication may start on a node "
+            "(guards against an empty or unmounted directory, e.g. `PG_VERSION`)."
+        ),
+    )
+
+
+class Replication(Frozen):
+    """Real-time synchronous replication of directories from the primary to the secondary."""
+
+    dirs: tuple[ReplicatedDir, ...] = Field(min_length=1, description="Replicated directories.")
+    mode: Literal["sync", "semi"] = Field(
+        "sync",
+        description=(
+            "`sync`: the secondary acknowledges an operation once applied, an fsync once "
+            "durable on its disk; `semi`: it acknowledges on receipt (faster on slow disks; "
+            "an fsync then means the secondary *has* the data, not that it is on its disk)."
+        ),
+    )
+    network: Name | None = Field(
+        None,
+        description=(
+            "Cluster network carrying the replication stream (default: the first network the "
+            "two nodes share). May differ from the heartbeat networks."
+        ),
+    )
+    port: int = Field(
+        7360,
+        ge=1,
+        le=65535,
+        description="TCP port of the secondary's replication listener (one per module).",
+    )
+    resync_bandwidth: float = Field(
+        0,
+        ge=0,
+        description=(
+            "Cap on resynchronisation traffic in MB/s (0 = none). The application's own "
+            "writes are never throttled."
+        ),
+    )
+
+
 class MirrorModule(Frozen):
     """A mirror module: the application runs on one of two nodes, the primary."""
 
@@ -106,6 +206,9 @@ class MirrorModule(Frozen):
         ),
     )
     scripts: Scripts = Field(default_factory=Scripts, description="Script time limits.")
+    replication: Replication | None = Field(
+        None, description="Directories replicated to the secondary (none: no replication)."
+    )
     variables: dict[EnvName, str] = Field(
         default_factory=dict,
         description="Variables passed to every script in its environment.",
@@ -149,6 +252,27 @@ def check_against_cluster(m: ModuleConfig, cluster: Cluster) -> list[Problem]:
                 f"expected alone, lastprim, {a} or {b}",
             )
         )
+    if m.replication is not None:
+        r = m.replication
+        if r.network is not None and r.network not in shared:
+            out.append(
+                Problem(
+                    ("replication", "network"),
+                    r.network,
+                    f"not a network shared by {a} and {b}; shared: {', '.join(shared) or 'none'}",
+                )
+            )
+        paths = [d.path for d in r.dirs]
+        for i, d in enumerate(r.dirs):
+            for j, other in enumerate(paths):
+                if j != i and (d.path == other or d.path.startswith(other.rstrip("/") + "/")):
+                    out.append(
+                        Problem(
+                            ("replication", "dirs", i, "path"),
+                            d.path,
+                            f"overlaps replicated directory {other}",
+                        )
+                    )
     node_addrs = {str(addr) for spec in cluster.nodes.values() for addr in spec.addresses.values()}
     seen: set[str] = set()
     for i, vip in enumerate(m.vips):

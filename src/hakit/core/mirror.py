@@ -233,7 +233,16 @@ class OpDone:
     detail: str = ""  # e.g. "start_prim exited 3 after 0.41 s (log: …)"
 
 
-Event = Command | PeerChanged | OpDone
+@dataclass(frozen=True)
+class ReplicaLost:
+    """The replication stream ended outside any operation (primary: the secondary stopped
+    acknowledging; secondary: the stream broke, or `fatal`: its disk refused a write)."""
+
+    detail: str
+    fatal: bool = False
+
+
+Event = Command | PeerChanged | OpDone | ReplicaLost
 
 
 def event_kind(ev: Event) -> str:
@@ -241,6 +250,8 @@ def event_kind(ev: Event) -> str:
         return f"cmd:{ev.cmd.value}"
     if isinstance(ev, OpDone):
         return f"done:{ev.op.value}"
+    if isinstance(ev, ReplicaLost):
+        return "replica-lost"
     return "peer"
 
 
@@ -799,6 +810,15 @@ def _peer_primary(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
 def _peer_second(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
     assert isinstance(ev, PeerChanged)
     m2 = _peer_update(m, ev)
+    if m2.peer.primary and m2.peer.data.gen_id not in ("", m.data.gen_id):
+        # The primary started a new generation without us: it stopped replicating to us.
+        return _start_op(
+            m2,
+            Phase.LEAVING,
+            now,
+            f"{_name(m)}: {m.peer_name} continues without this secondary "
+            f"({m2.peer.data.label()}); leaving to resynchronise",
+        )
     if m2.peer.primary:
         return m2, ()
     return _secondary_alone(m2, now, fresh_id, ev)
@@ -978,6 +998,38 @@ def _after_poststop(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
     return m2, (*note, Explain(f"{_name(m)} STOP"), Publish())
 
 
+def _replica_lost_second(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
+    assert isinstance(ev, ReplicaLost)
+    if ev.fatal:
+        m = replace(m, join_failed=f"replication failed: {ev.detail}")
+    m2, acts = _start_op(
+        m, Phase.LEAVING, now, f"{_name(m)} leaving secondary: replication ended ({ev.detail})"
+    )
+    level = "error" if ev.fatal else "warning"
+    return m2, (Explain(f"{_name(m)} replication lost: {ev.detail}", level), *acts)
+
+
+def _replica_lost_prim(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
+    """The secondary stopped acknowledging: continue alone, its copy is stale from now."""
+    assert isinstance(ev, ReplicaLost)
+    data = replace(m.data.next_generation(fresh_id), alone_ok=True)
+    m2 = _go(m, Phase.ALONE, now, data=data, reason=f"alone: {ev.detail}")
+    return m2, (
+        Persist(data, m.failover),
+        Explain(
+            f"{_name(m)} ALONE: replication to {m.peer_name} ended ({ev.detail}); its copy is "
+            f"stale from now ({data.label()})",
+            "warning",
+        ),
+        Publish(),
+    )
+
+
+def _replica_lost_ignored(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
+    """Elsewhere the loss is handled by the running operation (or there is nothing to do)."""
+    return m, ()
+
+
 # --- the table ---------------------------------------------------------------------------------
 
 
@@ -1009,6 +1061,9 @@ TARGETS: dict[Handler, frozenset[Phase]] = {
     _after_sync: frozenset({P.LEAVING, P.SECOND}),
     _after_stop_second: frozenset({P.STOPPING, P.WAITING, P.PROMOTING, P.JOINING}),
     _after_poststop: frozenset({P.STARTING, P.STOPPED}),
+    _replica_lost_second: frozenset({P.LEAVING}),
+    _replica_lost_prim: frozenset({P.ALONE}),
+    _replica_lost_ignored: _SAME,
 }
 """Where each handler may lead (besides staying put). `step` enforces it; the diagram in
 docs/state-machines.md is drawn from it."""
@@ -1086,6 +1141,10 @@ def _table() -> dict[tuple[Phase, str], Handler]:
     t: dict[tuple[Phase, str], Handler] = {}
     for phase in Phase:
         t[(phase, "peer")] = _peer_handler(phase)
+        t[(phase, "replica-lost")] = {
+            Phase.SECOND: _replica_lost_second,
+            Phase.PRIM: _replica_lost_prim,
+        }.get(phase, _replica_lost_ignored)
         for cmd in Cmd:
             t[(phase, f"cmd:{cmd.value}")] = _command_handler(phase, cmd)
         if phase in OP_OF_PHASE:
@@ -1095,7 +1154,8 @@ def _table() -> dict[tuple[Phase, str], Handler]:
 
 
 TRANSITIONS: dict[tuple[Phase, str], Handler] = _table()
-"""(phase, event kind) -> handler. Event kinds: `peer`, `cmd:<command>`, `done:<operation>`."""
+"""(phase, event kind) -> handler. Event kinds: `peer`, `cmd:<command>`, `done:<operation>`,
+`replica-lost`."""
 
 
 def targets(phase: Phase, kind: str) -> frozenset[Phase]:

@@ -24,6 +24,7 @@ from hakit.adapters.vip import Vip, VipError, VipPort
 from hakit.config.module import ModuleFile
 from hakit.core import mirror as mm
 from hakit.daemon.logs import LOGGER, Event
+from hakit.daemon.replication_link import ReplicationLink, kill_leftover
 from hakit.paths import Paths
 
 log = logging.getLogger(LOGGER + ".mirror")
@@ -52,6 +53,9 @@ class Environment:
     published: Callable[[], None]  # our heartbeat payload changed
     holding: Callable[[], None]  # the set of VIPs we hold changed
     peer_wait: float = 30.0  # longest wait for the first news of the peer (timeout + margin)
+    node_addresses: dict[str, dict[str, str]] = field(default_factory=dict)  # node -> net -> ip
+    replication_key: bytes = b""
+    heartbeat_timeout: float = 1.0
     now: Callable[[], float] = time.time
 
 
@@ -94,6 +98,7 @@ class MirrorRunner:
             )
             for v in cfg.vips
         ]
+        self.replication = Replication(self) if cfg.replication is not None else None
         self.queue: asyncio.Queue[Pending] = asyncio.Queue()
         self._peer_known = asyncio.Event()
         self._latest_peer: mm.PeerChanged | None = None
@@ -165,6 +170,7 @@ class MirrorRunner:
             "default_primary": cfg.default_primary,
             "vips": [str(v) for v in self.vip_list],
             "vips_held": [str(v) for v in self.held],
+            "replication": self.replication.status() if self.replication is not None else None,
         }
 
     # --- main loop ---------------------------------------------------------------------------
@@ -191,6 +197,8 @@ class MirrorRunner:
             self.ready = True
             self.env.published()
             tg.create_task(self._vip_watch())
+            if self.replication is not None:
+                tg.create_task(self.replication.watch())
             while True:
                 await self._handle(await self.queue.get())
 
@@ -200,6 +208,8 @@ class MirrorRunner:
             self.cause = ev.cmd.value
         elif isinstance(ev, mm.PeerChanged):
             self.cause = "heartbeat"
+        elif isinstance(ev, mm.ReplicaLost):
+            self.cause = "replication"
         before = self.machine.display()
         m, actions = mm.step(self.machine, ev, self.env.now(), secrets.token_hex(4))
         self.machine = m
@@ -222,6 +232,8 @@ class MirrorRunner:
                 if p.answer is not None and not p.answer.done() and not answered:
                     p.answer.set_result(a)
                     answered = True
+        if self.replication is not None:
+            self.replication.maybe_connect()
         after = self.machine.display()
         if after[0] != before[0]:
             self._tg.create_task(self._transition(before[0], after[0]))
@@ -264,6 +276,9 @@ class MirrorRunner:
             await self._stop_script("stop_prim", "STOP", "WAIT", "reconcile", force_only=True)
         if secondish:
             await self._stop_script("stop_second", "STOP", "WAIT", "reconcile", force_only=True)
+        if self.replication is not None:
+            for line in await asyncio.to_thread(self.replication.release_leftovers):
+                self._note(f"reconciling: {line}")
         for v in self.vip_list:
             await self._remove_vip(v)
 
@@ -299,6 +314,11 @@ class MirrorRunner:
             target = "PRIM" if second_ready else "ALONE"
             if run.from_second:
                 await self._stop_script("stop_second", state, target, action)
+            if self.replication is not None:
+                await self.replication.stop_link()
+                ok, detail = await self.replication.start_primary()
+                if not ok:
+                    return False, detail
             for v in self.vip_list:
                 try:
                     await asyncio.to_thread(self._add_vip, v)
@@ -315,17 +335,27 @@ class MirrorRunner:
             ok, detail = await self._stop_script(
                 "stop_prim", state, "WAIT", action, force_only=run.force
             )
+            if self.replication is not None:
+                await self.replication.stop_link()
             for v in self.vip_list:
                 await self._remove_vip(v)
             return ok, detail
         if op is mm.Op.START_SECOND:
-            return _outcome(await self._script("start_second", state, "SECOND", action))
+            r = await self._script("start_second", state, "SECOND", action)
+            if not r.ok or self.replication is None:
+                return _outcome(r)
+            return await self.replication.start_secondary()
         if op is mm.Op.SYNC:
-            return True, "no replicated directories"
+            if self.replication is None:
+                return True, "no replicated directories"
+            return await self.replication.sync()
         if op is mm.Op.STOP_SECOND:
-            return await self._stop_script(
+            ok, detail = await self._stop_script(
                 "stop_second", state, "WAIT", action, force_only=run.force
             )
+            if self.replication is not None:
+                await self.replication.stop_link()
+            return ok, detail
         return _outcome(await self._script("poststop", state, "STOP", action))
 
     def _add_vip(self, v: Vip) -> None:
@@ -417,6 +447,245 @@ class MirrorRunner:
                     )
                     self.queue.put_nowait(Pending(mm.Command(mm.Cmd.STOPSTART)))
                     break
+
+
+class Replication:
+    """The module's replication, seen from its runner: starts and stops the replication
+    process with the role of the phase, connects the primary to a secondary that waits for
+    its resynchronisation, turns the process's events into machine events and timeline lines."""
+
+    def __init__(self, runner: MirrorRunner) -> None:
+        self.runner = runner
+        cfg = runner.module.config.replication
+        assert cfg is not None
+        self.cfg = cfg
+        env = runner.env
+        peer = runner.machine.peer_name
+        mine = env.local_addresses
+        theirs = env.node_addresses.get(peer, {})
+        shared = [n for n in mine if n in theirs]
+        self.network = cfg.network or (shared[0] if shared else "")
+        self.local_address = mine.get(self.network, "")
+        self.peer_address = theirs.get(self.network, "")
+        self.link: ReplicationLink | None = None
+        self.pid_file = runner.var / "replication" / "replicator.pid"
+        self._last_connect = 0.0
+        self.last_sync: dict[str, Any] | None = None
+        self.verifying: asyncio.Future[dict[str, Any]] | None = None
+
+    # --- process lifecycle ---------------------------------------------------------------------
+
+    def _init(self, role: str) -> dict[str, Any]:
+        m = self.runner.machine
+        base = (m.before_promotion or m.data).gen_id if role == "primary" else ""
+        return {
+            "role": role,
+            "module": self.runner.name,
+            "key": self.runner.env.replication_key.hex(),
+            "dirs": [d.model_dump(mode="json") for d in self.cfg.dirs],
+            "mode": self.cfg.mode,
+            "state_dir": str(self.runner.var / "replication"),
+            # an application write never blocks longer than the heartbeat timeout
+            "ack_timeout": max(0.2, self.runner.env.heartbeat_timeout * 0.8),
+            "bandwidth": int(self.cfg.resync_bandwidth * 1_000_000),
+            "listen": [self.local_address, self.cfg.port] if role == "secondary" else None,
+            "base": base,
+        }
+
+    async def _start(self, role: str) -> tuple[bool, str]:
+        await self.stop_link()
+        link = ReplicationLink(self._init(role), self.pid_file, self._event)
+        ok, detail = await link.start()
+        if not ok:
+            return False, f"replication ({role}): {detail}"
+        self.link = link
+        self.runner._tg.create_task(self._watch_exit(link))
+        dirs = ", ".join(d.path for d in self.cfg.dirs)
+        if role == "primary":
+            self.runner._note(f"replication: {dirs} mounted; changes go to the secondary")
+        else:
+            self.runner._note(
+                f"replication: {dirs} read-only here; receiving on "
+                f"{self.local_address}:{self.cfg.port} ({self.cfg.mode})"
+            )
+        return True, ""
+
+    async def start_primary(self) -> tuple[bool, str]:
+        return await self._start("primary")
+
+    async def start_secondary(self) -> tuple[bool, str]:
+        if not self.local_address:
+            return False, f"this node has no address on replication network {self.network!r}"
+        return await self._start("secondary")
+
+    async def stop_link(self) -> None:
+        link, self.link = self.link, None
+        if link is None:
+            return
+        ok, detail = await link.stop()
+        self.runner._record(
+            f"{self.runner.name}: replication stopped ({detail})", "info" if ok else "error"
+        )
+
+    def release_leftovers(self) -> list[str]:
+        """What a dead daemon left: its replication process, and mounts over our dirs."""
+        from hakit.daemon.replicator import release
+
+        out = []
+        if kill_leftover(self.pid_file):
+            out.append("killed the replication process left by the previous daemon")
+        for d in self.cfg.dirs:
+            out += release(d.path)
+        return out
+
+    async def _watch_exit(self, link: ReplicationLink) -> None:
+        assert link.exited is not None
+        code = await asyncio.shield(link.exited)
+        if self.link is not link:
+            return  # stopped on purpose
+        self.link = None
+        r = self.runner
+        tail = f"; last messages: {' | '.join(link.stderr[-3:])}" if link.stderr else ""
+        r._record(f"{r.name}: replication process died (status {code}){tail}", "error")
+        if link.role == "primary" and r.machine.phase in (mm.Phase.ALONE, mm.Phase.PRIM):
+            # The application now gets errors from the dead mount: restart the module cleanly
+            # (stop the application, unmount, mount again or let the secondary take over).
+            r.queue.put_nowait(Pending(mm.Command(mm.Cmd.STOPSTART)))
+        elif link.role == "secondary":
+            r.queue.put_nowait(Pending(mm.ReplicaLost(f"replication process died ({code})")))
+
+    # --- events --------------------------------------------------------------------------------
+
+    def _event(self, ev: dict[str, Any]) -> None:
+        r, kind = self.runner, ev.get("event")
+        if kind == "alone":
+            r._record(f"{r.name}: secondary no longer replicating: {ev.get('reason')}", "warning")
+            r.queue.put_nowait(Pending(mm.ReplicaLost(str(ev.get("reason")))))
+        elif kind == "lost":
+            r.queue.put_nowait(
+                Pending(mm.ReplicaLost(str(ev.get("reason")), bool(ev.get("fatal"))))
+            )
+        elif kind == "diverged":
+            r._record(
+                f"{r.name}: the secondary failed {ev.get('op')} on {ev.get('path')} "
+                f"({ev.get('errno')}): resending it",
+                "warning",
+            )
+        elif kind == "connected" and "trust" in ev:
+            how = "changes tracked" if ev.get("trust") else "full checksum comparison"
+            r._note(f"resynchronising {r.machine.peer_name}: {how} ({ev.get('why')})")
+        elif kind == "synced" and "bytes_sent" in ev:
+            self.last_sync = ev
+            r._note(
+                f"{r.machine.peer_name} synchronised: {_size(ev['bytes_sent'])} sent, "
+                f"{ev.get('files_total')} files compared, {ev.get('entries_fixed')} entries "
+                f"fixed, {ev.get('elapsed')} s"
+            )
+        elif kind == "resync-failed":
+            r._record(f"{r.name}: resynchronisation failed: {ev.get('reason')}", "warning")
+        elif kind == "verify" and self.verifying is not None and not self.verifying.done():
+            self.verifying.set_result(ev)
+
+    async def watch(self) -> None:
+        """Primary: connect to a secondary that waits for its resynchronisation."""
+        while True:
+            await asyncio.sleep(0.5)
+            self.maybe_connect()
+
+    def maybe_connect(self) -> None:
+        m, link = self.runner.machine, self.link
+        if link is None or link.role != "primary" or link.state != "alone":
+            return
+        if m.phase not in (mm.Phase.ALONE, mm.Phase.PRIM):
+            return
+        if not (m.peer.present and m.peer.phase is mm.Phase.SYNCING):
+            return
+        if time.monotonic() - self._last_connect < 2.0 or not self.peer_address:
+            return
+        self._last_connect = time.monotonic()
+        link.command(
+            cmd="connect",
+            host=self.peer_address,
+            port=self.cfg.port,
+            peer_gen=m.peer.data.gen_id,
+            my_gen=m.data.gen_id,
+        )
+
+    async def sync(self) -> tuple[bool, str]:
+        """Secondary: wait until the primary has brought us up to date (or give up)."""
+        link = self.link
+        if link is None:
+            return False, "replication process not running"
+        r = self.runner
+        quiet_limit = max(60.0, r.env.peer_wait * 4)
+        last_news = time.monotonic()
+        while True:
+            if not r.machine.peer.primary:  # not a failure of ours: rejoin when it is back
+                return True, f"{r.machine.peer_name} is no longer primary"
+            if r.machine.then is not mm.Then.NOTHING:
+                return False, f"interrupted: {r.machine.then.value} requested"
+            if link.exited is not None and link.exited.done():
+                return False, "replication process died"
+            if time.monotonic() - last_news > quiet_limit:
+                return False, f"no resynchronisation from the primary in {quiet_limit:g} s"
+            try:
+                ev = await link.wait_for({"synced", "lost", "connected", "progress"}, 0.5)
+            except TimeoutError:
+                continue
+            last_news = time.monotonic()
+            kind = ev["event"]
+            if kind == "synced":
+                return True, "identical to the primary"
+            if kind == "lost" and ev.get("fatal"):
+                return False, str(ev.get("reason"))
+
+    async def verify(self, limit: float = 3600.0) -> dict[str, Any]:
+        link = self.link
+        if link is None or link.role != "primary":
+            return {"ok": False, "error": "not primary here: run it on the primary's node"}
+        if link.state != "ready":
+            return {"ok": False, "error": f"no ready secondary to compare with ({link.state})"}
+        self.verifying = asyncio.get_running_loop().create_future()
+        link.command(cmd="verify")
+        try:
+            return await asyncio.wait_for(self.verifying, limit)
+        except TimeoutError:
+            return {"ok": False, "error": f"no answer within {limit:g} s"}
+        finally:
+            self.verifying = None
+
+    def status(self) -> dict[str, Any]:
+        link = self.link
+        progress = dict(link.progress) if link is not None and link.progress else None
+        if progress:
+            progress.pop("event", None)
+            progress.pop("at", None)
+            total = progress.get("bytes_total") or 0
+            progress["percent"] = (
+                round(100.0 * progress.get("bytes_done", 0) / total, 1) if total else None
+            )
+        return {
+            "mode": self.cfg.mode,
+            "network": self.network,
+            "dirs": [d.path for d in self.cfg.dirs],
+            "role": link.role if link is not None else None,
+            "state": link.state if link is not None else "stopped",
+            "progress": progress,
+            "last_sync": {
+                k: self.last_sync.get(k)
+                for k in ("at", "bytes_sent", "files_total", "entries_fixed", "elapsed")
+            }
+            if self.last_sync
+            else None,
+        }
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
 
 
 def _outcome(r: ScriptResult) -> tuple[bool, str]:

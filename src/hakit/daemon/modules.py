@@ -26,6 +26,7 @@ from hakit.daemon.logs import LOGGER, Event
 from hakit.daemon.mirror_runner import Environment, MirrorRunner
 from hakit.errors import ConfigError, HakitError
 from hakit.paths import Paths
+from hakit.replication.channel import channel_key
 
 log = logging.getLogger(LOGGER + ".modules")
 
@@ -74,6 +75,12 @@ class ModuleManager:
             published=self._published,
             holding=self._holding,
             peer_wait=cfg.heartbeat.timeout + 5.0,
+            node_addresses={
+                n: {net: str(a) for net, a in spec.addresses.items()}
+                for n, spec in cfg.nodes.items()
+            },
+            replication_key=channel_key(self.cluster.secret, cfg.cluster),
+            heartbeat_timeout=cfg.heartbeat.timeout,
         )
 
     # --- the module folder ---------------------------------------------------------------------

@@ -112,10 +112,16 @@ def holders(path: str) -> list[str]:
     me = os.getpid()
     prefix = os.path.realpath(path)
     found: list[str] = []
+    own_ns = os.readlink("/proc/self/ns/mnt")
     for pid in os.listdir("/proc"):
         if not pid.isdigit() or int(pid) == me:
             continue
         base = f"/proc/{pid}"
+        try:
+            if os.readlink(f"{base}/ns/mnt") != own_ns:
+                continue  # another mount namespace: the same path is another directory
+        except OSError:
+            continue
         links: list[str] = []
         with contextlib.suppress(OSError):
             links.append(os.readlink(f"{base}/cwd"))
@@ -436,6 +442,19 @@ class Secondary:
         self.applier.forget()
         done = [f"{d['path']}: {w}" for d in self.init.dirs if (w := _unbind(d["path"]))]
         emit("stopped", unmounted=done)
+
+
+def release(path: str) -> list[str]:
+    """Remove what a dead replication process left over `path` (for reconciliation)."""
+    out = []
+    for fstype in ("fuse.hakit",):
+        what = unmount(path, fstype)
+        if what:
+            out.append(f"{path}: replication mount {what}")
+    what = _unbind(path)
+    if what:
+        out.append(f"{path}: read-only bind {what}")
+    return out
 
 
 def _relay_progress(blob: bytes) -> None:

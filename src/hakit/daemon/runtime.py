@@ -226,3 +226,9 @@ class NodeDaemon:
     async def command(self, module: str, command: str) -> tuple[bool, str]:
         answer = await self.modules.command(module, Cmd(command))
         return isinstance(answer, Accepted), answer.message
+
+    async def verify(self, module: str) -> dict[str, Any]:
+        runner = self.modules.runner(module)
+        if runner.replication is None:
+            return {"ok": False, "error": f"module {module} replicates no directory"}
+        return await runner.replication.verify()

@@ -104,6 +104,10 @@ class MirrorSim:
         self.settle()
         return answer
 
+    def inject(self, name: str, ev: mm.Event) -> None:
+        """An event from the node's executor (e.g. replication lost), handled at once."""
+        self._apply(self.nodes[name], ev)
+
     def crash(self, name: str) -> None:
         node = self.nodes[name]
         node.up = False
