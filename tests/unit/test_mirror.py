@@ -359,3 +359,13 @@ def test_a_fatal_replication_error_on_the_secondary_needs_an_operator() -> None:
 @pytest.mark.parametrize("phase", list(mm.Phase))
 def test_replica_lost_is_answered_in_every_phase(phase: mm.Phase) -> None:
     assert (phase, "replica-lost") in mm.TRANSITIONS
+
+
+def test_a_stream_that_ends_keeps_the_secondary_ready_to_take_over() -> None:
+    sim = MirrorSim()
+    first_start(sim)
+    sim.inject("node2", mm.ReplicaLost("the primary closed the connection"))
+    sim.settle()
+    assert sim.states() == ("PRIM ready", "SECOND ready")
+    sim.crash("node1")  # the primary was dying: the secondary takes over, data consistent
+    assert sim.state("node2") == "ALONE ready"

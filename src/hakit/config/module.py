@@ -135,8 +135,9 @@ class ReplicatedDir(Frozen):
     require: tuple[RelPath, ...] = Field(
         (),
         description=(
-            "Files that must exist in the directory before replication may start on a node "
-            "(guards against an empty or unmounted directory, e.g. `PG_VERSION`)."
+            "Files that must exist in the directory before a node replicates it as primary "
+            "(guards against serving an empty or unmounted directory, e.g. `PG_VERSION`); the "
+            "secondary's copy may start empty."
         ),
     )
 

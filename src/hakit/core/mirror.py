@@ -999,14 +999,24 @@ def _after_poststop(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
 
 
 def _replica_lost_second(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
+    """A disk error here: leave (an operator must look). A stream that just ended: stay — if
+    the primary died we take over (everything it acknowledged is here); if it lives, it
+    continues alone with a new generation, and `_peer_second` then makes us resynchronise."""
     assert isinstance(ev, ReplicaLost)
-    if ev.fatal:
-        m = replace(m, join_failed=f"replication failed: {ev.detail}")
+    if not ev.fatal:
+        return m, (
+            Explain(
+                f"{_name(m)}: replication stream ended ({ev.detail}); still secondary until "
+                f"{m.peer_name} either continues without it (then it resynchronises) or is lost "
+                "(then it takes over)",
+                "warning",
+            ),
+        )
+    m = replace(m, join_failed=f"replication failed: {ev.detail}")
     m2, acts = _start_op(
-        m, Phase.LEAVING, now, f"{_name(m)} leaving secondary: replication ended ({ev.detail})"
+        m, Phase.LEAVING, now, f"{_name(m)} leaving secondary: replication failed ({ev.detail})"
     )
-    level = "error" if ev.fatal else "warning"
-    return m2, (Explain(f"{_name(m)} replication lost: {ev.detail}", level), *acts)
+    return m2, (Explain(f"{_name(m)} replication FAILED: {ev.detail}", "error"), *acts)
 
 
 def _replica_lost_prim(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
@@ -1061,7 +1071,7 @@ TARGETS: dict[Handler, frozenset[Phase]] = {
     _after_sync: frozenset({P.LEAVING, P.SECOND}),
     _after_stop_second: frozenset({P.STOPPING, P.WAITING, P.PROMOTING, P.JOINING}),
     _after_poststop: frozenset({P.STARTING, P.STOPPED}),
-    _replica_lost_second: frozenset({P.LEAVING}),
+    _replica_lost_second: frozenset({P.LEAVING}),  # or stays SECOND
     _replica_lost_prim: frozenset({P.ALONE}),
     _replica_lost_ignored: _SAME,
 }

@@ -106,6 +106,15 @@ class DirtyMap:
             out += self.mark_whole(old) + self.mark_meta(old)
         return out
 
+    def follow_rename(self, old: bytes, new: bytes, exchange: bool = False) -> list[Record]:
+        """A rename the peer applies too: marks move with the names, nothing new is dirty."""
+        self._move(old, new, exchange)
+        return [("x" if exchange else "r", old + b"\0" + new, 0, 0)]
+
+    def follow_removal(self, path: bytes) -> list[Record]:
+        """A removal the peer applies too: the marks under `path` go."""
+        return [("u", path, 0, 0)] if self._forget(path) else []
+
     # --- after acknowledgement ----------------------------------------------------------------
 
     def clear(self, path: bytes, offset: int, length: int) -> None:

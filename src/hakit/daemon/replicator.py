@@ -46,7 +46,7 @@ _out_lock = threading.Lock()
 
 def emit(event: str, **fields: Any) -> None:
     line = json.dumps({"event": event, "at": time.time(), **fields}) + "\n"
-    with _out_lock:
+    with _out_lock, contextlib.suppress(OSError, ValueError):  # the daemon may be gone
         sys.stdout.write(line)
         sys.stdout.flush()
 
@@ -210,6 +210,10 @@ class Primary:
     def mount(self) -> None:
         from hakit.replication.fs import serve
 
+        # New entries get the mode the application asked for, its umask applied (by the
+        # kernel, and again in `fs`): ours must not mask it further. Our own files have
+        # explicit modes, and our directories exist by now.
+        os.umask(0)
         for d in self.dirs:
             t = serve(d, self.rep, self.init.module)
             self.threads.append(t)
@@ -333,10 +337,16 @@ class Secondary:
     def __init__(self, init: Init) -> None:
         self.init = init
         assert init.listen is not None
-        check_required(init.dirs)
+        for d in init.dirs:  # empty is normal here (first synchronisation); missing is not
+            if not os.path.isdir(d["path"]):
+                raise RuntimeError(f"replicated directory {d['path']} does not exist")
         init.state_dir.mkdir(parents=True, exist_ok=True)
         state = load_state(init)
         self.unclean = state.get("role") == "primary" and not state.get("clean", True)
+        for d in init.dirs:
+            # left by a secondary that was killed: our handle must be on the directory itself,
+            # not on the read-only bind over it (every write would fail with EROFS)
+            _unbind(d["path"])
         self.roots = [os.open(d["path"], os.O_RDONLY | os.O_DIRECTORY) for d in init.dirs]
         self.filters = [_filter(d) for d in init.dirs]
         self.applier = Applier(self.roots)
@@ -349,6 +359,7 @@ class Secondary:
         self.listener.settimeout(0.2)
         for d in init.dirs:
             self._protect(d["path"])
+        os.umask(0)  # entries are created with the primary's modes (state files: explicit)
         emit("listening", address=f"{init.listen[0]}:{init.listen[1]}", unclean=self.unclean)
 
     def _protect(self, path: str) -> None:
@@ -467,12 +478,14 @@ def _relay_progress(blob: bytes) -> None:
 
 
 def _is_our_bind(path: str) -> bool:
+    """A read-only mount over `path` of the file system `path` is on (our bind; not a
+    read-only file system of its own, which is never unmounted here)."""
     with open("/proc/self/mountinfo") as f:
-        for line in f:
-            parts = line.split()
-            if parts[4] == path and "ro" in parts[5].split(","):
-                return True
-    return False
+        mounts = [line.split() for line in f]
+    device = {m[0]: m[2] for m in mounts}  # mount id -> major:minor
+    return any(
+        m[4] == path and "ro" in m[5].split(",") and device.get(m[1]) == m[2] for m in mounts
+    )
 
 
 def _unbind(path: str) -> str:

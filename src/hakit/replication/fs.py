@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno as E
+import fcntl
 import os
 import threading
 import time
@@ -87,7 +88,7 @@ class ReplicatedFS(fuse.Operations):  # type: ignore[misc]
         rel = path.lstrip("/")
         return not rel or self.d.filter.replicated(_b(rel))
 
-    def _do(self, op: Op, path: str, local: Callable[[], Any]) -> Any:
+    def _do(self, op: Op | Callable[[], Op], path: str, local: Callable[[], Any]) -> Any:
         try:
             return self.rep.modify(op, local, replicated=self._replicated(path))
         except OSError as e:
@@ -96,6 +97,11 @@ class ReplicatedFS(fuse.Operations):  # type: ignore[misc]
     def _owner(self) -> tuple[int, int]:
         uid, gid, _ = fuse.fuse_get_context()
         return (-1, -1) if uid == 0 and gid == 0 else (uid, gid)
+
+    def _masked(self, mode: int) -> int:
+        """The caller's umask applied to a new entry's mode (the kernel usually did it already;
+        this process runs with umask 0 so that its own does not apply on top)."""
+        return mode & ~int(fuse._libfuse.fuse_get_context().contents.umask)
 
     def _chown_local(self, rel: str, uid: int, gid: int) -> None:
         if uid != -1 or gid != -1:
@@ -202,6 +208,7 @@ class ReplicatedFS(fuse.Operations):  # type: ignore[misc]
     def create(self, path: str, mode: int, fi: int | None = None) -> int:
         flags = fi if isinstance(fi, int) else os.O_WRONLY
         rel = _rel(path)
+        mode = self._masked(mode)
         uid, gid = self._owner()
 
         def local() -> int:
@@ -219,6 +226,16 @@ class ReplicatedFS(fuse.Operations):  # type: ignore[misc]
         return fd
 
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        if fcntl.fcntl(fh, fcntl.F_GETFL) & os.O_APPEND:
+            # The data lands at the end of the file as it is now, which the kernel's offset
+            # (its cached size, stale after a write through another name of a hard-linked
+            # file) may not be: the frame takes the real end, read under the order lock.
+            wire = self._wire(path)
+
+            def appended() -> Op:
+                return Op(Kind.WRITE, 0, (os.fstat(fh).st_size,), (wire, data))
+
+            return int(self._do(appended, path, lambda: os.write(fh, data)))
         op = Op(Kind.WRITE, 0, (offset,), (self._wire(path), data))
         return int(self._do(op, path, lambda: os.pwrite(fh, data, offset)))
 
@@ -275,6 +292,7 @@ class ReplicatedFS(fuse.Operations):  # type: ignore[misc]
 
     def mkdir(self, path: str, mode: int) -> None:
         rel = _rel(path)
+        mode = self._masked(mode)
         uid, gid = self._owner()
 
         def local() -> None:
@@ -285,6 +303,7 @@ class ReplicatedFS(fuse.Operations):  # type: ignore[misc]
 
     def mknod(self, path: str, mode: int, dev: int) -> None:
         rel = _rel(path)
+        mode = self._masked(mode)
         uid, gid = self._owner()
 
         def local() -> None:

@@ -19,6 +19,7 @@ when it was not (the daemon is told at once and the module shows ALONE).
 from __future__ import annotations
 
 import errno as E
+import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,12 +27,18 @@ from enum import StrEnum
 from typing import TypeVar
 
 from hakit.core.filters import PathFilter
+from hakit.replication.apply import RENAME_EXCHANGE
 from hakit.replication.channel import FATAL_ERRNOS, ChannelError, Sender
+from hakit.replication.scan import walk_from
 from hakit.replication.tracker import Tracker
 from hakit.wire.replication import Kind, Op
 
 T = TypeVar("T")
 Notify = Callable[[dict[str, object]], None]
+
+
+_MOVES_MARKS = frozenset({Kind.RENAME, Kind.UNLINK, Kind.RMDIR, Kind.REMOVE_TREE})
+"""Name changes that move or drop the tracker's marks (see `Replicator._follow`)."""
 
 
 class State(StrEnum):
@@ -68,30 +75,41 @@ class Replicator:
         self.state = State.ALONE
         self.sender: Sender | None = None
         self.fenced = ""  # non-empty: refuse every modification (the daemon is gone)
+        # set by the resynchronisation (under `order`) while its pass compares everything
+        self.full_pass = False
+        # the file whose data the resynchronisation is copying, under its current name (kept
+        # up to date across renames by `_follow`; None when removed)
+        self.copying: bytes | None = None
         self.on_diverged: Callable[[], None] = lambda: None
 
     # --- the application's operations ----------------------------------------------------------
 
     def modify(
         self,
-        op: Op,
+        op: Op | Callable[[], Op],
         local: Callable[[], T],
         resolve: Callable[[T], Op] | None = None,
         replicated: bool = True,
     ) -> T:
         """Apply `local()` and replicate `op` (or `resolve(result)`, for operations whose frame
-        depends on what the local call did). Raises what `local` raises (nothing is sent)."""
+        depends on what the local call did). `op` may be a function giving the frame from the
+        state of the files just before `local()` runs (under the order lock). Raises what
+        `local` raises (nothing is sent)."""
         if self.fenced:
             raise Fenced(E.EIO, self.fenced)
         if not replicated:
             return local()
         with self.order:
+            if not isinstance(op, Op):
+                op = op()
             sender = self.sender
             if sender is None or self.state is State.ALONE:
                 self.tracker.mark(op)  # durable before the change it describes
                 return local()
             result = local()
             frame = resolve(result) if resolve is not None else op
+            if self.state is State.RESYNCING and frame.kind in _MOVES_MARKS:
+                self._follow(frame)
             try:
                 seq = sender.submit(frame)
             except ChannelError:
@@ -105,6 +123,23 @@ class Replicator:
         if reply.ints[0]:
             self.diverged(frame, int(reply.ints[0]))
         return result
+
+    def _follow(self, op: Op) -> None:
+        """While resynchronising, a rename or removal (applied here, sent as it happens; under
+        `order`): the tracker's marks, what the secondary still misses, follow the names or
+        go. During a full pass the secondary's copies are not known to be right until the pass
+        reaches them, and it will not reach them under their new names: the files renamed
+        (directly or with their directory) are marked to be compared by the next pass."""
+        self.tracker.follow(op)
+        self.copying = _renamed(self.copying, op)
+        if op.kind is not Kind.RENAME or not self.full_pass:
+            return
+        moved = [op.blobs[1], op.path] if op.ints[0] & RENAME_EXCHANGE else [op.blobs[1]]
+        roots = [d.fd for d in self.dirs]
+        filters = {d.index: d.filter for d in self.dirs}
+        for top in moved:
+            entries = walk_from(roots, top, lambda i, rel: filters[i].replicated(rel))
+            self.tracker.mark_whole_many([e.path for e in entries if stat.S_ISREG(e.mode)])
 
     def fsync(self, op: Op, local: Callable[[], None]) -> None:
         """The secondary makes the file durable while we do (in `sync` mode it answers after
@@ -179,3 +214,21 @@ class Replicator:
     def fence(self, why: str) -> None:
         """Refuse every further modification (EIO): nobody supervises replication any more."""
         self.fenced = why
+
+
+def _under(path: bytes, top: bytes) -> bool:
+    return path == top or path.startswith(top + b"/")
+
+
+def _renamed(path: bytes | None, op: Op) -> bytes | None:
+    """The name of `path` after a rename or removal `op` (None: it is gone)."""
+    if path is None:
+        return None
+    if op.kind is not Kind.RENAME:
+        return None if _under(path, op.path) else path
+    old, new = op.path, op.blobs[1]
+    if _under(path, old):
+        return new + path[len(old) :]
+    if _under(path, new):
+        return old + path[len(new) :] if op.ints[0] & RENAME_EXCHANGE else None
+    return path

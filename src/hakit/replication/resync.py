@@ -113,14 +113,47 @@ class Resync:
     # --- driver ---------------------------------------------------------------------------------
 
     def run(self) -> Progress:
+        try:
+            return self._run()
+        finally:
+            with self.rep.order:
+                self.rep.full_pass = False
+
+    def _run(self) -> Progress:
         full = not self.trust
         while True:
             self.progress.passes += 1
+            with self.rep.order:
+                self.rep.full_pass = full
             self._pass(full)
-            full = False
             self._drain()
             self._send_and_wait(Op(Kind.PROGRESS, 0, (), (self._progress_blob(),)))
+            full = False
             with self.rep.order:
+                self.rep.full_pass = False
+                # Marks of paths gone since: their removal was sent as it happened, or this
+                # pass removed them from the secondary (`_remove_extra`).
+                for path in self.rep.tracker.paths():
+                    if self._stat(path) is None:
+                        self.rep.tracker.forget(path)
+                import sys
+
+                left = sorted(self.rep.tracker.paths())[:3]
+                print(
+                    "PASS",
+                    self.progress.passes,
+                    [
+                        (
+                            p,
+                            self.rep.tracker.regions(p),
+                            p in self.rep.tracker.map.meta,
+                            self._stat(p),
+                        )
+                        for p in left
+                    ],
+                    file=sys.stderr,
+                    flush=True,
+                )
                 if self.rep.tracker.empty():
                     self.sender.submit(Op(Kind.DONE, 0))
                     self.rep.ready()
@@ -232,6 +265,11 @@ class Resync:
                         self._fix(Op(Kind.REMOVE_TREE, 0, (), (path,)))
                     self._fix(Op(Kind.LINK, 0, (), (linked[cur.ino], path)))
                 todo.pop(path, None)
+                if path in self.rep.tracker.paths():
+                    # marked through this name: the data and metadata are the leader's, which
+                    # may have been compared before the mark; compare it again next pass
+                    self.rep.tracker.mark_whole(leader)
+                    self.rep.tracker.forget(path)
                 return
             if r is None:
                 self._create(cur)
@@ -239,16 +277,36 @@ class Resync:
             if stat.S_ISREG(cur.mode):
                 if cur.nlink > 1:
                     linked[cur.ino] = path
-                if path in todo:
-                    self.rep.tracker.forget(path)  # from now on, changes are sent as they happen
+                if path not in todo:  # marked since the listing (a failed operation)?
+                    late = self.rep.tracker.regions(path)
+                    if late is None or late:
+                        todo[path] = late
+            # Everything about this path is sent from now on (metadata just below, data right
+            # after) and its later changes as they happen: its marks are done with.
+            self.rep.tracker.forget(path)
             self._metadata(cur, r)
-        if path in todo:
-            try:
-                self._data(path, todo.pop(path), r is None)
-            except BaseException:
-                self.rep.tracker.mark_whole(path)  # interrupted in the middle of this file
-                raise
-            self.progress.files_done += 1
+            if not stat.S_ISREG(cur.mode):  # listed as a file, replaced since
+                todo.pop(path, None)
+            if path not in todo:
+                return
+            # opened here, where it is `cur`; its data goes to its name of the moment, which
+            # the replicator keeps up to date if the application renames it meanwhile
+            with parent_of(self._roots, path) as (d, name):
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=d)
+            self.rep.copying = path
+        try:
+            self._data(fd, todo.pop(path), r is None)
+        except BaseException:
+            with self.rep.order:
+                now = self.rep.copying
+            if now is not None:
+                self.rep.tracker.mark_whole(now)  # interrupted in the middle of this file
+            raise
+        finally:
+            os.close(fd)
+            with self.rep.order:
+                self.rep.copying = None
+        self.progress.files_done += 1
 
     def _create(self, e: Entry) -> None:
         t, perm = _type(e.mode), stat.S_IMODE(e.mode)
@@ -289,34 +347,34 @@ class Resync:
 
     # --- data -----------------------------------------------------------------------------------
 
-    def _data(self, path: bytes, regions: list[tuple[int, int]] | None, missing: bool) -> None:
-        with parent_of(self._roots, path) as (d, name):
-            try:
-                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=d)
-            except FileNotFoundError:
+    def _data(self, fd: int, regions: list[tuple[int, int]] | None, missing: bool) -> None:
+        """Send what differs of the open file `fd`, named `rep.copying` (None: removed)."""
+        size = os.fstat(fd).st_size
+        if regions is None:
+            regions = [(0, size)]
+        ranges = _aligned(regions, size)
+        for chunk in _chunks(ranges, SUMS_CHUNK):
+            if missing:
+                differ = [o for o, n in chunk for o in range(o, o + n, SUM_BLOCK)]
+            else:
+                path = self.rep.copying
+                if path is None:
+                    return
+                differ = self._differing(path, fd, chunk)
+            for offset in differ:
+                if not self._send_block(fd, offset):
+                    return
+                if len(self._waiting) >= INFLIGHT:
+                    self._drain()
+            self.progress.bytes_done += sum(min(n, max(size - o, 0)) for o, n in chunk)
+            self._tick()
+        with self.rep.order:
+            path = self.rep.copying
+            if path is None:
                 return
-        try:
-            size = os.fstat(fd).st_size
-            if regions is None:
-                regions = [(0, size)]
-            ranges = _aligned(regions, size)
-            for chunk in _chunks(ranges, SUMS_CHUNK):
-                if missing:
-                    differ = [o for o, n in chunk for o in range(o, o + n, SUM_BLOCK)]
-                else:
-                    differ = self._differing(path, fd, chunk)
-                for offset in differ:
-                    self._send_block(path, fd, offset)
-                    if len(self._waiting) >= INFLIGHT:
-                        self._drain()
-                self.progress.bytes_done += sum(min(n, max(size - o, 0)) for o, n in chunk)
-                self._tick()
-            with self.rep.order:
-                now = os.fstat(fd)
-                self._submit(Op(Kind.TRUNCATE, 0, (now.st_size,), (path,)))
-                self._submit(Op(Kind.UTIMENS, 0, (now.st_atime_ns, now.st_mtime_ns), (path,)))
-        finally:
-            os.close(fd)
+            now = os.fstat(fd)
+            self._submit(Op(Kind.TRUNCATE, 0, (now.st_size,), (path,)))
+            self._submit(Op(Kind.UTIMENS, 0, (now.st_atime_ns, now.st_mtime_ns), (path,)))
 
     def _differing(self, path: bytes, fd: int, chunk: list[tuple[int, int]]) -> list[int]:
         reply = self.sender.query(
@@ -331,11 +389,15 @@ class Resync:
             if ours[i * DIGEST : (i + 1) * DIGEST] != theirs[i * DIGEST : (i + 1) * DIGEST]
         ]
 
-    def _send_block(self, path: bytes, fd: int, offset: int) -> None:
+    def _send_block(self, fd: int, offset: int) -> bool:
+        """Send one block of the file being copied; False if it was removed meanwhile."""
         with self.rep.order:
+            path = self.rep.copying
+            if path is None:
+                return False
             data = os.pread(fd, SUM_BLOCK, offset)
             if not data:
-                return
+                return True
             self._submit(Op(Kind.WRITE, 0, (offset,), (path, data)))
         self.progress.bytes_sent += len(data)
         if self.bandwidth:
@@ -344,6 +406,7 @@ class Resync:
             )
             if ahead > 0:
                 time.sleep(min(ahead, 1.0))
+        return True
 
     # --- plumbing -------------------------------------------------------------------------------
 

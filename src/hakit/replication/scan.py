@@ -12,6 +12,7 @@ import os
 import stat
 from collections.abc import Callable, Iterator
 
+from hakit.replication.apply import parent_of
 from hakit.wire.replication import DIGEST, Entry
 
 SUM_BLOCK = 64 * 1024
@@ -84,6 +85,30 @@ def walk(
             continue
         yield me
         yield from _walk_dir(root, top, b"", lambda p, i=i: replicated(i, p))  # type: ignore[misc]
+
+
+def walk_from(
+    roots: list[int], path: bytes, replicated: Callable[[int, bytes], bool] = lambda i, p: True
+) -> Iterator[Entry]:
+    """`path` (a wire path) and, if it is a directory, every entry under it, like `walk`."""
+    index, _, rel = path.partition(b"/")
+    try:
+        with parent_of(roots, path) as (d, name):
+            e = entry_of(d, name, path)
+            if e is None:
+                return
+            yield e
+            if not stat.S_ISDIR(e.mode):
+                return
+            sub = os.open(
+                name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=d
+            )
+    except OSError:
+        return
+    try:
+        yield from _walk_dir(sub, index, rel, lambda p: replicated(int(index), p))
+    finally:
+        os.close(sub)
 
 
 def _walk_dir(

@@ -138,9 +138,23 @@ class Tracker:
         with self._lock:
             self._append(marks_of(self.map, op))
 
-    def mark_whole(self, path: bytes) -> None:
+    def follow(self, op: Op) -> None:
+        """A rename or removal sent to the secondary as it happened (while resynchronising):
+        the marks follow the names, or go."""
         with self._lock:
-            self._append(self.map.mark_whole(path))
+            if op.kind is Kind.RENAME:
+                exchange = bool(op.ints[0] & RENAME_EXCHANGE)
+                self._append(self.map.follow_rename(op.path, op.blobs[1], exchange))
+            elif op.kind in (Kind.UNLINK, Kind.RMDIR, Kind.REMOVE_TREE):
+                self._append(self.map.follow_removal(op.path))
+
+    def mark_whole(self, path: bytes) -> None:
+        self.mark_whole_many([path])
+
+    def mark_whole_many(self, paths: list[bytes]) -> None:
+        """Whole files, in one durable journal write."""
+        with self._lock:
+            self._append([r for p in paths for r in self.map.mark_whole(p)])
 
     def forget(self, path: bytes) -> None:
         """`path` was resynchronised (its marks are cleared; not journalled: a crash only

@@ -6,6 +6,7 @@ thread, and offers `wait_for(event)`, `command(...)` and `stop()`. Every wait is
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -56,8 +57,12 @@ class ReplicatorProcess:
             "base": self.base,
         }
         self._write(init)
-        threading.Thread(target=self._read, daemon=True).start()
-        threading.Thread(target=self._read_err, daemon=True).start()
+        self._readers = [
+            threading.Thread(target=self._read, daemon=True),
+            threading.Thread(target=self._read_err, daemon=True),
+        ]
+        for t in self._readers:
+            t.start()
 
     def _write(self, obj: dict[str, Any]) -> None:
         assert self.proc.stdin is not None
@@ -123,10 +128,23 @@ class ReplicatorProcess:
             try:
                 self._write({"cmd": "stop"})
                 self.proc.wait(timeout)
-            except (OSError, subprocess.TimeoutExpired):
+            except (OSError, ValueError, subprocess.TimeoutExpired):  # ValueError: stdin closed
                 self.kill()
+        self.close()
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+        self.close()
+
+    def close(self) -> None:
+        """Once the process has exited: collect the rest of its output, close the pipes."""
+        if self.proc.poll() is None:
+            return
+        for t in self._readers:
+            t.join(5)
+        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    pipe.close()
