@@ -294,7 +294,7 @@ def wait(module: str, state: str, timeout: float, node: str | None) -> None:
             bar.update((mod.get("replication") or {}).get("progress"))
             last = f"{me.get('state')} ({me.get('status')})"
             if me.get("state") == state and me.get("status") != "transient":
-                bar.close()
+                bar.close(done=True)
                 out.print(f"{module} is {last} on {st['node']}")
                 return
             if time.monotonic() > deadline:

@@ -73,8 +73,11 @@ class ProgressBar:
         total = p.get("bytes_total") or None
         self.bar.update(self.task, completed=p.get("bytes_done", 0), total=total, files=files)
 
-    def close(self) -> None:
+    def close(self, done: bool = False) -> None:
         if self.task is not None:
+            if done:
+                total = self.bar.tasks[0].total
+                self.bar.update(self.task, completed=total)
             self.bar.stop()
             self.task = None
 
