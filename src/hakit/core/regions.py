@@ -108,6 +108,9 @@ class DirtyMap:
 
     def follow_rename(self, old: bytes, new: bytes, exchange: bool = False) -> list[Record]:
         """A rename the peer applies too: marks move with the names, nothing new is dirty."""
+        marked = [*self.data, *self.meta, *self.dirs]
+        if not any(_under(p, old) or _under(p, new) for p in marked):
+            return []
         self._move(old, new, exchange)
         return [("x" if exchange else "r", old + b"\0" + new, 0, 0)]
 

@@ -289,7 +289,10 @@ class Sender:
         self._replies[op.seq] = op
         self._done.add(op.seq)
 
-    def _fail(self, why: str) -> None:
+    def _fail(self, why: str, inline: bool = True) -> None:
+        """Break the channel. A caller that may hold the replicator's order lock (which
+        `on_broken` takes) passes `inline=False`: the channel is broken at once, and what
+        follows runs in another thread."""
         with self._cond:
             if self.broken:
                 return
@@ -297,6 +300,12 @@ class Sender:
             pending = list(self._inflight.values())
             self._inflight.clear()
             self._cond.notify_all()
+        if inline:
+            self._broken(why, pending)
+        else:
+            threading.Thread(target=self._broken, args=(why, pending), daemon=True).start()
+
+    def _broken(self, why: str, pending: list[Op]) -> None:
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
@@ -322,7 +331,7 @@ class Sender:
                     if isinstance(e, TimeoutError)
                     else f"replication stream broken: {e!r}"
                 )
-                threading.Thread(target=self._fail, args=(reason,), daemon=True).start()
+                self._fail(reason, inline=False)
                 raise ChannelError(reason) from None
         return seq
 
@@ -340,8 +349,22 @@ class Sender:
             else:
                 self._done.discard(seq)
                 return self._replies.pop(seq)
-        self._fail(f"no acknowledgement within {self.ack_timeout:g} s")
+        self._fail(f"no acknowledgement within {self.ack_timeout:g} s", inline=False)
         raise ChannelError(self.broken)
+
+    def answered(self, seq: int, timeout: float) -> Op | None:
+        """The reply to `seq` if it comes within `timeout`, else None. Never breaks the
+        channel itself (breaking calls back into the replicator, which takes its order lock):
+        for callers that hold that lock. The reader breaks a silent channel anyway."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while seq not in self._done:
+                left = deadline - time.monotonic()
+                if self.broken or left <= 0:
+                    return None
+                self._cond.wait(left)
+            self._done.discard(seq)
+            return self._replies.pop(seq)
 
     def send(self, op: Op) -> int:
         """Submit and wait: the secondary's errno for `op`."""
@@ -363,7 +386,7 @@ class Sender:
             else:
                 self._done.discard(seq)
                 return self._replies.pop(seq)
-        self._fail(f"no answer to {op.kind.name} within {timeout:g} s")
+        self._fail(f"no answer to {op.kind.name} within {timeout:g} s", inline=False)
         raise ChannelError(self.broken)
 
     def close(self, why: str = "closed by the primary") -> None:

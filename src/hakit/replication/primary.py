@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno as E
 import stat
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -81,6 +82,8 @@ class Replicator:
         # up to date across renames by `_follow`; None when removed)
         self.copying: bytes | None = None
         self.on_diverged: Callable[[], None] = lambda: None
+        self._in_flight = 0  # operations sent whose answer is not handled yet
+        self._settled = threading.Condition()
 
     # --- the application's operations ----------------------------------------------------------
 
@@ -115,14 +118,18 @@ class Replicator:
             except ChannelError:
                 self.tracker.mark(frame)
                 return result
+            self._unsettled(+1)
         try:
             reply = sender.wait(seq)
         except ChannelError:
             self.tracker.mark(frame)  # also marked by `_lost`; marking twice costs nothing
             return result
-        if reply.ints[0]:
-            self.diverged(frame, int(reply.ints[0]))
-        return result
+        else:
+            if reply.ints[0]:
+                self.diverged(frame, int(reply.ints[0]))
+            return result
+        finally:
+            self._unsettled(-1)
 
     def _follow(self, op: Op) -> None:
         """While resynchronising, a rename or removal (applied here, sent as it happens; under
@@ -152,16 +159,40 @@ class Replicator:
             if sender is not None:
                 try:
                     seq = sender.submit(op)
+                    self._unsettled(+1)
                 except ChannelError:
                     sender = None
-        local()
-        if sender is not None:
-            try:
-                reply = sender.wait(seq)
-            except ChannelError:
-                return  # alone now; the data is durable here and the writes are tracked
+        if sender is None:
+            local()
+            return
+        try:
+            local()
+            reply = sender.wait(seq)
+        except ChannelError:
+            return  # alone now; the data is durable here and the writes are tracked
+        else:
             if reply.ints[0]:
                 self.diverged(op, int(reply.ints[0]))
+        finally:
+            self._unsettled(-1)
+
+    def _unsettled(self, n: int) -> None:
+        with self._settled:
+            self._in_flight += n
+            if not self._in_flight:
+                self._settled.notify_all()
+
+    def settle(self, timeout: float) -> None:
+        """Wait until the answer to every operation sent so far has been handled (a failure
+        marked). Called under `order`, so that none is sent meanwhile; each wait is bounded
+        by the acknowledgement timeout, so this is too."""
+        deadline = time.monotonic() + timeout
+        with self._settled:
+            while self._in_flight:
+                left = deadline - time.monotonic()
+                if left <= 0 or self.sender is None or self.sender.broken:
+                    return  # a broken channel: those operations are marked by `_lost`
+                self._settled.wait(min(left, 0.05))
 
     # --- channel events -------------------------------------------------------------------------
 

@@ -131,29 +131,18 @@ class Resync:
             full = False
             with self.rep.order:
                 self.rep.full_pass = False
+                # Whatever was sent before is applied, and every failure of the application's
+                # operations is marked, before the tracker is looked at: a barrier (in `semi`
+                # mode late errors arrive before its acknowledgement), then their threads.
+                barrier = self.sender.submit(Op(Kind.PROGRESS, 0, (), (b"{}",)))
+                if self.sender.answered(barrier, self.sender.ack_timeout + 1) is None:
+                    raise ResyncError("the secondary did not acknowledge the final barrier")
+                self.rep.settle(self.sender.ack_timeout + 1)
                 # Marks of paths gone since: their removal was sent as it happened, or this
                 # pass removed them from the secondary (`_remove_extra`).
                 for path in self.rep.tracker.paths():
                     if self._stat(path) is None:
                         self.rep.tracker.forget(path)
-                import sys
-
-                left = sorted(self.rep.tracker.paths())[:3]
-                print(
-                    "PASS",
-                    self.progress.passes,
-                    [
-                        (
-                            p,
-                            self.rep.tracker.regions(p),
-                            p in self.rep.tracker.map.meta,
-                            self._stat(p),
-                        )
-                        for p in left
-                    ],
-                    file=sys.stderr,
-                    flush=True,
-                )
                 if self.rep.tracker.empty():
                     self.sender.submit(Op(Kind.DONE, 0))
                     self.rep.ready()
@@ -274,6 +263,8 @@ class Resync:
             if r is None:
                 self._create(cur)
                 self._recreated.add(path)
+                if stat.S_ISREG(cur.mode):
+                    todo[path] = None  # empty there: all of it (whatever the listing said)
             if stat.S_ISREG(cur.mode):
                 if cur.nlink > 1:
                     linked[cur.ino] = path
@@ -284,6 +275,10 @@ class Resync:
             # Everything about this path is sent from now on (metadata just below, data right
             # after) and its later changes as they happen: its marks are done with.
             self.rep.tracker.forget(path)
+            if r is None and stat.S_ISDIR(cur.mode) and cur.ino != e.ino:
+                # created there just now, but moved here since the listing: its entries were
+                # listed under other names, the next pass creates them
+                self.rep.tracker.mark_whole(path)
             self._metadata(cur, r)
             if not stat.S_ISREG(cur.mode):  # listed as a file, replaced since
                 todo.pop(path, None)

@@ -11,6 +11,7 @@ dates the writes it applies); sizes, content and the rest are.
 
 from __future__ import annotations
 
+import errno as E
 import os
 import stat
 import time
@@ -118,7 +119,10 @@ def verify(rep: Replicator) -> dict[str, Any]:
     confirmed: dict[bytes, str] = {}
     if first:
         with rep.order:  # a consistent cut: nothing is in flight while we look again
-            c.sender.send(Op(Kind.PROGRESS, 0, (), (b"{}",)))
+            barrier = c.sender.submit(Op(Kind.PROGRESS, 0, (), (b"{}",)))
+            # (not `send`: on a timeout it would break the channel, which needs `order`)
+            if c.sender.answered(barrier, c.sender.ack_timeout + 1) is None:
+                raise OSError(E.ETIMEDOUT, "the secondary did not acknowledge the barrier")
             confirmed, _, _ = c.pass_(set(first))
     diffs = [{"path": _display(rep, p), "difference": w} for p, w in sorted(confirmed.items())]
     return {
