@@ -155,7 +155,7 @@ def test_every_acknowledged_commit_survives_the_failover(
         acked_file = tmp_path / "acked"
         client = lab.spawn(
             "client1",
-            ["python3", "-c", CLIENT, VIP, str(port), str(acked_file), "40"],
+            ["python3", "-c", CLIENT, VIP, str(port), str(acked_file), "150"],
         )
         wait_until(
             lambda: acked_file.exists() and len(acked_file.read_text().split()) >= 30,
