@@ -1251,3 +1251,43 @@ def test_process_inside_the_directory_refuses_the_mount(rig: Rig) -> None:
     holder.wait(10)
     pri = rig.primary(p, state="p2-state")
     assert mounts_under(rig.tmp) == [str(p)]
+
+
+# --- SQLite -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["sync", "semi"])
+def test_sqlite_commits_are_on_the_secondary_when_acknowledged(rig: Rig, mode: str) -> None:
+    """SQLite in WAL mode (shared-memory index mapped through the mount, fsync per commit):
+    a copy of the secondary's files taken while the database is still open on the primary —
+    what a takeover would find — holds every acknowledged transaction and passes
+    `integrity_check`."""
+    import sqlite3
+
+    pri, _sec, p, s, _port = pair(rig, mode=mode)
+    db = sqlite3.connect(p / "app.db", isolation_level=None)
+    db.execute("pragma journal_mode=wal")
+    db.execute("pragma synchronous=full")
+    db.execute("create table t (id integer primary key, payload blob)")
+    acked = 0
+    for i in range(1, 401):
+        db.execute("begin")
+        db.execute("insert into t values (?, ?)", (i, os.urandom(200 + i % 3000)))
+        if i % 50 == 0:
+            db.execute("update t set payload = ? where id = ?", (b"x" * 10, i - 25))
+        db.execute("commit")
+        acked = i
+    if mode == "semi":  # acknowledged on receipt: applied right after
+        assert_converges(pri, p, s)
+    crash_image = rig.dir("image")
+    for name in ("app.db", "app.db-wal"):
+        if (s / name).exists():
+            (crash_image / name).write_bytes((s / name).read_bytes())
+    copy = sqlite3.connect(crash_image / "app.db")
+    try:
+        assert copy.execute("pragma integrity_check").fetchone() == ("ok",)
+        assert copy.execute("select count(*) from t").fetchone() == (acked,)
+        assert copy.execute("select payload from t where id = 375").fetchone() == (b"x" * 10,)
+    finally:
+        copy.close()
+        db.close()
