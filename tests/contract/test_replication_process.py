@@ -1036,6 +1036,46 @@ def test_primary_crash_keeps_the_tracking_journal(rig: Rig) -> None:
     assert_identical(pri, p, s)
 
 
+def test_a_crashed_primary_returning_as_secondary_hands_over_its_activity_log(rig: Rig) -> None:
+    """The primary dies with a ready secondary; bytes it wrote locally may never have reached
+    the secondary (planted here below its dead mount). The secondary takes over and changes a
+    file; the old primary comes back as secondary: its activity log (regions with operations
+    in flight, kept on disk) tells the new primary what to compare — not every file — and the
+    planted bytes are overwritten."""
+    a, b, port_b, port_a = rig.dir("a"), rig.dir("b"), free_port(), free_port()
+    rng = random.Random(SEED + 11)
+    for i in range(12):
+        write_file(a / f"f{i}", rng.randbytes(MiB))
+    sec = rig.secondary(b, port_b, state="b-state")
+    pri = rig.primary(a, state="a-state")
+    at = pri.mark()
+    pri.connect(port_b, peer_gen="", my_gen="g1")
+    wait_synced(pri, at)
+    pwrite_file(a / "f3", 100, b"acknowledged")  # replicated, in the current epoch
+    pri.kill()  # power cut of the primary (its daemon, FUSE process and all)
+    subprocess.run(["umount", "-l", str(a)], check=True)
+    pwrite_file(a / "f3", 200, b"NEVER REPLICATED")  # landed on its disk, not on b's
+    # b takes over: a primary over its directory, tracking since g1
+    sec.stop()
+    new_pri = ReplicatorProcess("primary", [{"path": str(b)}], str(rig.tmp / "b-state"), base="g1")
+    rig.procs.append(new_pri)
+    new_pri.wait_for("mounted", timeout=20)
+    pwrite_file(b / "f7", 5 * BLOCK, b"changed on b")
+    # a returns as secondary of b
+    rig.secondary(a, port_a, state="a-state")
+    at = new_pri.mark()
+    new_pri.connect(port_a, peer_gen="g1", my_gen="g2")
+    connected = new_pri.wait_for("connected", after=at)
+    assert connected["trust"] is True, connected
+    assert "it was writing when it stopped uncleanly" in connected["why"], connected
+    synced = wait_synced(new_pri, at)
+    assert synced["full_compare"] is False
+    assert synced["files_total"] <= 3, synced  # f3 (activity) and f7 (tracked), not 12 files
+    assert synced["bytes_sent"] <= 2 * BLOCK + 1024, synced
+    assert_identical(new_pri, b, a)
+    assert b"NEVER REPLICATED" not in (a / "f3").read_bytes()
+
+
 # --- 6. the secondary fails ------------------------------------------------------------------
 
 

@@ -31,6 +31,8 @@ OPS = [
     Op(Kind.SUMS, 14, (65536,), (b"0/f", b"\0" * 16)),
     Op(Kind.DONE, 15),
     Op(Kind.PROGRESS, 16, (), (b"{}",)),
+    Op(Kind.ACTIVITY, 17),
+    Op(Kind.ACTIVITY_LIST, 17, (0,), (b"",)),
     ack(11, 28),
     Op(Kind.LISTING, 13, (0,), (b"",)),
     Op(Kind.CHECKSUMS, 14, (0,), (b"x" * 16,)),

@@ -36,11 +36,20 @@ from hakit.replication.channel import ChannelError, Mode, Receiver, Sender
 from hakit.replication.primary import Replicated, Replicator, State
 from hakit.replication.resync import Resync, ResyncError
 from hakit.replication.scan import SUM_BLOCK, block_sums, walk
-from hakit.replication.tracker import Tracker
+from hakit.replication.tracker import ActivityLog, Tracker
 from hakit.replication.verify import verify
-from hakit.wire.replication import Kind, Op, ack, encode_entries, unpack_ranges
+from hakit.wire.replication import (
+    Kind,
+    Op,
+    ack,
+    encode_entries,
+    pack_pairs,
+    unpack_pairs,
+    unpack_ranges,
+)
 
 MOUNT_WAIT = 10.0
+EPOCH = 2.0  # seconds between activity-log epochs
 _out_lock = threading.Lock()
 
 
@@ -196,11 +205,14 @@ class Primary:
         save_state(init, role="primary", clean=False)
         self.tracker = Tracker(init.state_dir / "tracking.journal")
         self.tracker.start(init.base)
+        self.activity = ActivityLog(init.state_dir / "activity.journal")
+        self.activity.start("")
         self.dirs = [
             Replicated(i, d["path"], os.open(d["path"], os.O_RDONLY | os.O_DIRECTORY), _filter(d))
             for i, d in enumerate(init.dirs)
         ]
         self.rep = Replicator(self.dirs, self.tracker, lambda ev: emit(**ev))  # type: ignore[arg-type]
+        self.rep.activity = self.activity
         self.rep.on_diverged = self._repair_soon
         self.threads: list[threading.Thread] = []
         self._connecting = threading.Lock()
@@ -262,22 +274,32 @@ class Primary:
             except ChannelError as e:
                 emit("resync-failed", reason=str(e))
                 return
-            trust = (
+            extra = self._activity_of(sender) if sender.unclean_peer else {}
+            based = (
                 self.tracker.active
                 and bool(self.tracker.base)
                 and self.tracker.base == cmd.get("peer_gen")
-                and not sender.unclean_peer
             )
+            trust = based and extra is not None
             why = (
-                "tracked changes since the secondary's generation"
-                if trust
-                else "secondary stopped uncleanly as a primary"
-                if sender.unclean_peer
-                else "no tracking for the secondary's generation"
+                "no tracking for the secondary's generation"
+                if not based
+                else "secondary stopped uncleanly as a primary, without a usable activity log"
+                if extra is None
+                else f"tracked changes since the secondary's generation, and the {len(extra)} "
+                "files it was writing when it stopped uncleanly as a primary"
+                if extra
+                else "tracked changes since the secondary's generation"
             )
             emit("connected", peer=f"{cmd['host']}:{cmd['port']}", trust=trust, why=why)
             self.rep.attach(sender)
-            resync = Resync(self.rep, trust, self.init.bandwidth, lambda p: emit("progress", **p))
+            resync = Resync(
+                self.rep,
+                trust,
+                self.init.bandwidth,
+                lambda p: emit("progress", **p),
+                extra=extra or {},
+            )
             try:
                 progress = resync.run()
             except (ResyncError, ChannelError, OSError) as e:
@@ -288,6 +310,22 @@ class Primary:
             emit("synced", **progress.as_dict())
         finally:
             self._connecting.release()
+
+    @staticmethod
+    def _activity_of(sender: Sender) -> dict[bytes, list[tuple[int, int]] | None] | None:
+        """The regions an unclean secondary may hold unreplicated (None: not available)."""
+        try:
+            reply = sender.query(Op(Kind.ACTIVITY, 0), timeout=60)
+        except ChannelError:
+            return None
+        if reply.kind is not Kind.ACTIVITY_LIST or reply.ints[0]:
+            return None
+        return {path: unpack_ranges(r) or None for path, r in unpack_pairs(reply.blobs[0])}
+
+    def epochs(self, stop: threading.Event) -> None:
+        """Forget, every EPOCH seconds, the in-flight regions acknowledged since."""
+        while not stop.wait(EPOCH):
+            self.rep.new_epoch()
 
     def _repair_soon(self) -> None:
         self._repair.set()
@@ -326,6 +364,9 @@ class Primary:
         clean = self.rep.state is not State.ALONE or self.rep.sender is None
         self.rep.detach("the primary stops")
         self.tracker.close()
+        if clean:
+            self.activity.drop()  # nothing in flight any more
+        self.activity.close()
         save_state(self.init, role="primary", clean=clean)
         emit("stopped", unmounted=done)
 
@@ -378,6 +419,16 @@ class Secondary:
             except OSError as e:
                 return Op(Kind.LISTING, op.seq, (e.errno or 5,), (b"",))
             return Op(Kind.LISTING, op.seq, (0,), (encode_entries(entries),))
+        if op.kind is Kind.ACTIVITY:
+            if not self.unclean:
+                return Op(Kind.ACTIVITY_LIST, op.seq, (0,), (b"",))
+            try:
+                log = ActivityLog(self.init.state_dir / "activity.journal")
+            except (OSError, RuntimeError):
+                return Op(Kind.ACTIVITY_LIST, op.seq, (5,), (b"",))
+            if not log.active:  # unclean, but from before activity logs were kept
+                return Op(Kind.ACTIVITY_LIST, op.seq, (2,), (b"",))
+            return Op(Kind.ACTIVITY_LIST, op.seq, (0,), (pack_pairs(log.exported()),))
         if op.kind is Kind.SUMS:
             try:
                 with parent_of(self.roots, op.path) as (d, name):
@@ -442,6 +493,7 @@ class Secondary:
         self.unclean = False
         save_state(self.init, role="secondary", clean=True)
         Tracker(self.init.state_dir / "tracking.journal").drop()
+        ActivityLog(self.init.state_dir / "activity.journal").drop()
         emit("synced")
 
     def stop(self) -> None:
@@ -516,6 +568,7 @@ def main() -> int:
     stop = threading.Event()
     if isinstance(node, Primary):
         threading.Thread(target=node.repair_loop, args=(stop,), daemon=True).start()
+        threading.Thread(target=node.epochs, args=(stop,), daemon=True).start()
     else:
         threading.Thread(target=node.serve, daemon=True).start()
     for line in sys.stdin:

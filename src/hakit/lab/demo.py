@@ -242,10 +242,11 @@ class Demo:
         self.hakit("node1", "wait", "mirror-web", "SECOND", "--timeout", "60")
         out.print(
             "node1 was primary before the cut; node2 has newer data since, so node1 joins as "
-            "secondary and the service stays on node2: no second interruption. node1 went down "
-            "as a primary, so it might hold writes that never reached node2: every block is "
-            "compared by checksum on both sides, and only blocks that differ are sent — the "
-            "changed and new pages, not the 7 MiB of the site:"
+            "secondary and the service stays on node2: no second interruption. node2 tracked "
+            "what it changed while node1 was away; node1 went down as a primary, so it may hold "
+            "writes that never reached node2, and its activity log (kept on disk) says where. "
+            "Only those regions are compared by checksum, and only blocks that differ are sent "
+            "— not the 7 MiB of the site:"
         )
 
         def resync_lines() -> list[str]:

@@ -34,12 +34,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from hakit.replication.apply import Applier
-from hakit.wire.replication import REPLIES, Decoder, FrameError, Kind, Op, ack, encode
+from hakit.wire.replication import QUERIES, REPLIES, Decoder, FrameError, Kind, Op, ack, encode
 
 CHALLENGE = 32
 MAC = 32
 UNCLEAN = 1
-_QUERIES = frozenset({Kind.LIST, Kind.SUMS})
 FATAL_ERRNOS = frozenset({E.ENOSPC, E.EDQUOT, E.EIO, E.EROFS})
 """Errors of the secondary's disk: the secondary cannot go on and leaves."""
 
@@ -167,7 +166,7 @@ class Receiver:
         if op.seq != self.last_seq + 1:
             raise FrameError(f"sequence {op.seq} after {self.last_seq}")
         self.last_seq = op.seq
-        if op.kind in _QUERIES:
+        if op.kind in QUERIES:
             with self._query_ready:
                 self._queries.append(op)
                 self._query_ready.notify()
@@ -271,7 +270,7 @@ class Sender:
         """Operations wait and the replica said nothing for `ack_timeout` (queries may take
         longer: the replica answers them beside the stream)."""
         with self._cond:
-            waiting = any(op.kind not in _QUERIES for op in self._inflight.values())
+            waiting = any(op.kind not in QUERIES for op in self._inflight.values())
             return waiting and time.monotonic() - self._last_heard > self.ack_timeout
 
     def _reply(self, op: Op) -> None:
@@ -282,7 +281,7 @@ class Sender:
             if op.kind is Kind.ACK and op.ints[0]:
                 self.on_late_error(self._late.get(op.seq, Op(Kind.ACK, op.seq)), op.ints[0])
             return
-        if op.kind is Kind.ACK and op.ints[0] == 0 and sent.kind not in _QUERIES:
+        if op.kind is Kind.ACK and op.ints[0] == 0 and sent.kind not in QUERIES:
             self._late[op.seq] = sent  # semi: a second ACK may report a failure
             if len(self._late) > 4096:
                 self._late.pop(next(iter(self._late)))
@@ -351,6 +350,11 @@ class Sender:
                 return self._replies.pop(seq)
         self._fail(f"no acknowledgement within {self.ack_timeout:g} s", inline=False)
         raise ChannelError(self.broken)
+
+    def acked_through(self, seq: int) -> bool:
+        """Every operation up to `seq` has been answered."""
+        with self._cond:
+            return all(s > seq for s in self._inflight)
 
     def answered(self, seq: int, timeout: float) -> Op | None:
         """The reply to `seq` if it comes within `timeout`, else None. Never breaks the

@@ -31,7 +31,7 @@ from hakit.core.filters import PathFilter
 from hakit.replication.apply import RENAME_EXCHANGE
 from hakit.replication.channel import FATAL_ERRNOS, ChannelError, Sender
 from hakit.replication.scan import walk_from
-from hakit.replication.tracker import Tracker
+from hakit.replication.tracker import ActivityLog, Tracker
 from hakit.wire.replication import Kind, Op
 
 T = TypeVar("T")
@@ -82,6 +82,8 @@ class Replicator:
         # up to date across renames by `_follow`; None when removed)
         self.copying: bytes | None = None
         self.on_diverged: Callable[[], None] = lambda: None
+        # regions with operations possibly in flight (see `ActivityLog`); None: not kept
+        self.activity: ActivityLog | None = None
         self._in_flight = 0  # operations sent whose answer is not handled yet
         self._settled = threading.Condition()
 
@@ -109,6 +111,8 @@ class Replicator:
             if sender is None or self.state is State.ALONE:
                 self.tracker.mark(op)  # durable before the change it describes
                 return local()
+            if self.activity is not None:
+                self.activity.mark(op)  # durable before the change: a crash now is covered
             result = local()
             frame = resolve(result) if resolve is not None else op
             if self.state is State.RESYNCING and frame.kind in _MOVES_MARKS:
@@ -241,6 +245,14 @@ class Replicator:
                 }
             )
             self.on_diverged()
+
+    def new_epoch(self) -> None:
+        """Forget the in-flight regions of operations the secondary has acknowledged since."""
+        with self.order:
+            sender = self.sender
+            if self.activity is None or sender is None or self.state is State.ALONE:
+                return
+            self.activity.rotate(sender.acked_through, sender.seq)
 
     def fence(self, why: str) -> None:
         """Refuse every further modification (EIO): nobody supervises replication any more."""

@@ -97,8 +97,12 @@ class Resync:
         trust: bool,
         bandwidth: int = 0,
         report: Callable[[dict[str, object]], None] = lambda p: None,
+        extra: dict[bytes, list[tuple[int, int]] | None] | None = None,
     ) -> None:
+        """`extra`: regions the secondary itself may have changed (its activity log, when it
+        stopped uncleanly as a primary), compared in the first pass besides the tracked ones."""
         assert rep.sender is not None
+        self.extra = extra or {}
         self.rep = rep
         self.sender = rep.sender
         self.trust = trust
@@ -126,6 +130,7 @@ class Resync:
             with self.rep.order:
                 self.rep.full_pass = full
             self._pass(full)
+            self.extra = {}
             self._drain()
             self._send_and_wait(Op(Kind.PROGRESS, 0, (), (self._progress_blob(),)))
             full = False
@@ -178,6 +183,9 @@ class Resync:
                 todo[e.path] = None
                 continue
             regions = self.rep.tracker.regions(e.path) if e.path in tracked else []
+            if regions is not None and e.path in self.extra:
+                theirs = self.extra[e.path]
+                regions = None if theirs is None else [*regions, *theirs]
             if regions is None:
                 todo[e.path] = None
                 continue

@@ -18,11 +18,12 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from hakit.core.regions import DirtyMap, Record
 from hakit.replication.apply import RENAME_EXCHANGE
-from hakit.wire.replication import Kind, Op
+from hakit.wire.replication import Kind, Op, pack_ranges
 
 TRACK_BLOCK = 1024 * 1024  # resync compares checksums per 64 KiB inside a dirty block
 COMPACT_AT = 4096  # records appended since the last snapshot
@@ -217,3 +218,54 @@ class Tracker:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+ACTIVITY_BLOCK = 4 * 1024 * 1024
+
+
+class ActivityLog(Tracker):
+    """What a primary *with* a secondary may have written that the secondary does not have yet:
+    the regions of operations in flight, on disk before the operation is applied (DRBD calls
+    it an activity log). Regions are coarse (4 MiB) and stay marked for at least one epoch, so
+    a stream of writes to the same regions costs a journal sync only when an epoch starts.
+
+    `rotate(seq)` starts a new epoch once every operation up to the previous epoch's last
+    sequence number is acknowledged: the regions of the epoch before are then on the secondary
+    and are forgotten (the journal is rewritten without them). After a crash, the journal holds
+    at least every region whose operation may not have reached the secondary; when this node
+    comes back as a secondary, it hands them to the new primary, which compares them (instead
+    of every file)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, ACTIVITY_BLOCK)
+        self.recent = DirtyMap(block=self.block)  # marks of the current epoch
+        self.epoch_seq = 0  # last sequence number sent in the previous epoch
+
+    def mark(self, op: Op) -> None:
+        """Under the replicator's order lock, before the operation is applied and sent."""
+        with self._lock:
+            records = marks_of(self.recent, op)
+            if records:
+                marks_of(self.map, op)
+                self._append(records)
+
+    def rotate(self, acked: Callable[[int], bool], seq: int) -> bool:
+        """Under the order lock. `acked(n)`: every operation up to n is acknowledged. Starts a
+        new epoch at `seq` if the previous one is done; True if it did."""
+        with self._lock:
+            if not acked(self.epoch_seq):
+                return False
+            self.map = DirtyMap.replay(self.recent.snapshot(), block=self.block)
+            self.recent = DirtyMap(block=self.block)
+            self.epoch_seq = seq
+            self._rewrite(self.map.snapshot())
+            return True
+
+    def exported(self) -> list[tuple[bytes, bytes]]:
+        """(path, packed ranges) for the `ACTIVITY` answer; no ranges = the whole file."""
+        with self._lock:
+            out = []
+            for path in sorted(self.map.data):
+                regions = self.map.regions(path)
+                out.append((path, pack_ranges(regions or [])))
+            return out

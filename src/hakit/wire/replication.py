@@ -51,9 +51,11 @@ class Kind(IntEnum):
     SUMS = 21  # query: checksums of blocks of a file (answered by CHECKSUMS)
     DONE = 22  # resync complete: everything before this is the primary's state
     PROGRESS = 23  # resync progress for the secondary's `hakit state` (JSON)
+    ACTIVITY = 24  # query: regions a replica that was primary may hold unreplicated
     ACK = 100  # from the secondary: seq applied with errno
     LISTING = 101  # errno; encoded entries (see `encode_entries`)
     CHECKSUMS = 102  # errno; digests, DIGEST bytes per block asked
+    ACTIVITY_LIST = 103  # errno; packed (path, packed ranges) pairs; no range = whole file
 
 
 class FrameError(Exception):
@@ -86,11 +88,14 @@ _FIELDS: dict[Kind, tuple[struct.Struct, int]] = {
     Kind.SUMS: (struct.Struct("!I"), 2),  # block size; path, packed (offset, length) ranges
     Kind.DONE: (struct.Struct("!"), 0),
     Kind.PROGRESS: (struct.Struct("!"), 1),
+    Kind.ACTIVITY: (struct.Struct("!"), 0),
     Kind.ACK: (struct.Struct("!i"), 0),  # errno
     Kind.LISTING: (struct.Struct("!i"), 1),  # errno; entries
     Kind.CHECKSUMS: (struct.Struct("!i"), 1),  # errno; digests
+    Kind.ACTIVITY_LIST: (struct.Struct("!i"), 1),  # errno; regions
 }
-REPLIES = frozenset({Kind.ACK, Kind.LISTING, Kind.CHECKSUMS})
+REPLIES = frozenset({Kind.ACK, Kind.LISTING, Kind.CHECKSUMS, Kind.ACTIVITY_LIST})
+QUERIES = frozenset({Kind.LIST, Kind.SUMS, Kind.ACTIVITY})
 DIGEST = 16  # bytes per block checksum (BLAKE2b-128)
 _LEN = struct.Struct("!I")
 
