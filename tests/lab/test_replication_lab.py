@@ -182,6 +182,8 @@ def test_failover_keeps_the_data_and_the_old_primary_resyncs_only_changes(make: 
     m.wait("node1", "SECOND ready", 90)
     assert m.tree("node1") == m.tree("node2")
     log = m.timeline("node2")
+    how = [line for line in log.splitlines() if "resynchronising node1" in line][-1]
+    assert "activity" in how or "it was writing" in how, how  # not a full comparison
     sent = [line for line in log.splitlines() if "synchronised:" in line][-1]
     # two 64 KiB blocks and a small file, not 20 MiB
     assert "KiB sent" in sent or " B sent" in sent, sent

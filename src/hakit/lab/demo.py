@@ -216,6 +216,7 @@ class Demo:
         )
         self.publish("node1", range(1, 21))
         self.check_page("node2", 20, "the secondary's copy (read-only there)")
+        time.sleep(5)  # the site runs a little before the power cut
 
         self.step("6. Power cut on the primary: node2 takes over")
         off_at = time.time()
