@@ -41,26 +41,26 @@ def test_a_torn_last_line_is_ignored(tmp_path: Path) -> None:
     assert Tracker(tmp_path / "tracking.journal").regions(b"0/a") == [(0, TRACK_BLOCK)]
 
 
-def test_activity_epochs_forget_what_was_acknowledged(tmp_path: Path) -> None:
+def test_activity_epochs_forget_what_the_secondary_made_durable(tmp_path: Path) -> None:
     log = ActivityLog(tmp_path / "activity.journal")
     log.start("")
-    acked_up_to = 0
-
-    def acked(seq: int) -> bool:
-        return seq <= acked_up_to
-
     log.mark(write(b"0/a", 0))  # seq 1
-    assert log.rotate(acked, 1)  # epoch 1 starts after seq 1; epoch 0 had nothing
+    assert log.rotate(0, 1)  # epoch 1 starts after seq 1; epoch 0 had nothing
     log.mark(write(b"0/b", 3 * ACTIVITY_BLOCK))  # seq 2
-    assert not log.rotate(acked, 2)  # seq 1 not acknowledged yet: keep everything
-    acked_up_to = 1
-    assert log.rotate(acked, 2)  # a's epoch is done: forgotten; b stays (in flight)
+    assert not log.rotate(0, 2)  # seq 1 not durable on the secondary yet: keep everything
+    assert {p for p, _ in log.exported()} == {b"0/a", b"0/b"}
+    assert log.rotate(1, 2)  # a's epoch is durable there: forgotten; b stays
     exported = dict(log.exported())
     assert set(exported) == {b"0/b"}
     assert unpack_ranges(exported[b"0/b"]) == [(3 * ACTIVITY_BLOCK, ACTIVITY_BLOCK)]
-    # what a crash leaves: the journal replays to at least the regions still in flight
+    # what a crash leaves: the journal replays to at least the regions not known durable
     replayed = ActivityLog(tmp_path / "activity.journal")
     assert replayed.active
     assert b"0/b" in dict(replayed.exported())
+    # a primary losing its secondary absorbs them into what the secondary must be sent
+    t = Tracker(tmp_path / "tracking.journal")
+    t.start("g1")
+    t.absorb(replayed)
+    assert t.regions(b"0/b") == [(3 * ACTIVITY_BLOCK, ACTIVITY_BLOCK)]
     replayed.drop()
     assert not (tmp_path / "activity.journal").exists()

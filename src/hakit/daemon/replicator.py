@@ -325,7 +325,7 @@ class Primary:
     def epochs(self, stop: threading.Event) -> None:
         """Forget, every EPOCH seconds, the in-flight regions acknowledged since."""
         while not stop.wait(EPOCH):
-            self.rep.new_epoch()
+            self.rep.new_epoch(limit=60.0)
 
     def _repair_soon(self) -> None:
         self._repair.set()
@@ -450,6 +450,8 @@ class Secondary:
                 continue
             except OSError:
                 return
+            # small answers (acknowledgements, checksums) must not wait for a delayed ACK
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             receiver = Receiver(
                 self.init.module,
                 self.init.key,

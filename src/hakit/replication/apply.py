@@ -26,6 +26,8 @@ AT_FDCWD = -100
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _renameat2 = _libc.renameat2
 _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+_syncfs = _libc.syncfs
+_syncfs.argtypes = [ctypes.c_int]
 _fallocate = _libc.fallocate
 _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
 
@@ -56,6 +58,7 @@ _KEEPS_NAMES = frozenset(
         Kind.SETXATTR,
         Kind.REMOVEXATTR,
         Kind.SET_XATTRS,
+        Kind.SYNCFS,
     }
 )
 """Operations that change no name: cached descriptors stay valid across them."""
@@ -109,6 +112,7 @@ class Applier:
             Kind.FSYNC: self._fsync,
             Kind.REMOVE_TREE: self._remove_tree,
             Kind.SET_XATTRS: self._set_xattrs,
+            Kind.SYNCFS: self._syncfs,
         }
 
     def apply(self, op: Op) -> int:
@@ -261,6 +265,28 @@ class Applier:
             (os.fdatasync if op.ints[0] else os.fsync)(fd)
         finally:
             os.close(fd)
+
+    def make_durable(self, op: Op) -> int:
+        """FSYNC or SYNCFS from another thread than `apply`'s (own descriptors); the errno."""
+        try:
+            if op.kind is Kind.SYNCFS:
+                self._syncfs(op)
+                return 0
+            with self._parent(op.path) as (d, name):
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=d)
+            try:
+                (os.fdatasync if op.ints[0] else os.fsync)(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            return e.errno or E.EIO
+        return 0
+
+    def _syncfs(self, op: Op) -> None:
+        for fd in self.roots:
+            if _syncfs(fd) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))
 
     def _remove_tree(self, op: Op) -> None:
         with self._parent(op.path) as (d, name):

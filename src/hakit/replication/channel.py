@@ -15,8 +15,10 @@ a file operation of the application until its acknowledgement arrives.
   secondary's disk; `semi` — the secondary acknowledges on receipt, then applies. An operation
   that fails on the secondary after a `semi` acknowledgement is reported by a second ACK with
   its errno: the primary then knows that path differs.
-- Any silence longer than `ack_timeout` fails every pending operation and breaks the channel:
-  the primary continues alone (an application write never blocks longer than that).
+- Any silence longer than `ack_timeout` while operations wait fails every pending operation
+  and breaks the channel: the primary continues alone (an application write never blocks
+  longer than that). Queries and durability requests (FSYNC, SYNCFS: handled beside the stream
+  in `sync` mode) may take longer; their callers bound their own waits.
 """
 
 from __future__ import annotations
@@ -34,7 +36,17 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from hakit.replication.apply import Applier
-from hakit.wire.replication import QUERIES, REPLIES, Decoder, FrameError, Kind, Op, ack, encode
+from hakit.wire.replication import (
+    DURABILITY,
+    QUERIES,
+    REPLIES,
+    Decoder,
+    FrameError,
+    Kind,
+    Op,
+    ack,
+    encode,
+)
 
 CHALLENGE = 32
 MAC = 32
@@ -125,6 +137,12 @@ class Receiver:
             target=self._answer_queries, args=(sock, stop), name="replica-queries", daemon=True
         )
         worker.start()
+        self._durable: list[Op] = []
+        self._durable_ready = threading.Condition()
+        flusher = threading.Thread(
+            target=self._make_durable, args=(sock,), name="replica-fsync", daemon=True
+        )
+        flusher.start()
         try:
             while not stop.is_set() and not self.fatal:
                 try:
@@ -145,7 +163,33 @@ class Receiver:
             with self._query_ready:
                 self._queries.append(Op(Kind.DONE, 0))  # tells the worker to end
                 self._query_ready.notify()
+            with self._durable_ready:
+                self._durable.append(Op(Kind.DONE, 0))
+                self._durable_ready.notify()
             worker.join(timeout=5)
+            flusher.join(timeout=30)
+
+    def _make_durable(self, sock: socket.socket) -> None:
+        """FSYNC and SYNCFS, in order, beside the stream: whatever was applied before one was
+        handed over is durable when it is acknowledged."""
+        while True:
+            with self._durable_ready:
+                while not self._durable:
+                    self._durable_ready.wait()
+                op = self._durable.pop(0)
+            if op.kind is Kind.DONE:
+                return
+            err = self.applier.make_durable(op)
+            self.applied += 1
+            if err:
+                self.on_error(op, err)
+                if err in FATAL_ERRNOS:
+                    self.fatal = f"{op.kind.name} {op.path!r}: {E.errorcode.get(err, err)}"
+            try:
+                with self._sock_lock:
+                    sock.sendall(encode(ack(op.seq, err)))
+            except OSError:
+                return
 
     def _answer_queries(self, sock: socket.socket, stop: threading.Event) -> None:
         while True:
@@ -177,6 +221,11 @@ class Receiver:
         if op.kind is Kind.PROGRESS:
             self.on_progress(op.blobs[0])
             return [encode(ack(op.seq))]
+        if op.kind in DURABILITY and (self.mode is Mode.SYNC or op.kind is Kind.SYNCFS):
+            with self._durable_ready:
+                self._durable.append(op)
+                self._durable_ready.notify()
+            return []
         out = [encode(ack(op.seq))] if self.mode is Mode.SEMI else []
         err = self.applier.apply(op)
         self.applied += 1
@@ -270,7 +319,10 @@ class Sender:
         """Operations wait and the replica said nothing for `ack_timeout` (queries may take
         longer: the replica answers them beside the stream)."""
         with self._cond:
-            waiting = any(op.kind not in QUERIES for op in self._inflight.values())
+            waiting = any(
+                op.kind not in QUERIES and op.kind not in DURABILITY
+                for op in self._inflight.values()
+            )
             return waiting and time.monotonic() - self._last_heard > self.ack_timeout
 
     def _reply(self, op: Op) -> None:

@@ -170,11 +170,19 @@ class Replicator:
             local()
             return
         try:
+            started = time.monotonic()
             local()
-            reply = sender.wait(seq)
-        except ChannelError:
-            return  # alone now; the data is durable here and the writes are tracked
-        else:
+            # The secondary may take as long as we did, twice over, plus the usual margin: a
+            # healthy disk flushing much data is not a lost secondary.
+            took = time.monotonic() - started
+            limit = sender.ack_timeout + 2 * took
+            reply = sender.answered(seq, limit)
+            if reply is None:
+                if not sender.broken:
+                    sender.close(
+                        f"the secondary's fsync took more than {limit:.2f} s (ours {took:.2f} s)"
+                    )
+                return  # alone now: the data is durable here, what may not be there is tracked
             if reply.ints[0]:
                 self.diverged(op, int(reply.ints[0]))
         finally:
@@ -220,6 +228,10 @@ class Replicator:
     def _lost(self, why: str, pending: list[Op]) -> None:
         for op in pending:
             self.tracker.mark(op)
+        if self.activity is not None:
+            # applied there but maybe not yet durable: a secondary that loses power now may lose
+            # them, so the next resynchronisation compares them
+            self.tracker.absorb(self.activity)
         with self.order:
             was = self.state
             self.sender = None
@@ -246,13 +258,23 @@ class Replicator:
             )
             self.on_diverged()
 
-    def new_epoch(self) -> None:
-        """Forget the in-flight regions of operations the secondary has acknowledged since."""
+    def new_epoch(self, limit: float) -> None:
+        """Ask the secondary to make everything durable (SYNCFS, beside its stream); once it
+        has, forget the activity regions of the epoch before."""
         with self.order:
             sender = self.sender
             if self.activity is None or sender is None or self.state is State.ALONE:
                 return
-            self.activity.rotate(sender.acked_through, sender.seq)
+            try:
+                seq = sender.submit(Op(Kind.SYNCFS, 0))
+            except ChannelError:
+                return
+        reply = sender.answered(seq, limit)
+        if reply is None or reply.ints[0]:
+            return  # slow or failed: keep the regions (a failure makes the secondary leave)
+        with self.order:
+            if self.sender is sender and self.activity is not None:
+                self.activity.rotate(seq, sender.seq)
 
     def fence(self, why: str) -> None:
         """Refuse every further modification (EIO): nobody supervises replication any more."""

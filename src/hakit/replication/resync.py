@@ -245,6 +245,9 @@ class Resync:
             if r is not None and (
                 _type(r.mode) != _type(cur.mode)
                 or (stat.S_ISLNK(cur.mode) and r.target != cur.target)
+                # a single file here, one of several names of a file there: writing into it
+                # would change the other names too; it is recreated (copied whole)
+                or (stat.S_ISREG(cur.mode) and cur.nlink == 1 and r.nlink > 1)
             ):
                 self._fix(Op(Kind.REMOVE_TREE, 0, (), (path,)))
                 r = None

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 from hakit.core.regions import DirtyMap, Record
@@ -139,6 +138,20 @@ class Tracker:
         with self._lock:
             self._append(marks_of(self.map, op))
 
+    def absorb(self, other: Tracker) -> None:
+        """Mark every region `other` marks (one journal sync)."""
+        with other._lock:
+            regions = {p: other.map.regions(p) for p in other.map.data}
+        with self._lock:
+            records: list[Record] = []
+            for path, ranges in regions.items():
+                if ranges is None:
+                    records += self.map.mark_whole(path)
+                    continue
+                for offset, length in ranges:
+                    records += self.map.mark_write(path, offset, length)
+            self._append(records)
+
     def follow(self, op: Op) -> None:
         """A rename or removal sent to the secondary as it happened (while resynchronising):
         the marks follow the names, or go."""
@@ -249,11 +262,12 @@ class ActivityLog(Tracker):
                 marks_of(self.map, op)
                 self._append(records)
 
-    def rotate(self, acked: Callable[[int], bool], seq: int) -> bool:
-        """Under the order lock. `acked(n)`: every operation up to n is acknowledged. Starts a
-        new epoch at `seq` if the previous one is done; True if it did."""
+    def rotate(self, durable_through: int, seq: int) -> bool:
+        """Under the order lock. Every operation up to `durable_through` is durable on the
+        secondary: if that covers the previous epoch, forget it and start a new one at `seq`
+        (the last sequence number sent); True if it did."""
         with self._lock:
-            if not acked(self.epoch_seq):
+            if self.epoch_seq > durable_through:
                 return False
             self.map = DirtyMap.replay(self.recent.snapshot(), block=self.block)
             self.recent = DirtyMap(block=self.block)

@@ -52,7 +52,8 @@ class Kind(IntEnum):
     DONE = 22  # resync complete: everything before this is the primary's state
     PROGRESS = 23  # resync progress for the secondary's `hakit state` (JSON)
     ACTIVITY = 24  # query: regions a replica that was primary may hold unreplicated
-    ACK = 100  # from the secondary: seq applied with errno
+    SYNCFS = 25  # make everything applied so far durable (acknowledged after syncfs)
+    ACK = 100  # from the secondary: seq applied with errno (seq 0: "still working", no errno)
     LISTING = 101  # errno; encoded entries (see `encode_entries`)
     CHECKSUMS = 102  # errno; digests, DIGEST bytes per block asked
     ACTIVITY_LIST = 103  # errno; packed (path, packed ranges) pairs; no range = whole file
@@ -89,6 +90,7 @@ _FIELDS: dict[Kind, tuple[struct.Struct, int]] = {
     Kind.DONE: (struct.Struct("!"), 0),
     Kind.PROGRESS: (struct.Struct("!"), 1),
     Kind.ACTIVITY: (struct.Struct("!"), 0),
+    Kind.SYNCFS: (struct.Struct("!"), 0),
     Kind.ACK: (struct.Struct("!i"), 0),  # errno
     Kind.LISTING: (struct.Struct("!i"), 1),  # errno; entries
     Kind.CHECKSUMS: (struct.Struct("!i"), 1),  # errno; digests
@@ -96,6 +98,9 @@ _FIELDS: dict[Kind, tuple[struct.Struct, int]] = {
 }
 REPLIES = frozenset({Kind.ACK, Kind.LISTING, Kind.CHECKSUMS, Kind.ACTIVITY_LIST})
 QUERIES = frozenset({Kind.LIST, Kind.SUMS, Kind.ACTIVITY})
+DURABILITY = frozenset({Kind.FSYNC, Kind.SYNCFS})
+"""Handled beside the stream by the secondary in `sync` mode (a long fsync must not hold up
+the application's other writes): acknowledged once the data is durable."""
 DIGEST = 16  # bytes per block checksum (BLAKE2b-128)
 _LEN = struct.Struct("!I")
 
