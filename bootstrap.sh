@@ -25,8 +25,11 @@ esac
 
 # --- Debian packages ------------------------------------------------------------------------------
 # iproute2: ip netns / veth / bridges; nftables: lab partitions and (later) the farm filter;
-# util-linux: nsenter / unshare for the lab's mount namespaces; procps, psmisc: process tools.
+# util-linux: nsenter / unshare for the lab's mount namespaces; procps, psmisc: process tools;
+# fuse3, libfuse3-3: the replication layer (FUSE mount over replicated directories).
 debs=(iproute2 nftables util-linux procps psmisc iputils-ping ca-certificates fuse3 libfuse3-3)
+# the tests also replicate a real database (PostgreSQL, Debian's package)
+[ "$action" = test ] && debs+=(postgresql postgresql-contrib)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
