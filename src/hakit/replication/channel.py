@@ -387,21 +387,19 @@ class Sender:
         return seq
 
     def wait(self, seq: int) -> Op:
-        """The reply to `seq` (an ACK with its errno, or a query's answer)."""
-        deadline = time.monotonic() + self.ack_timeout
-        with self._cond:
-            while seq not in self._done:
-                if self.broken:
-                    raise ChannelError(self.broken)
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._cond.wait(left)
-            else:
-                self._done.discard(seq)
-                return self._replies.pop(seq)
-        self._fail(f"no acknowledgement within {self.ack_timeout:g} s", inline=False)
-        raise ChannelError(self.broken)
+        """The reply to `seq` (an ACK with its errno, or a query's answer) within the
+        acknowledgement timeout; otherwise the channel is broken (`ChannelError`)."""
+        return self._expect(
+            seq, self.ack_timeout, f"no acknowledgement within {self.ack_timeout:g} s"
+        )
+
+    def _expect(self, seq: int, timeout: float, why: str) -> Op:
+        reply = self.answered(seq, timeout)
+        if reply is not None:
+            return reply
+        if not self.broken:
+            self._fail(why, inline=False)
+        raise ChannelError(self.broken or why)
 
     def acked_through(self, seq: int) -> bool:
         """Every operation up to `seq` has been answered."""
@@ -430,20 +428,7 @@ class Sender:
     def query(self, op: Op, timeout: float = 60.0) -> Op:
         """A query whose answer may take long to compute (a listing, checksums)."""
         seq = self.submit(op)
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while seq not in self._done:
-                if self.broken:
-                    raise ChannelError(self.broken)
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._cond.wait(min(left, 0.5))
-            else:
-                self._done.discard(seq)
-                return self._replies.pop(seq)
-        self._fail(f"no answer to {op.kind.name} within {timeout:g} s", inline=False)
-        raise ChannelError(self.broken)
+        return self._expect(seq, timeout, f"no answer to {op.kind.name} within {timeout:g} s")
 
     def close(self, why: str = "closed by the primary") -> None:
         self._fail(why)
