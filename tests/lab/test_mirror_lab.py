@@ -22,6 +22,7 @@ import pytest
 from hakit.config.module import SCRIPTS
 from hakit.lab.lab import Lab
 from hakit.waiting import wait_until
+from tests.lab.modules import LabModule, lab_up
 
 pytestmark = [
     pytest.mark.lab,
@@ -65,20 +66,14 @@ exit 1
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    lab = Lab(LAB)
-    lab.down(missing_ok=True)
-    try:
-        lab.up(2, 2, 1)
+    with lab_up(LAB, 2, 2, 1) as lab:
         yield lab
-    finally:
-        lab.down(missing_ok=True)
 
 
-class Module:
+class Module(LabModule):
     def __init__(self, lab: Lab, tmp: Path, **options: Any) -> None:
         n = next(_ids)
-        self.lab = lab
-        self.name = f"web{n}"
+        super().__init__(lab, f"web{n}")
         self.vip = f"10.100.1.{150 + n}"
         self.port = 8000 + n
         self.root = f"/srv/{self.name}"
@@ -108,23 +103,6 @@ class Module:
         for node in ("node1", "node2"):
             wait_until(lambda node=node: self.name in self.state(node)["modules"], 10, "loaded")  # type: ignore[misc]
 
-    def state(self, node: str) -> dict[str, Any]:
-        r = self.lab.exec(node, ["hakit", "state", "--json"], capture=True, check=False)
-        return json.loads(r.stdout) if r.returncode == 0 else {"modules": {}}
-
-    def me(self, node: str) -> str:
-        mod = self.state(node)["modules"].get(self.name, {}).get("nodes", {}).get(node)
-        return f"{mod['state']} {mod['status']}" if mod else "unknown"
-
-    def cmd(self, node: str, *args: str, check: bool = True) -> str:
-        r = self.lab.exec(node, ["hakit", *args, self.name], capture=True, check=False)
-        if check:
-            assert r.returncode == 0, r.stderr
-        return r.stdout + r.stderr
-
-    def wait(self, node: str, expected: str, timeout: float = 15) -> None:
-        wait_until(lambda: self.me(node) == expected, timeout, f"{self.name} {expected} on {node}")
-
     def pair(self, a: str, b: str, timeout: float = 15) -> None:
         self.wait("node1", a, timeout)
         self.wait("node2", b, timeout)
@@ -145,9 +123,6 @@ class Module:
     def calls(self, node: str) -> list[str]:
         p = self.lab.host_path(node, f"{self.root}/calls.log")
         return p.read_text().splitlines() if p.exists() else []
-
-    def log(self, node: str) -> str:
-        return self.cmd(node, "log")
 
     def first_start(self) -> None:
         self.cmd("node1", "prim")

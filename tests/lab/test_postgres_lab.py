@@ -9,7 +9,6 @@ node from the replicated directory, and every acknowledged row must be there.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -23,6 +22,7 @@ import pytest
 from hakit.config.module import SCRIPTS
 from hakit.lab.lab import Lab
 from hakit.waiting import wait_until
+from tests.lab.modules import LabModule, lab_up
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -73,13 +73,8 @@ with open(acked_path, "w") as acked:
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    lab = Lab(LAB)
-    lab.down(missing_ok=True)
-    try:
-        lab.up(2, 1, 1)
+    with lab_up(LAB, 2, 1, 1) as lab:
         yield lab
-    finally:
-        lab.down(missing_ok=True)
 
 
 def sh(lab: Lab, host: str, script: str, check: bool = True) -> str:
@@ -90,11 +85,7 @@ def sh(lab: Lab, host: str, script: str, check: bool = True) -> str:
 
 
 def me(lab: Lab, node: str, module: str) -> str:
-    r = lab.exec(node, ["hakit", "state", "--json"], capture=True, check=False)
-    if r.returncode:
-        return "unknown"
-    n = json.loads(r.stdout)["modules"].get(module, {}).get("nodes", {}).get(node)
-    return f"{n['state']} {n['status']}" if n else "unknown"
+    return LabModule(lab, module).me(node)
 
 
 def install(lab: Lab, tmp: Path, name: str, mode: str, port: int) -> str:

@@ -5,7 +5,6 @@ Each test installs its own module replicating its own directory of the nodes' pr
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import textwrap
@@ -19,6 +18,7 @@ import pytest
 from hakit.config.module import SCRIPTS
 from hakit.lab.lab import Lab
 from hakit.waiting import wait_until
+from tests.lab.modules import LabModule, lab_up
 
 pytestmark = [
     pytest.mark.lab,
@@ -32,20 +32,14 @@ _ids = count(1)
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    lab = Lab(LAB)
-    lab.down(missing_ok=True)
-    try:
-        lab.up(2, 1, 1)
+    with lab_up(LAB, 2, 1, 1) as lab:
         yield lab
-    finally:
-        lab.down(missing_ok=True)
 
 
-class Replicated:
+class Replicated(LabModule):
     def __init__(self, lab: Lab, tmp: Path, bandwidth: float = 0, mode: str = "sync") -> None:
         n = next(_ids)
-        self.lab = lab
-        self.name = f"data{n}"
+        super().__init__(lab, f"data{n}")
         self.dir = f"/srv/{self.name}"
         folder = tmp / self.name
         (folder / "bin").mkdir(parents=True)
@@ -77,22 +71,8 @@ class Replicated:
         for node in ("node1", "node2"):
             wait_until(lambda node=node: self.name in self.state(node)["modules"], 10, "loaded")  # type: ignore[misc]
 
-    def state(self, node: str) -> dict[str, Any]:
-        r = self.lab.exec(node, ["hakit", "state", "--json"], capture=True, check=False)
-        return json.loads(r.stdout) if r.returncode == 0 else {"modules": {}}
-
-    def me(self, node: str) -> str:
-        mod = self.state(node)["modules"].get(self.name, {}).get("nodes", {}).get(node)
-        return f"{mod['state']} {mod['status']}" if mod else "unknown"
-
-    def cmd(self, node: str, *args: str, check: bool = True) -> str:
-        r = self.lab.exec(node, ["hakit", *args, self.name], capture=True, check=False)
-        if check:
-            assert r.returncode == 0, r.stdout + r.stderr
-        return r.stdout + r.stderr
-
     def wait(self, node: str, expected: str, timeout: float = 30) -> None:
-        wait_until(lambda: self.me(node) == expected, timeout, f"{self.name} {expected} on {node}")
+        super().wait(node, expected, timeout)
 
     def sh(self, node: str, script: str, check: bool = True) -> str:
         r = self.lab.exec(node, ["sh", "-c", script], capture=True, check=False)
@@ -115,9 +95,6 @@ class Replicated:
         self.cmd("node2", "second")
         self.wait("node2", "SECOND ready", 60)
         self.wait("node1", "PRIM ready")
-
-    def timeline(self, node: str) -> str:
-        return self.cmd(node, "log")
 
     def remove(self) -> None:
         for node in ("node2", "node1"):
@@ -181,7 +158,7 @@ def test_failover_keeps_the_data_and_the_old_primary_resyncs_only_changes(make: 
     m.lab.poweron("node1")  # its daemon resumes the module: it joins as secondary
     m.wait("node1", "SECOND ready", 90)
     assert m.tree("node1") == m.tree("node2")
-    log = m.timeline("node2")
+    log = m.log("node2")
     how = [line for line in log.splitlines() if "resynchronising node1" in line][-1]
     assert "activity" in how or "it was writing" in how, how  # not a full comparison
     sent = [line for line in log.splitlines() if "synchronised:" in line][-1]

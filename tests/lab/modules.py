@@ -1,0 +1,58 @@
+"""Helpers shared by the lab tests that run modules: a lab per test file, and a module's view
+(state, commands, waits) through `hakit` run inside the lab's nodes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from hakit.lab.lab import Lab
+from hakit.waiting import wait_until
+
+
+@contextmanager
+def lab_up(name: str, nodes: int, networks: int, clients: int) -> Iterator[Lab]:
+    """A fresh lab (whatever an earlier failed run left is removed first), always removed."""
+    lab = Lab(name)
+    lab.down(missing_ok=True)
+    try:
+        lab.up(nodes, networks, clients)
+        yield lab
+    finally:
+        lab.down(missing_ok=True)
+
+
+class LabModule:
+    """A module as its nodes' daemons see it."""
+
+    def __init__(self, lab: Lab, name: str) -> None:
+        self.lab = lab
+        self.name = name
+
+    def state(self, node: str) -> dict[str, Any]:
+        r = self.lab.exec(node, ["hakit", "state", "--json"], capture=True, check=False)
+        return json.loads(r.stdout) if r.returncode == 0 else {"modules": {}}
+
+    def me(self, node: str) -> str:
+        """`STATE status` of the module on `node` ("unknown" when not loaded there)."""
+        mod = self.state(node)["modules"].get(self.name, {}).get("nodes", {}).get(node)
+        return f"{mod['state']} {mod['status']}" if mod else "unknown"
+
+    def cmd(self, node: str, *args: str, check: bool = True) -> str:
+        """`hakit ARGS MODULE` on `node`; its output."""
+        r = self.lab.exec(node, ["hakit", *args, self.name], capture=True, check=False)
+        if check:
+            assert r.returncode == 0, r.stdout + r.stderr
+        return r.stdout + r.stderr
+
+    def wait(self, node: str, expected: str, timeout: float = 15) -> None:
+        wait_until(lambda: self.me(node) == expected, timeout, f"{self.name} {expected} on {node}")
+
+    def loaded(self, nodes: tuple[str, ...] = ("node1", "node2")) -> None:
+        for node in nodes:
+            wait_until(lambda node=node: self.me(node) != "unknown", 10, f"loaded on {node}")  # type: ignore[misc]
+
+    def log(self, node: str) -> str:
+        return self.cmd(node, "log")
