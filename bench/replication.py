@@ -1131,9 +1131,13 @@ def report_latency(lt: dict[str, Any], st: dict[str, Any]) -> None:
                 f"  {config} / direct, p50: {ratio:.2f}x (per round: {rounds}); "
                 f"target <= {target:g}x: {verdict(ratio <= target)}"
             )
-    if lt["dropped"]:
-        why = "; ".join(lt["dropped_reasons"])
-        say(f"  {lt['dropped']} run(s) lost the secondary ({why}): not counted")
+    say_dropped(lt)
+
+
+def say_dropped(part: dict[str, Any]) -> None:
+    if part["dropped"]:
+        why = "; ".join(part["dropped_reasons"])
+        say(f"  {part['dropped']} run(s) lost the secondary ({why}): not counted")
 
 
 def report_pgbench(pg: dict[str, Any], st: dict[str, Any]) -> None:
@@ -1161,9 +1165,7 @@ def report_pgbench(pg: dict[str, Any], st: dict[str, Any]) -> None:
             f"  replicated / plain: {pct:.1f} % (medians); target >= "
             f"{pg['target_pct']:.0f} %: {verdict(pct >= pg['target_pct'])}"
         )
-    if pg["dropped"]:
-        why = "; ".join(pg["dropped_reasons"])
-        say(f"  {pg['dropped']} run(s) lost the secondary ({why}): not counted")
+    say_dropped(pg)
 
 
 def report_resync(rs: dict[str, Any], st: dict[str, Any]) -> None:

@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from hakit.lab.lab import Lab
 from hakit.waiting import wait_until
@@ -22,6 +22,26 @@ def lab_up(name: str, nodes: int, networks: int, clients: int) -> Iterator[Lab]:
         yield lab
     finally:
         lab.down(missing_ok=True)
+
+
+M = TypeVar("M", bound="LabModule")
+
+
+@contextmanager
+def removed_after(build: Callable[..., M]) -> Iterator[Callable[..., M]]:
+    """A factory of modules (`build(**options)`), each stopped and uninstalled at the end."""
+    made: list[M] = []
+
+    def factory(**options: Any) -> M:
+        m = build(**options)
+        made.append(m)
+        return m
+
+    try:
+        yield factory
+    finally:
+        for m in made:
+            m.remove()
 
 
 class LabModule:
@@ -56,3 +76,7 @@ class LabModule:
 
     def log(self, node: str) -> str:
         return self.cmd(node, "log")
+
+    def remove(self) -> None:
+        """Stop it everywhere and uninstall it (each kind of test module says how)."""
+        raise NotImplementedError

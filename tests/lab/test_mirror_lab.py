@@ -22,7 +22,7 @@ import pytest
 from hakit.config.module import SCRIPTS
 from hakit.lab.lab import Lab
 from hakit.waiting import wait_until
-from tests.lab.modules import LabModule, lab_up
+from tests.lab.modules import LabModule, lab_up, removed_after
 
 pytestmark = [
     pytest.mark.lab,
@@ -140,16 +140,8 @@ class Module(LabModule):
 
 @pytest.fixture
 def make(lab: Lab, tmp_path: Path) -> Iterator[Any]:
-    made: list[Module] = []
-
-    def factory(**options: Any) -> Module:
-        m = Module(lab, tmp_path, **options)
-        made.append(m)
-        return m
-
-    yield factory
-    for m in made:
-        m.remove()
+    with removed_after(lambda **options: Module(lab, tmp_path, **options)) as factory:
+        yield factory
 
 
 @pytest.fixture

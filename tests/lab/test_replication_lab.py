@@ -18,7 +18,7 @@ import pytest
 from hakit.config.module import SCRIPTS
 from hakit.lab.lab import Lab
 from hakit.waiting import wait_until
-from tests.lab.modules import LabModule, lab_up
+from tests.lab.modules import LabModule, lab_up, removed_after
 
 pytestmark = [
     pytest.mark.lab,
@@ -108,16 +108,8 @@ class Replicated(LabModule):
 
 @pytest.fixture
 def make(lab: Lab, tmp_path: Path) -> Iterator[Any]:
-    made: list[Replicated] = []
-
-    def factory(**options: Any) -> Replicated:
-        m = Replicated(lab, tmp_path, **options)
-        made.append(m)
-        return m
-
-    yield factory
-    for m in made:
-        m.remove()
+    with removed_after(lambda **options: Replicated(lab, tmp_path, **options)) as factory:
+        yield factory
 
 
 def test_writes_on_the_primary_are_on_the_secondary_which_is_read_only(make: Any) -> None:

@@ -147,14 +147,6 @@ class DirtyMap:
             return None
         return [(a * self.block, (b - a + 1) * self.block) for a, b in _runs(sorted(blocks))]
 
-    def dirty_bytes(self, sizes: dict[bytes, int]) -> int:
-        """Estimate of what a resync sends, given the current file sizes."""
-        total = 0
-        for path, blocks in self.data.items():
-            size = sizes.get(path, 0)
-            total += size if ALL in blocks else min(size, len(blocks) * self.block)
-        return total
-
     def empty(self) -> bool:
         return not (self.data or self.meta or self.dirs)
 

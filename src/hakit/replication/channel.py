@@ -401,11 +401,6 @@ class Sender:
             self._fail(why, inline=False)
         raise ChannelError(self.broken or why)
 
-    def acked_through(self, seq: int) -> bool:
-        """Every operation up to `seq` has been answered."""
-        with self._cond:
-            return all(s > seq for s in self._inflight)
-
     def answered(self, seq: int, timeout: float) -> Op | None:
         """The reply to `seq` if it comes within `timeout`, else None. Never breaks the
         channel itself (breaking calls back into the replicator, which takes its order lock):

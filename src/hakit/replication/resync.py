@@ -132,7 +132,7 @@ class Resync:
             self._pass(full)
             self.extra = {}
             self._drain()
-            self._send_and_wait(Op(Kind.PROGRESS, 0, (), (self._progress_blob(),)))
+            self.sender.send(Op(Kind.PROGRESS, 0, (), (self._progress_blob(),)))
             full = False
             with self.rep.order:
                 self.rep.full_pass = False
@@ -427,9 +427,6 @@ class Resync:
             reply = self.sender.wait(seq)
             if reply.ints[0]:
                 self.rep.diverged(op, int(reply.ints[0]))
-
-    def _send_and_wait(self, op: Op) -> None:
-        self.sender.send(op)
 
     def _progress_blob(self) -> bytes:
         return json.dumps(self.progress.as_dict()).encode()
