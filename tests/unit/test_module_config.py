@@ -91,7 +91,7 @@ def test_valid_module(tmp_path: Path) -> None:
         ("start_timeout: 30", "start_timeout: 0", "scripts.start_timeout = 0"),
         ("APP_PORT", "APP-PORT", "variables.APP-PORT"),
         ("failover: false", "failover: maybe", "failover = 'maybe'"),
-        ("kind: mirror", "kind: farm", "kind = 'farm': expected `mirror`"),
+        ("kind: mirror", "kind: web", "kind = 'web': expected `mirror` or `farm`"),
     ],
 )
 def test_errors(tmp_path: Path, old: str, new: str, expected: str) -> None:

@@ -160,18 +160,25 @@ class VipPort(Protocol):
         """Every VIP that hakit added and that is still configured, with its interface."""
         ...
 
-    def announce(self, vip: Vip) -> None:
-        """Tell the neighbours that `vip` is here: one frame now (gratuitous ARP or NA)."""
+    def announce(self, vip: Vip, sender: bytes | None = None) -> None:
+        """Tell the neighbours that `vip` is here: one frame now (gratuitous ARP or NA).
+
+        `sender`: announce this hardware address for an IPv4 VIP instead of the interface's
+        own (a farm's virtual MAC); the frame still leaves from the interface's address."""
         ...
 
 
 # -- frames --------------------------------------------------------------------------------
 
 
-def gratuitous_arp(mac: bytes, ip: ipaddress.IPv4Address) -> bytes:
-    """An ARP announcement: request, sender = target = `ip`, from `mac` to broadcast; 60 bytes."""
+def gratuitous_arp(mac: bytes, ip: ipaddress.IPv4Address, sender: bytes | None = None) -> bytes:
+    """An ARP announcement: request, sender = target = `ip`, from `mac` to broadcast; 60 bytes.
+
+    `sender`: the hardware address announced for `ip` when it is not the frame's source (a
+    farm's virtual MAC, which must never appear as a source so that switches keep flooding)."""
     eth = BROADCAST_MAC + mac + struct.pack("!H", ETH_P_ARP)
-    arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac + ip.packed + b"\x00" * 6 + ip.packed
+    sha = sender or mac
+    arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + sha + ip.packed + b"\x00" * 6 + ip.packed
     return (eth + arp).ljust(60, b"\x00")
 
 
@@ -201,7 +208,9 @@ def interface_mac(sock: socket.socket, interface: str) -> tuple[int, bytes]:
     return hatype, ifreq[18:24]
 
 
-def send_announcement(sock: socket.socket, vip: Vip, interface: str) -> None:
+def send_announcement(
+    sock: socket.socket, vip: Vip, interface: str, sender: bytes | None = None
+) -> None:
     """Send on `sock` (AF_PACKET, SOCK_RAW) the one frame that announces `vip` on `interface`."""
     try:
         hatype, mac = interface_mac(sock, interface)
@@ -212,7 +221,7 @@ def send_announcement(sock: socket.socket, vip: Vip, interface: str) -> None:
             )
         ip = vip.ip
         if isinstance(ip, ipaddress.IPv4Address):
-            sock.sendto(gratuitous_arp(mac, ip), (interface, ETH_P_ARP))
+            sock.sendto(gratuitous_arp(mac, ip, sender), (interface, ETH_P_ARP))
         else:
             sock.sendto(unsolicited_na(mac, ip), (interface, ETH_P_IPV6))
     except OSError as e:
@@ -428,9 +437,11 @@ def _held(s: _Session) -> list[Vip]:
     return out
 
 
-def _announce(s: _Session, vip: Vip, packets: Callable[[], socket.socket]) -> None:
+def _announce(
+    s: _Session, vip: Vip, packets: Callable[[], socket.socket], sender: bytes | None = None
+) -> None:
     _, name = _resolve(s, vip)
-    send_announcement(packets(), vip, name)
+    send_announcement(packets(), vip, name, sender)
 
 
 def _bounded(what: str, timeout: float, fn: Callable[[_Session], T]) -> T:
@@ -508,11 +519,11 @@ class NetlinkVips:
     def held(self) -> list[Vip]:
         return _bounded("cannot list the VIPs held", self.timeout, _held)
 
-    def announce(self, vip: Vip) -> None:
+    def announce(self, vip: Vip, sender: bytes | None = None) -> None:
         _bounded(
             f"cannot announce VIP {vip} {vip.where}",
             self.timeout,
-            lambda s: _announce(s, vip, self._packet_socket),
+            lambda s: _announce(s, vip, self._packet_socket, sender),
         )
 
 

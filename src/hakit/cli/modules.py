@@ -13,7 +13,7 @@ from rich.console import Console
 
 from hakit.cli.client import DaemonClient, RemoteClient, client_for
 from hakit.config.load import load_cluster
-from hakit.config.module import MODULE_FILE, load_module
+from hakit.config.module import MODULE_FILE, FarmModule, load_module
 from hakit.daemon.packages import install, package, package_bytes, uninstall
 from hakit.errors import DaemonUnavailable, HakitError
 from hakit.paths import Paths
@@ -218,10 +218,19 @@ def module_check(module: str) -> None:
         raise HakitError(f"no module folder {module!r} (installed modules are in {paths.modules})")
     mf = load_module(folder, cluster)
     c = mf.config
+    vips = ", ".join(str(v.address) for v in c.vips) or "none"
+    if isinstance(c, FarmModule):
+        weights = ", ".join(f"{n} {c.weight(n)}" for n in c.nodes)
+        rules = ", ".join(f"{r.protocol} {r.port or 'any'} by {r.by}" for r in c.rules)
+        out.print(
+            f"{folder / MODULE_FILE}: OK — farm module {mf.name} on {len(c.nodes)} nodes "
+            f"(weights {weights}), VIPs {vips}, virtual MAC {c.mac}, rules {rules}"
+        )
+        return
     out.print(
         f"{folder / MODULE_FILE}: OK — {c.kind} module {mf.name} on {' and '.join(c.nodes)}, "
-        f"VIPs {', '.join(str(v.address) for v in c.vips) or 'none'}, failover "
-        f"{'on' if c.failover else 'off'}, default primary {c.default_primary}"
+        f"VIPs {vips}, failover {'on' if c.failover else 'off'}, default primary "
+        f"{c.default_primary}"
     )
 
 

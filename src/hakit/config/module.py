@@ -2,7 +2,8 @@
 
 A module is hakit configured for one application. This file holds the models (field
 descriptions feed `docs/config-reference.md`), the rules that relate a module to the cluster,
-and the loader. Mirror modules only for now; `kind` selects the model.
+and the loader. `kind` selects the model: `mirror` (two nodes, active/passive) or `farm`
+(N nodes, active/active behind one load-balanced virtual IP).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ SCRIPTS = (
     "poststop",
     "transition",
 )
+FARM_SCRIPTS = ("prestart", "start_both", "stop_both", "poststop", "transition")
 
 EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
 
@@ -220,10 +222,196 @@ class MirrorModule(Frozen):
         return b if node == a else a
 
 
-ModuleConfig = MirrorModule
+class FarmRule(Frozen):
+    """Which client traffic to the farm's VIPs is load-balanced, and on what it is hashed."""
+
+    protocol: Literal["tcp", "udp"] = Field(description="`tcp` or `udp`.")
+    port: int | None = Field(
+        None, ge=1, le=65535, description="Destination port (none: every port of the protocol)."
+    )
+    by: Literal["client-ip", "client-ip-port"] = Field(
+        "client-ip",
+        description=(
+            "`client-ip`: session affinity, every connection of one client address goes to "
+            "the same node; `client-ip-port`: each connection is placed on its own (evener "
+            "with few clients, for stateless services)."
+        ),
+    )
+
+
+class FarmCheck(Frozen):
+    """The node's own health check: a node whose application fails it leaves the farm (its
+    share moves to the others), restarts the application locally and rejoins once healthy."""
+
+    tcp_port: int = Field(ge=1, le=65535, description="TCP port the application listens on.")
+    host: str = Field("127.0.0.1", description="Address to connect to (on this node).")
+    interval: float = Field(1.0, ge=0.1, le=60, description="Seconds between two probes.")
+    timeout: float = Field(1.0, ge=0.05, le=60, description="Seconds a probe may take.")
+    fall: int = Field(
+        2, ge=1, le=100, description="Consecutive failed probes before the node leaves."
+    )
+    rise: int = Field(
+        2, ge=1, le=100, description="Consecutive good probes before the node (re)joins."
+    )
+    max_restarts: int = Field(
+        3,
+        ge=0,
+        le=100,
+        description=(
+            "Local restarts allowed within `restart_window`; one more failure stops the "
+            "module on this node (the others keep serving) with a message."
+        ),
+    )
+    restart_window: float = Field(
+        3600.0, gt=0, description="Seconds over which `max_restarts` is counted."
+    )
+
+
+class FarmModule(Frozen):
+    """A farm module: the application runs on every node; one VIP load-balanced over them."""
+
+    kind: Literal["farm"] = Field(description="`farm` (active/active on 2 or more nodes).")
+    nodes: tuple[Name, ...] = Field(
+        min_length=2, max_length=64, description="The cluster nodes running this module."
+    )
+    weights: dict[Name, int] = Field(
+        default_factory=dict,
+        description=(
+            "Relative share of each node (default 1). `0`: a standby that takes traffic only "
+            "when every node with a weight above 0 is gone."
+        ),
+    )
+    heartbeat_networks: tuple[Name, ...] | None = Field(
+        None,
+        min_length=1,
+        description=(
+            "Networks whose heartbeats decide which nodes are alive for this module (default: "
+            "every network of the cluster). A node is alive while it is heard on any of them."
+        ),
+    )
+    vips: tuple[VirtualIp, ...] = Field(
+        min_length=1,
+        description=(
+            "Virtual IPv4 addresses held by every UP node; each node accepts only its share "
+            "of the new connections."
+        ),
+    )
+    rules: tuple[FarmRule, ...] = Field(
+        min_length=1,
+        description=(
+            "Load-balanced traffic. Other TCP/UDP traffic to the VIPs is dropped; ICMP is "
+            "answered by one node (hashed on the client address)."
+        ),
+    )
+    virtual_mac: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$",
+        description=(
+            "Unicast MAC every node answers ARP with for the VIPs and that no node ever sends "
+            "from, so switches flood the VIPs' traffic to every node (default: `02:48` + the "
+            "first VIP's four bytes). Must be a locally administered unicast address."
+        ),
+    )
+    check: FarmCheck | None = Field(
+        None, description="Health check of the application on each node (none: always healthy)."
+    )
+    scripts: Scripts = Field(default_factory=Scripts, description="Script time limits.")
+    variables: dict[EnvName, str] = Field(
+        default_factory=dict,
+        description="Variables passed to every script in its environment.",
+    )
+
+    def weight(self, node: str) -> int:
+        return self.weights.get(node, 1)
+
+    @property
+    def mac(self) -> str:
+        if self.virtual_mac is not None:
+            return self.virtual_mac
+        ip = self.vips[0].address.ip.packed
+        return ":".join(f"{b:02x}" for b in (0x02, 0x48, *ip))
+
+
+ModuleConfig = MirrorModule | FarmModule
+
+
+def check_farm(m: FarmModule, cluster: Cluster) -> list[Problem]:
+    out: list[Problem] = []
+    for i, n in enumerate(m.nodes):
+        if n not in cluster.nodes:
+            out.append(
+                Problem(("nodes", i), n, f"not a cluster node; nodes: {', '.join(cluster.nodes)}")
+            )
+        elif n in m.nodes[:i]:
+            out.append(Problem(("nodes", i), n, "listed twice"))
+    for n, w in m.weights.items():
+        if n not in m.nodes:
+            out.append(Problem(("weights", n), n, f"not a node of this farm: {', '.join(m.nodes)}"))
+        elif not 0 <= w <= 1000:
+            out.append(Problem(("weights", n), str(w), "a weight from 0 to 1000"))
+    if m.weights and all(m.weight(n) == 0 for n in m.nodes):
+        out.append(Problem(("weights",), None, "at least one node needs a weight above 0"))
+    if out:
+        return out
+    everywhere = [
+        net for net in cluster.networks if all(net in cluster.nodes[n].addresses for n in m.nodes)
+    ]
+    for i, net in enumerate(m.heartbeat_networks or ()):
+        if net not in cluster.networks:
+            out.append(
+                Problem(
+                    ("heartbeat_networks", i),
+                    net,
+                    f"a cluster network: {', '.join(cluster.networks)}",
+                )
+            )
+    node_addrs = {str(addr) for spec in cluster.nodes.values() for addr in spec.addresses.values()}
+    seen: set[str] = set()
+    for i, vip in enumerate(m.vips):
+        ip = str(vip.address.ip)
+        if vip.address.version != 4:
+            out.append(
+                Problem(("vips", i, "address"), str(vip.address), "an IPv4 address (farm VIPs)")
+            )
+        if vip.network is not None and vip.network not in everywhere:
+            out.append(
+                Problem(
+                    ("vips", i, "network"),
+                    vip.network,
+                    "a network every farm node is on; such networks: "
+                    + (", ".join(everywhere) or "none"),
+                )
+            )
+        if ip in node_addrs:
+            out.append(Problem(("vips", i, "address"), str(vip.address), "is a node's own address"))
+        if ip in seen:
+            out.append(Problem(("vips", i, "address"), str(vip.address), "listed twice"))
+        seen.add(ip)
+    mac = bytes.fromhex(m.mac.replace(":", ""))
+    if m.virtual_mac is not None and (mac[0] & 1 or not mac[0] & 2):
+        out.append(
+            Problem(
+                ("virtual_mac",),
+                m.virtual_mac,
+                "a locally administered unicast MAC (second hex digit 2, 6, a or e)",
+            )
+        )
+    seen_rules: set[tuple[str, int | None]] = set()
+    for i, r in enumerate(m.rules):
+        key = (r.protocol, r.port)
+        if key in seen_rules:
+            out.append(Problem(("rules", i), f"{r.protocol} {r.port or 'any'}", "listed twice"))
+        seen_rules.add(key)
+    return out
 
 
 def check_against_cluster(m: ModuleConfig, cluster: Cluster) -> list[Problem]:
+    if isinstance(m, FarmModule):
+        return check_farm(m, cluster)
+    return check_mirror(m, cluster)
+
+
+def check_mirror(m: MirrorModule, cluster: Cluster) -> list[Problem]:
     out: list[Problem] = []
     a, b = m.nodes
     if a == b:
@@ -327,7 +515,7 @@ def load_module(directory: Path, cluster: Cluster, name: str | None = None) -> M
         )
     data, marks = parse_yaml(read_text(path), file)
     kind = data.get("kind") if isinstance(data, dict) else None
-    if kind not in ("mirror",):
+    if kind not in ("mirror", "farm"):
         raise ConfigError(
             [
                 ConfigIssue(
@@ -335,22 +523,23 @@ def load_module(directory: Path, cluster: Cluster, name: str | None = None) -> M
                     marks.line(("kind",)),
                     "kind",
                     None if kind is None else repr(kind),
-                    "required: `mirror` (farm modules come later)"
-                    if kind is None
-                    else "expected `mirror`",
+                    ("required: " if kind is None else "expected ") + "`mirror` or `farm`",
                 )
             ]
         )
-    config: ModuleConfig = validate(MirrorModule, data, marks, file)
+    config: ModuleConfig = validate(
+        FarmModule if kind == "farm" else MirrorModule, data, marks, file
+    )
     problems = check_against_cluster(config, cluster)
+    scripts = FARM_SCRIPTS if isinstance(config, FarmModule) else SCRIPTS
     bin_dir = directory / "bin"
     if bin_dir.exists() and not bin_dir.is_dir():
         problems.append(Problem((), None, f"{bin_dir} must be a folder of scripts"))
     elif bin_dir.is_dir():
         for p in sorted(bin_dir.iterdir()):
-            if p.name in SCRIPTS and not p.is_file():
+            if p.name in scripts and not p.is_file():
                 problems.append(Problem((), None, f"script {p} is not a regular file"))
-            elif p.name in SCRIPTS and not p.stat().st_mode & 0o100:
+            elif p.name in scripts and not p.stat().st_mode & 0o100:
                 problems.append(
                     Problem((), None, f"script {p} is not executable: run `chmod +x {p}`")
                 )

@@ -10,6 +10,7 @@ completion comes back as an event.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import time
@@ -18,10 +19,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hakit.adapters.farm import FarmPathPort, NftFarmPath
 from hakit.adapters.scripts import ScriptResult, ScriptRunner
 from hakit.adapters.statefile import read_json, write_json
 from hakit.adapters.vip import Vip, VipError, VipPort
-from hakit.config.module import ModuleFile
+from hakit.config.module import MirrorModule, ModuleFile
 from hakit.core import mirror as mm
 from hakit.daemon.logs import LOGGER, Event
 from hakit.daemon.replication_link import ReplicationLink, kill_leftover
@@ -57,6 +59,7 @@ class Environment:
     replication_key: bytes = b""
     heartbeat_timeout: float = 1.0
     now: Callable[[], float] = time.time
+    farm_path: FarmPathPort = field(default_factory=NftFarmPath)
 
 
 @dataclass
@@ -72,6 +75,8 @@ class MirrorRunner:
 
     def __post_init__(self) -> None:
         cfg = self.module.config
+        assert isinstance(cfg, MirrorModule)
+        self.cfg = cfg
         self.name = self.module.name
         self.var = self.env.paths.var / "modules" / self.name
         self.log_dir = self.env.paths.log / "modules" / self.name
@@ -103,6 +108,7 @@ class MirrorRunner:
         self._peer_known = asyncio.Event()
         self._latest_peer: mm.PeerChanged | None = None
         self._transitions = asyncio.Lock()
+        self._last_peer: mm.PeerInfo | None = None
 
     # --- interface for the daemon ------------------------------------------------------------
 
@@ -111,9 +117,13 @@ class MirrorRunner:
         self.queue.put_nowait(Pending(mm.Command(cmd), fut))
         return await fut
 
+    @property
+    def stopped(self) -> bool:
+        return self.machine.phase is mm.Phase.STOPPED
+
     async def wait_stopped(self, limit: float) -> bool:
         deadline = time.monotonic() + limit
-        while self.machine.phase is not mm.Phase.STOPPED:
+        while not self.stopped:
             if time.monotonic() > deadline:
                 return False
             await asyncio.sleep(0.1)
@@ -124,6 +134,26 @@ class MirrorRunner:
         self.shutting_down = self.machine.phase is not mm.Phase.STOPPED
         if self.shutting_down:
             await self.command(mm.Cmd.STOP)
+
+    def heard(self, peers: dict[str, Any], why: dict[str, str]) -> None:
+        """A heartbeat snapshot: the peer's (possibly new) state, if it changed."""
+        cfg = self.cfg
+        peer = cfg.peer_of(self.env.local)
+        p = peers.get(peer)
+        if p is None or p.get("state") == "unknown":
+            return  # not heard yet, and not yet past the timeout: nothing to decide on
+        nets = cfg.heartbeat_networks or tuple(p["networks"])
+        alive = bool(p) and any(p["networks"].get(n, False) for n in nets)
+        payload: Any = None
+        if alive and p.get("payload"):
+            try:
+                payload = json.loads(bytes.fromhex(p["payload"])).get("m", {}).get(self.name)
+            except (ValueError, AttributeError):
+                payload = None
+        info = mm.peer_from_wire(alive, payload)
+        if self._last_peer != info:
+            self._last_peer = info
+            self.peer_changed(info, "" if alive else why.get(peer, f"{peer} lost"))
 
     def peer_changed(self, info: mm.PeerInfo, why: str = "") -> None:
         ev = mm.PeerChanged(info, why)
@@ -142,7 +172,7 @@ class MirrorRunner:
             pstate, pstatus = mm.Mirror(self.name, m.peer_name, m.local, phase=peer.phase).display()
         else:
             pstate, pstatus = "STOP", "not-ready"
-        cfg = self.module.config
+        cfg = self.cfg
         return {
             "kind": "mirror",
             "nodes": {
@@ -401,10 +431,10 @@ class MirrorRunner:
             "HAKIT_ACTION": action,
             "HAKIT_VIPS": " ".join(str(v) for v in self.vip_list),
         }
-        return {**self.module.config.variables, **env}
+        return {**self.cfg.variables, **env}
 
     async def _script(self, name: str, state: str, next_state: str, action: str) -> ScriptResult:
-        cfg = self.module.config.scripts
+        cfg = self.cfg.scripts
         timeout = cfg.start_timeout if name in START_SCRIPTS else cfg.stop_timeout
         self.var.mkdir(parents=True, exist_ok=True)
         r = await self.env.scripts.run(
@@ -456,7 +486,7 @@ class Replication:
 
     def __init__(self, runner: MirrorRunner) -> None:
         self.runner = runner
-        cfg = runner.module.config.replication
+        cfg = runner.cfg.replication
         assert cfg is not None
         self.cfg = cfg
         env = runner.env

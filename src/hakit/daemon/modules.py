@@ -20,8 +20,9 @@ from typing import Any
 from hakit.adapters.scripts import ScriptRunner
 from hakit.adapters.vip import Vip, VipPort
 from hakit.config.load import ClusterFile
-from hakit.config.module import MODULE_FILE, MODULE_NAME, load_module
+from hakit.config.module import MODULE_FILE, MODULE_NAME, FarmModule, load_module
 from hakit.core import mirror as mm
+from hakit.daemon.farm_runner import FarmRunner
 from hakit.daemon.logs import LOGGER, Event
 from hakit.daemon.mirror_runner import Environment, MirrorRunner
 from hakit.errors import ConfigError, HakitError
@@ -37,9 +38,12 @@ class UnknownModule(HakitError):
     exit_code = 4
 
 
+Runner = MirrorRunner | FarmRunner
+
+
 @dataclass
 class Entry:
-    runner: MirrorRunner
+    runner: Runner
     task: asyncio.Task[None]
     mtime: float
     stale_config: bool = False
@@ -59,7 +63,6 @@ class ModuleManager:
     broken: dict[str, str] = field(default_factory=dict)  # module -> configuration error
     crashed: dict[str, float] = field(default_factory=dict)  # module -> mtime when it crashed
     elsewhere: dict[str, float] = field(default_factory=dict)  # installed, runs on other nodes
-    _last_peer: dict[str, mm.PeerInfo] = field(default_factory=dict)
     _why: dict[str, str] = field(default_factory=dict)  # peer -> last membership sentence
 
     def _env(self) -> Environment:
@@ -115,7 +118,7 @@ class ModuleManager:
                     continue  # crashed, or not for this node: until its configuration changes
                 self._load(name, mtime)
             elif mtime != e.mtime:
-                if e.runner.machine.phase is mm.Phase.STOPPED:
+                if e.runner.stopped:
                     await self._drop(name, "module.yaml changed: reloading")
                     self._load(name, mtime)
                 elif not e.stale_config:
@@ -147,14 +150,20 @@ class ModuleManager:
             self.elsewhere[name] = mtime  # installed here but runs on other nodes
             return
         self.elsewhere.pop(name, None)
-        runner = MirrorRunner(mf, self._env())
+        runner: Runner
+        if isinstance(mf.config, FarmModule):
+            runner = FarmRunner(mf, self._env())
+        else:
+            runner = MirrorRunner(mf, self._env())
         task = self._tg.create_task(self._guard(name, runner), name=f"module {name}")
         self.entries[name] = Entry(runner, task, mtime)
         self._event(
-            name, "module-loaded", f"{name}: mirror module loaded ({' / '.join(mf.config.nodes)})"
+            name,
+            "module-loaded",
+            f"{name}: {mf.config.kind} module loaded ({' / '.join(mf.config.nodes)})",
         )
 
-    async def _guard(self, name: str, runner: MirrorRunner) -> None:
+    async def _guard(self, name: str, runner: Runner) -> None:
         """A failing module must not take the daemon or the other modules down with it."""
         try:
             await runner.run()
@@ -176,7 +185,7 @@ class ModuleManager:
 
     async def _drop(self, name: str, why: str) -> None:
         e = self.entries[name]
-        if e.runner.machine.phase is not mm.Phase.STOPPED:
+        if not e.runner.stopped:
             self._event(name, "module-warning", f"{name}: {why} while running: stopping it first")
             await e.runner.command(mm.Cmd.STOP)
             await e.runner.wait_stopped(600.0)
@@ -202,37 +211,28 @@ class ModuleManager:
         self._why[peer] = message
 
     def snapshot(self, snap: dict[str, Any]) -> None:
-        """A heartbeat snapshot: give every module its (possibly new) view of its peer."""
+        """A heartbeat snapshot: give every module its (possibly new) view of its peers."""
         peers = snap.get("peers", {})
-        for name, e in self.entries.items():
-            cfg = e.runner.module.config
-            peer = cfg.peer_of(self.local)
-            p = peers.get(peer)
-            if p is None or p.get("state") == "unknown":
-                continue  # not heard yet, and not yet past the timeout: nothing to decide on
-            nets = cfg.heartbeat_networks or tuple(p["networks"])
-            alive = bool(p) and any(p["networks"].get(n, False) for n in nets)
-            payload: Any = None
-            if alive and p and p.get("payload"):
-                try:
-                    payload = json.loads(bytes.fromhex(p["payload"])).get("m", {}).get(name)
-                except (ValueError, AttributeError):
-                    payload = None
-            info = mm.peer_from_wire(alive, payload)
-            if self._last_peer.get(name) != info:
-                self._last_peer[name] = info
-                why = "" if alive else self._why.get(peer, f"{peer} lost")
-                e.runner.peer_changed(info, why)
+        for e in self.entries.values():
+            e.runner.heard(peers, self._why)
 
     # --- queries and commands ------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {n: e.runner.status() for n, e in self.entries.items()}
         for name, err in self.broken.items():
-            out[name] = {"kind": "mirror", "nodes": {}, "error": err}
+            out[name] = {"kind": self._kind(name), "nodes": {}, "error": err}
         return out
 
-    def runner(self, name: str) -> MirrorRunner:
+    def _kind(self, name: str) -> str:
+        try:
+            text = (self.paths.modules / name / MODULE_FILE).read_text()
+        except OSError:
+            return "mirror"
+        farm = any(ln.split("#")[0].strip() == "kind: farm" for ln in text.splitlines())
+        return "farm" if farm else "mirror"
+
+    def runner(self, name: str) -> Runner:
         e = self.entries.get(name)
         if e is None:
             if name in self.broken:

@@ -201,10 +201,8 @@ class NodeDaemon:
         return [e.to_json() for e in self.timeline.recent(limit, module)]
 
     def install(self, package: bytes, name: str, force: bool) -> str:
-        if force and name in self.modules.entries:
-            phase = self.modules.entries[name].runner.machine.phase
-            if phase.value != "stopped":
-                raise HakitError(f"module {name} is running on {self.local}: stop it first")
+        if force and name in self.modules.entries and not self.modules.entries[name].runner.stopped:
+            raise HakitError(f"module {name} is running on {self.local}: stop it first")
         mf = install_bytes(self.paths, package, name, force)
         self.record(
             Event(time.time(), self.local, "module-installed", f"{name}: installed", module=name)
@@ -213,7 +211,7 @@ class NodeDaemon:
 
     def uninstall(self, name: str) -> str:
         e = self.modules.entries.get(name)
-        if e is not None and e.runner.machine.phase.value != "stopped":
+        if e is not None and not e.runner.stopped:
             raise HakitError(f"module {name} is running on {self.local}: `hakit stop {name}` first")
         uninstall(self.paths, name)
         self.record(

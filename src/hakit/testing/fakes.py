@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from hakit.adapters.farm import FarmPath, FarmPathError
 from hakit.adapters.scripts import ScriptResult
 from hakit.adapters.vip import IFNAMSIZ, Vip, VipError
 
@@ -153,10 +154,11 @@ class FakeVips:
             for (ip, p), label in i.ours.items()
         ]
 
-    def announce(self, vip: Vip) -> None:
+    def announce(self, vip: Vip, sender: bytes | None = None) -> None:
         self._enter("announce", vip)
         name = self._resolve(vip)
-        self.announced.append(Announcement(name, self.interfaces[name].mac, vip.address))
+        mac = self.interfaces[name].mac if sender is None else sender.hex(":")
+        self.announced.append(Announcement(name, mac, vip.address))
 
 
 # -- scripts ---------------------------------------------------------------------------------
@@ -241,3 +243,31 @@ class FakeScriptRunner:
         if outcome == "timeout":
             return ScriptResult.timeout(name, argv, -15, timeout, timeout, False, None)
         return ScriptResult.exited(name, argv, outcome, 0.0, None)
+
+
+# -- farm data path ----------------------------------------------------------------------------
+
+
+class FakeFarmPath:
+    """In-memory `FarmPathPort`: the buckets each installed farm accepts."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, int] = {}
+        self.calls: list[tuple[str, str]] = []
+
+    def install(self, fp: FarmPath) -> None:
+        self.calls.append(("install", fp.module))
+        self.tables[fp.module] = 0
+
+    def set_buckets(self, fp: FarmPath, owned: int) -> None:
+        if fp.module not in self.tables:
+            raise FarmPathError(f"farm {fp.module}: changing the buckets: no such table")
+        self.calls.append(("buckets", fp.module))
+        self.tables[fp.module] = owned
+
+    def owned(self, module: str) -> int | None:
+        return self.tables.get(module)
+
+    def remove(self, fp: FarmPath) -> bool:
+        self.calls.append(("remove", fp.module))
+        return self.tables.pop(fp.module, None) is not None

@@ -1,0 +1,566 @@
+"""The farm module, per node: bucket assignment, agreement on it, and the state machine. Pure.
+
+Client connections are hashed into `BUCKETS` buckets; each bucket is accepted by exactly one
+node. Three pieces, all pure:
+
+- **Assignment** (`preference_table`, `owners`): every bucket has a fixed preference order over
+  the farm's nodes, computed once from the configuration; the owner of a bucket is the first
+  member of the current view in its order. A node leaving moves only its own buckets, a node
+  joining takes back only the buckets it comes first in (minimal movement by construction).
+  The orders are dealt level by level in proportion to the weights, so the shares are exact
+  (to one bucket) with every node up, and with any one node down; weight-0 nodes come after
+  every weighted node, so they get buckets only when all weighted nodes are gone.
+- **Agreement** (`converge`): each node publishes in its heartbeats its view (the members it
+  sees), a sequence number of that view, the buckets it accepts, and which publication of
+  every peer it has seen (acks). A node releases or acquires buckets only when every member of
+  its view publishes the same view and has seen its latest publication (an epoch both sides
+  acknowledged); it acquires a bucket only once no live node claims it. Two nodes therefore
+  never accept the same bucket in one epoch, and a bucket is without owner only for the
+  heartbeat round of a handover (a SYN sent then is retransmitted by the client and served).
+- **The state machine** (`step`): STOP → WAIT (prestart, start_both, data path) → UP → WAIT
+  (stop_both, data path down, poststop) → STOP, plus a local restart when the health check
+  fails (the node gives its buckets away first), with a bounded number of restarts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+BUCKETS = 256
+ALL = (1 << BUCKETS) - 1
+
+# --- assignment ---------------------------------------------------------------------------------
+
+
+def _rank(*parts: str) -> int:
+    return int.from_bytes(hashlib.blake2b("/".join(parts).encode(), digest_size=8).digest(), "big")
+
+
+def apportion(count: int, weights: Sequence[tuple[str, int]], salt: str) -> dict[str, int]:
+    """Split `count` items in proportion to the weights (largest remainder, ties by hash)."""
+    total = sum(w for _, w in weights)
+    if total <= 0:
+        weights = [(n, 1) for n, _ in weights]
+        total = len(weights)
+    out = {n: count * w // total for n, w in weights}
+    left = count - sum(out.values())
+    order = sorted(weights, key=lambda nw: (-((count * nw[1]) % total), _rank(salt, nw[0])))
+    for n, _ in order[:left]:
+        out[n] += 1
+    return out
+
+
+def _deal(items: Sequence[int], counts: Mapping[str, int], salt: str) -> dict[str, list[int]]:
+    """Hand `items` out in turn (smooth weighted round robin), so each node's items are spread."""
+    total = sum(counts.values())
+    current = dict.fromkeys(counts, 0)
+    tie = {n: _rank(salt, n) for n in counts}
+    out: dict[str, list[int]] = {n: [] for n in counts}
+    for item in items:
+        for n, c in counts.items():
+            current[n] += c
+        pick = max(counts, key=lambda n: (current[n], tie[n]))
+        current[pick] -= total
+        out[pick].append(item)
+    return out
+
+
+def preference_table(nodes: Sequence[tuple[str, int]], seed: str) -> tuple[tuple[str, ...], ...]:
+    """For every bucket, the order in which the nodes would own it."""
+    prefs: list[list[str]] = [[] for _ in range(BUCKETS)]
+
+    def build(buckets: list[int], remaining: list[tuple[str, int]], path: str) -> None:
+        if not buckets or not remaining:
+            return
+        weighted = [(n, w) for n, w in remaining if w > 0] or [(n, 1) for n, _ in remaining]
+        counts = apportion(len(buckets), weighted, seed + path)
+        for name, mine in _deal(buckets, counts, seed + path).items():
+            for b in mine:
+                prefs[b].append(name)
+            build(mine, [(n, w) for n, w in remaining if n != name], f"{path}/{name}")
+
+    build(list(range(BUCKETS)), list(nodes), "")
+    return tuple(tuple(p) for p in prefs)
+
+
+def owners(table: Sequence[Sequence[str]], members: frozenset[str]) -> tuple[str | None, ...]:
+    return tuple(next((n for n in prefs if n in members), None) for prefs in table)
+
+
+def mask_of(owner_list: Sequence[str | None], node: str) -> int:
+    out = 0
+    for b, n in enumerate(owner_list):
+        if n == node:
+            out |= 1 << b
+    return out
+
+
+def count(mask: int) -> int:
+    return mask.bit_count()
+
+
+def buckets_of(mask: int) -> list[int]:
+    return [b for b in range(BUCKETS) if mask >> b & 1]
+
+
+# --- agreement ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Published:
+    """What a node says about this farm in its heartbeats."""
+
+    member: bool = False  # UP and healthy: wants its share
+    inc: str = ""  # incarnation of its module runner (new at each daemon start)
+    seq: int = 0  # number of its current view
+    view: tuple[str, ...] = ()
+    owned: int = 0  # buckets it accepts new connections for
+    acks: tuple[tuple[str, str], ...] = ()  # (node, "inc:seq") of the publications it has seen
+    digest: str = ""  # of the farm configuration: nodes, weights, rules
+    state: str = "STOP"
+    status: str = "not-ready"
+
+    @property
+    def stamp(self) -> str:
+        return f"{self.inc}:{self.seq}"
+
+    def ack_of(self, node: str) -> str:
+        return dict(self.acks).get(node, "")
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """This node's side of the agreement."""
+
+    inc: str
+    seq: int = 0
+    view: tuple[str, ...] = ()
+    owned: int = 0
+    agreed: bool = False
+    target: int = 0  # what we should own in our view
+    claimed_by_others: int = 0
+
+    @property
+    def settled(self) -> bool:
+        return self.agreed and self.owned == self.target
+
+
+@dataclass(frozen=True)
+class Change:
+    """Buckets this node started or stopped accepting, and why (for the timeline)."""
+
+    gained: int
+    lost: int
+    view: tuple[str, ...]
+    overlap: tuple[tuple[str, int], ...] = ()  # peers that claimed buckets we also held
+
+
+def epoch(view: Sequence[str], digest: str) -> str:
+    return hashlib.blake2b(f"{digest}|{','.join(view)}".encode(), digest_size=4).hexdigest()
+
+
+def converge(
+    a: Assignment,
+    me: str,
+    member: bool,
+    digest: str,
+    table: Sequence[Sequence[str]],
+    peers: Mapping[str, Published | None],
+) -> tuple[Assignment, Change | None, tuple[tuple[str, str], ...]]:
+    """One agreement step from what we last heard of every peer (`None`: peer not alive).
+
+    Returns the new assignment, the change of our owned buckets if any, and the acks to
+    publish."""
+    alive = {p: pub for p, pub in peers.items() if pub is not None}
+    view = tuple(
+        sorted(
+            ({me} if member else set())
+            | {p for p, pub in alive.items() if pub.member and pub.digest == digest}
+        )
+    )
+    seq = a.seq + 1 if view != a.view else a.seq
+    stamp = f"{a.inc}:{seq}"
+    acks = tuple(sorted((p, pub.stamp) for p, pub in alive.items()))
+    agreed = member and all(
+        alive[p].view == view and alive[p].ack_of(me) == stamp for p in view if p != me
+    )
+    target = mask_of(owners(table, frozenset(view)), me) if member else 0
+    claimed = 0
+    for pub in alive.values():
+        claimed |= pub.owned
+    owned = a.owned
+    if not member:
+        owned = 0
+    elif agreed:
+        owned = (owned & target) | (target & ~claimed)
+    new = Assignment(a.inc, seq, view, owned, agreed, target, claimed & ALL)
+    change = None
+    if owned != a.owned:
+        overlap = tuple((p, count(pub.owned & a.owned)) for p, pub in alive.items())
+        change = Change(owned & ~a.owned, a.owned & ~owned, view, tuple(o for o in overlap if o[1]))
+    return new, change, acks
+
+
+# --- the node's state machine -----------------------------------------------------------------
+
+
+class Phase(StrEnum):
+    STOPPED = "stopped"
+    STARTING = "starting"  # prestart, start_both, data path up
+    UP = "up"  # running; a member of the farm while healthy
+    RESTARTING = "restarting"  # health check failed: buckets given away, stop_both, start_both
+    STOPPING = "stopping"  # buckets given away, stop_both, data path down, poststop
+
+
+class Op(StrEnum):
+    START = "start"
+    RESTART = "restart"
+    STOP = "stop"
+
+
+OP_OF_PHASE = {Phase.STARTING: Op.START, Phase.RESTARTING: Op.RESTART, Phase.STOPPING: Op.STOP}
+
+
+class Cmd(StrEnum):
+    START = "start"
+    STOP = "stop"
+    RESTART = "restart"
+    STOPSTART = "stopstart"
+
+
+class Then(StrEnum):
+    NOTHING = "nothing"
+    STOP = "stop"
+    START = "start"
+
+
+@dataclass(frozen=True)
+class Farm:
+    module: str
+    local: str
+    has_check: bool = False
+    max_restarts: int = 3
+    restart_window: float = 3600.0
+    phase: Phase = Phase.STOPPED
+    healthy: bool = False
+    then: Then = Then.NOTHING
+    restarts: tuple[float, ...] = ()  # times of automatic restarts within the window
+    reason: str = ""
+    failed: str = ""  # why the module stopped by itself (shown until the next start)
+    since: float = 0.0
+
+    @property
+    def member(self) -> bool:
+        return self.phase is Phase.UP and self.healthy
+
+    def display(self, settled: bool) -> tuple[str, str]:
+        if self.phase is Phase.STOPPED:
+            return "STOP", "not-ready"
+        if self.phase is not Phase.UP:
+            return "WAIT", "transient"
+        if not self.healthy:
+            return "UP", "not-ready"
+        return "UP", "ready" if settled else "transient"
+
+
+@dataclass(frozen=True)
+class Command:
+    cmd: Cmd
+
+
+@dataclass(frozen=True)
+class OpDone:
+    op: Op
+    ok: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Health:
+    ok: bool
+    detail: str = ""
+
+
+Event = Command | OpDone | Health
+
+
+def event_kind(ev: Event) -> str:
+    if isinstance(ev, Command):
+        return f"cmd:{ev.cmd.value}"
+    if isinstance(ev, OpDone):
+        return f"done:{ev.op.value}"
+    return "health:ok" if ev.ok else "health:failed"
+
+
+@dataclass(frozen=True)
+class RunOp:
+    op: Op
+    action: str  # the scripts' third argument: start, stop, restart, health
+
+
+@dataclass(frozen=True)
+class Publish:
+    """Membership or state changed: recompute the assignment, persist, publish."""
+
+
+@dataclass(frozen=True)
+class Explain:
+    message: str
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Accepted:
+    message: str
+
+
+@dataclass(frozen=True)
+class Refused:
+    message: str
+
+
+Action = RunOp | Publish | Explain | Accepted | Refused
+Result = tuple[Farm, tuple[Action, ...]]
+Handler = Callable[[Farm, Event, float], Result]
+
+
+class UnexpectedEvent(Exception):
+    """A (phase, event) pair the table does not allow: a bug, never ignored."""
+
+
+def _go(f: Farm, phase: Phase, now: float, why: str, **kw: object) -> Farm:
+    since = now if phase is not f.phase else f.since
+    return replace(f, phase=phase, since=since, reason=why, **kw)  # type: ignore[arg-type]
+
+
+def _run(f: Farm, phase: Phase, now: float, why: str, action: str, **kw: object) -> Result:
+    f2 = _go(f, phase, now, why, **kw)
+    level = "warning" if action in ("health", "failed") else "info"
+    return f2, (Explain(why, level), Publish(), RunOp(OP_OF_PHASE[phase], action))
+
+
+def _name(f: Farm) -> str:
+    return f"{f.module} on {f.local}"
+
+
+def _start(f: Farm, ev: Event, now: float) -> Result:
+    f2, acts = _run(
+        f, Phase.STARTING, now, f"{_name(f)}: starting", "start", failed="", restarts=()
+    )
+    return f2, (*acts, Accepted(f"{f.module} starting on {f.local}"))
+
+
+def _refuse(msg: str) -> Handler:
+    def handler(f: Farm, ev: Event, now: float) -> Result:
+        state, _ = f.display(False)
+        return f, (Refused(msg.format(f=f, state=state)),)
+
+    return handler
+
+
+def _accept(msg: str) -> Handler:
+    def handler(f: Farm, ev: Event, now: float) -> Result:
+        return f, (Accepted(msg.format(f=f)),)
+
+    return handler
+
+
+def _stop(f: Farm, ev: Event, now: float) -> Result:
+    f2, acts = _run(
+        f, Phase.STOPPING, now, f"{_name(f)}: stopping (operator); its share moves", "stop"
+    )
+    return f2, (*acts, Accepted(f"{f.module} stopping on {f.local}"))
+
+
+def _stopstart(f: Farm, ev: Event, now: float) -> Result:
+    f2, acts = _run(
+        f,
+        Phase.STOPPING,
+        now,
+        f"{_name(f)}: stopstart (operator); its share moves meanwhile",
+        "stopstart",
+        then=Then.START,
+    )
+    return f2, (*acts, Accepted(f"{f.module} stopping then starting on {f.local}"))
+
+
+def _stop_later(f: Farm, ev: Event, now: float) -> Result:
+    f2 = replace(f, then=Then.STOP)
+    return f2, (Accepted(f"{f.module} will stop on {f.local} once {f.phase.value} ends"),)
+
+
+def _restart(f: Farm, ev: Event, now: float) -> Result:
+    f2, acts = _run(
+        f,
+        Phase.RESTARTING,
+        now,
+        f"{_name(f)}: restarting the application (operator); its share moves meanwhile",
+        "restart",
+        restarts=(),
+    )
+    return f2, (*acts, Accepted(f"{f.module} restarting on {f.local}"))
+
+
+def _after_start(f: Farm, ev: Event, now: float) -> Result:
+    assert isinstance(ev, OpDone)
+    if not ev.ok:
+        why = f"{_name(f)}: start failed ({ev.detail}); cleaning up"
+        return _run(f, Phase.STOPPING, now, why, "failed", failed=why, then=Then.NOTHING)
+    if f.then is Then.STOP:
+        return _run(f, Phase.STOPPING, now, f"{_name(f)}: started; stop requested", "stop")
+    return _up(f, now, "started")
+
+
+def _up(f: Farm, now: float, what: str) -> Result:
+    if f.has_check:
+        why = f"{_name(f)}: {what}; joins the farm once its health check passes"
+    else:
+        why = f"{_name(f)}: {what}; joins the farm"
+    f2 = _go(f, Phase.UP, now, why, healthy=not f.has_check, then=Then.NOTHING)
+    return f2, (Explain(why), Publish())
+
+
+def _after_restart(f: Farm, ev: Event, now: float) -> Result:
+    assert isinstance(ev, OpDone)
+    if not ev.ok:
+        why = f"{_name(f)}: restart failed ({ev.detail}); stopping here, the others keep serving"
+        return _run(f, Phase.STOPPING, now, why, "failed", failed=why, then=Then.NOTHING)
+    if f.then is Then.STOP:
+        return _run(f, Phase.STOPPING, now, f"{_name(f)}: restarted; stop requested", "stop")
+    return _up(f, now, "application restarted")
+
+
+def _after_stop(f: Farm, ev: Event, now: float) -> Result:
+    assert isinstance(ev, OpDone)
+    outcome = "stopped" if ev.ok else f"stopped, with errors ({ev.detail})"
+    if f.then is Then.START and not f.failed:
+        f2 = replace(f, then=Then.NOTHING)
+        return _run(f2, Phase.STARTING, now, f"{_name(f)}: {outcome}; starting again", "start")
+    why = f.failed or f"{_name(f)}: {outcome}"
+    f2 = _go(f, Phase.STOPPED, now, why, healthy=False, then=Then.NOTHING)
+    return f2, (Explain(f"{_name(f)}: {outcome}", "info" if ev.ok else "error"), Publish())
+
+
+def _health_up(f: Farm, ev: Event, now: float) -> Result:
+    assert isinstance(ev, Health)
+    if ev.ok:
+        if f.healthy:
+            return f, ()
+        why = f"{_name(f)}: health check passes ({ev.detail}); joins the farm"
+        return _go(f, Phase.UP, now, why, healthy=True), (Explain(why), Publish())
+    if not f.healthy:
+        return f, ()  # not a member yet: it keeps waiting for a passing check
+    recent = tuple(t for t in f.restarts if now - t < f.restart_window)
+    if len(recent) >= f.max_restarts:
+        why = (
+            f"{_name(f)}: health check failed ({ev.detail}) after {len(recent)} restarts in "
+            f"{f.restart_window:g} s; stopping here, the others keep serving "
+            f"(`hakit start {f.module}` when repaired)"
+        )
+        return _run(f, Phase.STOPPING, now, why, "failed", failed=why, restarts=recent)
+    why = (
+        f"{_name(f)}: health check failed ({ev.detail}); leaves the farm and restarts the "
+        f"application (restart {len(recent) + 1} of {f.max_restarts} in {f.restart_window:g} s)"
+    )
+    return _run(f, Phase.RESTARTING, now, why, "health", restarts=(*recent, now))
+
+
+def _health_ignored(f: Farm, ev: Event, now: float) -> Result:
+    return f, ()  # a probe that ended after the node left UP: nothing to decide on
+
+
+_ALREADY_STARTED = _refuse(
+    "{f.module} is already started on {f.local} ({state}); `hakit stop` first"
+)
+_NOT_RUNNING = _refuse("{f.module} is not running on {f.local}: `hakit start {f.module}` first")
+_BUSY = _refuse("{f.module} is busy on {f.local} ({f.phase.value}); try again when it is UP")
+
+P = Phase
+TRANSITIONS: dict[tuple[Phase, str], Handler] = {
+    (P.STOPPED, "cmd:start"): _start,
+    (P.STOPPED, "cmd:stop"): _accept("{f.module} is already stopped on {f.local}"),
+    (P.STOPPED, "cmd:restart"): _NOT_RUNNING,
+    (P.STOPPED, "cmd:stopstart"): _NOT_RUNNING,
+    (P.STARTING, "cmd:start"): _ALREADY_STARTED,
+    (P.STARTING, "cmd:stop"): _stop_later,
+    (P.STARTING, "cmd:restart"): _BUSY,
+    (P.STARTING, "cmd:stopstart"): _BUSY,
+    (P.STARTING, "done:start"): _after_start,
+    (P.UP, "cmd:start"): _ALREADY_STARTED,
+    (P.UP, "cmd:stop"): _stop,
+    (P.UP, "cmd:restart"): _restart,
+    (P.UP, "cmd:stopstart"): _stopstart,
+    (P.UP, "health:ok"): _health_up,
+    (P.UP, "health:failed"): _health_up,
+    (P.RESTARTING, "cmd:start"): _ALREADY_STARTED,
+    (P.RESTARTING, "cmd:stop"): _stop_later,
+    (P.RESTARTING, "cmd:restart"): _BUSY,
+    (P.RESTARTING, "cmd:stopstart"): _BUSY,
+    (P.RESTARTING, "done:restart"): _after_restart,
+    (P.STOPPING, "cmd:start"): _refuse(
+        "{f.module} is stopping on {f.local}; start it once it is stopped"
+    ),
+    (P.STOPPING, "cmd:stop"): _accept("{f.module} is already stopping on {f.local}"),
+    (P.STOPPING, "cmd:restart"): _BUSY,
+    (P.STOPPING, "cmd:stopstart"): _BUSY,
+    (P.STOPPING, "done:stop"): _after_stop,
+}
+for _p in (P.STOPPED, P.STARTING, P.RESTARTING, P.STOPPING):
+    TRANSITIONS[(_p, "health:ok")] = _health_ignored
+    TRANSITIONS[(_p, "health:failed")] = _health_ignored
+
+
+def step(f: Farm, ev: Event, now: float) -> Result:
+    handler = TRANSITIONS.get((f.phase, event_kind(ev)))
+    if handler is None:
+        raise UnexpectedEvent(f"farm {f.module}: {event_kind(ev)} in phase {f.phase.value}")
+    return handler(f, ev, now)
+
+
+# --- heartbeat payload ----------------------------------------------------------------------
+
+
+def to_wire(p: Published) -> dict[str, object]:
+    return {
+        "k": "farm",
+        "m": p.member,
+        "i": p.inc,
+        "s": p.seq,
+        "v": list(p.view),
+        "o": f"{p.owned:064x}",
+        "a": [list(x) for x in p.acks],
+        "d": p.digest,
+        "st": p.state,
+        "su": p.status,
+    }
+
+
+def from_wire(obj: object) -> Published | None:
+    """A peer's publication, or None if it is not a farm publication we can read."""
+    if not isinstance(obj, dict) or obj.get("k") != "farm":
+        return None
+    try:
+        return Published(
+            member=bool(obj["m"]),
+            inc=str(obj["i"]),
+            seq=int(obj["s"]),
+            view=tuple(str(n) for n in obj["v"]),
+            owned=int(str(obj["o"]), 16) & ALL,
+            acks=tuple((str(n), str(s)) for n, s in obj["a"]),
+            digest=str(obj["d"]),
+            state=str(obj.get("st", "STOP")),
+            status=str(obj.get("su", "not-ready")),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class PeerView:
+    """For `hakit state`: a peer's farm state as last heard."""
+
+    alive: bool
+    published: Published | None = field(default=None)

@@ -1,0 +1,610 @@
+"""Runs one farm module on this node: its state machine, its share of the buckets, its data path.
+
+Events (operator commands, completions of operations, health probes) go through the pure
+machine one at a time. What the other nodes publish in their heartbeats goes through the pure
+agreement (`core.farm.converge`), which says which buckets this node accepts: the packet filter
+is changed first, then the new state is published, so a bucket given away is no longer accepted
+here before anyone else can take it. Every change of this node's share lands in the timeline
+with its reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from hakit.adapters.farm import FarmPath, FarmPathError, Rule, seed_of
+from hakit.adapters.scripts import ScriptResult
+from hakit.adapters.statefile import read_json, write_json
+from hakit.adapters.vip import Vip, VipError
+from hakit.config.module import FarmModule, ModuleFile
+from hakit.core import farm as fm
+from hakit.core import mirror as mm
+from hakit.daemon.logs import LOGGER, Event
+from hakit.daemon.mirror_runner import Environment
+
+log = logging.getLogger(LOGGER + ".farm")
+
+CHECK_PATH_EVERY = 2.0
+START_SCRIPTS = ("prestart", "start_both", "transition")
+CMD_OF = {c.value: c for c in fm.Cmd}
+
+
+def config_digest(name: str, cfg: FarmModule) -> str:
+    """What every node must share for one assignment: nodes, weights, VIPs, rules."""
+    text = json.dumps(
+        {
+            "module": name,
+            "nodes": [[n, cfg.weight(n)] for n in cfg.nodes],
+            "vips": [str(v.address) for v in cfg.vips],
+            "rules": [r.model_dump(mode="json") for r in cfg.rules],
+        },
+        sort_keys=True,
+    )
+    return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
+
+
+@dataclass
+class Pending:
+    event: fm.Event | None  # None: what the peers publish changed (re-run the agreement)
+    answer: asyncio.Future[mm.Accepted | mm.Refused] | None = None
+
+
+@dataclass
+class FarmRunner:
+    module: ModuleFile
+    env: Environment
+    ready: bool = field(init=False, default=False)
+    held: list[Vip] = field(init=False, default_factory=list)
+    replication: None = field(init=False, default=None)  # farms replicate nothing
+    shutting_down: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        cfg = self.module.config
+        assert isinstance(cfg, FarmModule)
+        self.cfg = cfg
+        self.name = self.module.name
+        self.local = self.env.local
+        self.var = self.env.paths.var / "modules" / self.name
+        self.log_dir = self.env.paths.log / "modules" / self.name
+        self.state_path = self.var / "state.json"
+        self.var.mkdir(parents=True, exist_ok=True, mode=0o700)
+        saved = read_json(self.state_path) or {}
+        self.run_flag = bool(saved.get("run", False))
+        check = cfg.check
+        self.machine = fm.Farm(
+            module=self.name,
+            local=self.local,
+            has_check=check is not None,
+            max_restarts=check.max_restarts if check else 0,
+            restart_window=check.restart_window if check else 3600.0,
+        )
+        self.digest = config_digest(self.name, cfg)
+        self.table = fm.preference_table([(n, cfg.weight(n)) for n in cfg.nodes], self.digest)
+        self.assignment = fm.Assignment(inc=secrets.token_hex(4))
+        self.acks: tuple[tuple[str, str], ...] = ()
+        self.peers: dict[str, fm.Published | None] = {}
+        self.peer_alive: dict[str, bool] = {}
+        self.vip_list = [
+            Vip(
+                address=str(v.address.ip),
+                prefixlen=v.address.network.prefixlen,
+                interface=v.interface,
+                local_address=self.env.local_addresses.get(v.network) if v.network else None,
+            )
+            for v in cfg.vips
+        ]
+        self.path: FarmPath | None = None  # installed data path
+        self.queue: asyncio.Queue[Pending] = asyncio.Queue()
+        self._peer_known = asyncio.Event()
+        self._transitions = asyncio.Lock()
+        self.cause = "start"
+        self.overlaps_seen: set[str] = set()
+        self.changed_view: tuple[str, ...] = ()  # view at the last change of our buckets
+
+    # --- interface for the daemon ------------------------------------------------------------
+
+    @property
+    def stopped(self) -> bool:
+        return self.machine.phase is fm.Phase.STOPPED
+
+    async def command(self, cmd: mm.Cmd) -> mm.Accepted | mm.Refused:
+        fcmd = CMD_OF.get(cmd.value)
+        if fcmd is None:
+            return mm.Refused(
+                f"{self.name} is a farm module: every node serves, there is no primary or "
+                f"secondary; `{cmd.value}` applies to mirror modules (farm commands: "
+                f"{', '.join(CMD_OF)})"
+            )
+        fut: asyncio.Future[mm.Accepted | mm.Refused] = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait(Pending(fm.Command(fcmd), fut))
+        return await fut
+
+    async def wait_stopped(self, limit: float) -> bool:
+        deadline = time.monotonic() + limit
+        while not self.stopped:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.1)
+        return True
+
+    async def shutdown(self) -> None:
+        self.shutting_down = not self.stopped
+        if self.shutting_down:
+            await self.command(mm.Cmd.STOP)
+
+    def heard(self, peers: dict[str, Any], why: dict[str, str]) -> None:
+        """A heartbeat snapshot: what every other farm node publishes, if alive."""
+        nets = self.cfg.heartbeat_networks
+        changed = False
+        for node in self.cfg.nodes:
+            if node == self.local:
+                continue
+            p = peers.get(node)
+            if p is None or p.get("state") == "unknown":
+                continue
+            alive = any(up for n, up in p["networks"].items() if nets is None or n in nets)
+            pub: fm.Published | None = None
+            if alive and p.get("payload"):
+                try:
+                    obj = json.loads(bytes.fromhex(p["payload"])).get("m", {}).get(self.name)
+                except (ValueError, AttributeError):
+                    obj = None
+                pub = fm.from_wire(obj)
+            if self.peer_alive.get(node) != alive:
+                self.peer_alive[node] = alive
+                changed = True
+                if not alive and node in self.peers and self.peers[node] is not None:
+                    self._note(f"{node} lost for the farm: {why.get(node, 'no heartbeat')}")
+            if node not in self.peers or self.peers[node] != pub:
+                self.peers[node] = pub
+                changed = True
+        if len(self.peers) == len(self.cfg.nodes) - 1:
+            self._peer_known.set()
+        if changed:
+            self.queue.put_nowait(Pending(None))
+
+    def wire(self) -> dict[str, object]:
+        return fm.to_wire(self._published())
+
+    def _published(self) -> fm.Published:
+        a = self.assignment
+        state, status = self.machine.display(a.settled)
+        return fm.Published(
+            member=self.machine.member,
+            inc=a.inc,
+            seq=a.seq,
+            view=a.view,
+            owned=a.owned,
+            acks=self.acks,
+            digest=self.digest,
+            state=state,
+            status=status,
+        )
+
+    def status(self) -> dict[str, Any]:
+        a = self.assignment
+        state, status = self.machine.display(a.settled)
+        nodes: dict[str, Any] = {
+            self.local: {
+                "state": state,
+                "status": status,
+                "weight": self.cfg.weight(self.local),
+                "buckets": fm.count(a.owned),
+                "share": round(100.0 * fm.count(a.owned) / fm.BUCKETS, 1),
+                "target": fm.count(a.target),
+                "healthy": self.machine.healthy if self.machine.phase is fm.Phase.UP else None,
+                "phase": self.machine.phase.value,
+                "reason": self.machine.reason,
+                "blocked": self.machine.failed or None,
+                "since": self.machine.since,
+            }
+        }
+        for node in self.cfg.nodes:
+            if node == self.local:
+                continue
+            pub = self.peers.get(node)
+            alive = self.peer_alive.get(node, False)
+            nodes[node] = {
+                "state": pub.state if pub else "STOP",
+                "status": pub.status if pub else "not-ready",
+                "reachable": alive,
+                "running": pub is not None,
+                "weight": self.cfg.weight(node),
+                "buckets": fm.count(pub.owned) if pub else 0,
+                "share": round(100.0 * fm.count(pub.owned) / fm.BUCKETS, 1) if pub else 0.0,
+                "same_config": pub.digest == self.digest if pub else None,
+            }
+        return {
+            "kind": "farm",
+            "nodes": nodes,
+            "view": list(a.view),
+            "agreed": a.agreed,
+            "epoch": fm.epoch(a.view, self.digest) if a.agreed else None,
+            "vips": [str(v) for v in self.vip_list],
+            "vips_held": [str(v) for v in self.held],
+            "virtual_mac": self.cfg.mac,
+            "rules": [r.model_dump(mode="json") for r in self.cfg.rules],
+            "unowned": fm.BUCKETS - fm.count(a.owned | a.claimed_by_others),
+        }
+
+    # --- main loop ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self._reconcile()
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            try:
+                await asyncio.wait_for(self._peer_known.wait(), self.env.peer_wait)
+            except TimeoutError:
+                self._record(
+                    f"{self.name}: not every farm node heard of after {self.env.peer_wait:g} s; "
+                    "deciding without them",
+                    "warning",
+                )
+            if self.run_flag:
+                self._note("resuming: the module was started before the daemon stopped")
+                await self._handle(Pending(fm.Command(fm.Cmd.START)))
+            self.ready = True
+            self.env.published()
+            tg.create_task(self._path_watch())
+            if self.cfg.check is not None:
+                tg.create_task(self._health_loop())
+            while True:
+                await self._handle(await self.queue.get())
+
+    async def _handle(self, p: Pending) -> None:
+        ev = p.event
+        if ev is None:
+            await self._converge()
+            return
+        if isinstance(ev, fm.Command):
+            self.cause = ev.cmd.value
+        elif isinstance(ev, fm.Health):
+            self.cause = "health"
+        before = self.machine.display(self.assignment.settled)[0]
+        m, actions = fm.step(self.machine, ev, self.env.now())
+        self.machine = m
+        for a in actions:
+            if isinstance(a, fm.Publish):
+                await asyncio.to_thread(self._save)
+                await self._converge(force_publish=True)
+            elif isinstance(a, fm.RunOp):
+                self._tg.create_task(self._op(a, before))
+            elif isinstance(a, fm.Explain):
+                self._record(a.message, a.level)
+            elif isinstance(a, fm.Accepted | fm.Refused):
+                answer = mm.Accepted(a.message) if isinstance(a, fm.Accepted) else None
+                if isinstance(a, fm.Refused):
+                    self._record(f"{self.name}: {self.cause} refused: {a.message}", "warning")
+                if p.answer is not None and not p.answer.done():
+                    p.answer.set_result(answer or mm.Refused(a.message))
+        after = self.machine.display(self.assignment.settled)[0]
+        if after != before:
+            self._tg.create_task(self._transition(before, after))
+
+    async def _converge(self, force_publish: bool = False) -> None:
+        """Re-run the agreement; change the filter first, then tell the others."""
+        old = self.assignment
+        new, change, acks = fm.converge(
+            old, self.local, self.machine.member, self.digest, self.table, self.peers
+        )
+        if change is not None and self.path is not None:
+            try:
+                await asyncio.to_thread(self.env.farm_path.set_buckets, self.path, new.owned)
+            except FarmPathError as e:
+                self._record(f"{self.name}: {e}; keeping the previous buckets", "error")
+                new = replace(new, owned=old.owned)
+                change = None
+        elif change is not None and new.owned:
+            # No data path (starting or stopping): never claim what we cannot accept.
+            new = replace(new, owned=0)
+            change = None if old.owned == 0 else fm.Change(0, old.owned, new.view)
+        before_state = self.machine.display(old.settled)
+        self.assignment = new
+        publish = force_publish or acks != self.acks or new != old
+        self.acks = acks
+        if change is not None:
+            self._explain_change(new, change)
+        if new.agreed and not old.agreed:
+            self._note(
+                f"farm view agreed (epoch {fm.epoch(new.view, self.digest)}): "
+                f"{', '.join(new.view)}; {self.local} accepts {fm.count(new.owned)}/{fm.BUCKETS}"
+                f" buckets"
+                + ("" if new.settled else f", {fm.count(new.target)} once the others release")
+            )
+        if publish and self.ready:
+            self.env.published()
+        after_state = self.machine.display(new.settled)
+        if after_state[0] != before_state[0]:
+            self._tg.create_task(self._transition(before_state[0], after_state[0]))
+
+    def _explain_change(self, new: fm.Assignment, c: fm.Change) -> None:
+        before = self.changed_view
+        self.changed_view = new.view
+        joined = [n for n in new.view if n not in before]
+        left = [n for n in before if n not in new.view]
+        why = []
+        if joined:
+            why.append(f"joined: {', '.join(joined)}")
+        if left:
+            lost = [n for n in left if n != self.local and not self.peer_alive.get(n, False)]
+            gone = [n for n in left if n not in lost]
+            if lost:
+                why.append(f"lost: {', '.join(lost)}")
+            if gone:
+                why.append(f"left: {', '.join(gone)}")
+        if not why:
+            why.append("handover completed")
+        for peer, n in c.overlap:
+            if peer not in self.overlaps_seen:
+                self.overlaps_seen.add(peer)
+                self._record(
+                    f"{self.name}: split healed: {peer} and {self.local} both accepted {n} "
+                    "buckets while apart; restoring one assignment",
+                    "warning",
+                )
+        if not c.overlap:
+            self.overlaps_seen.clear()
+        parts = []
+        if c.gained:
+            parts.append(f"+{fm.count(c.gained)}")
+        if c.lost:
+            parts.append(f"-{fm.count(c.lost)}")
+        self._note(
+            f"{self.local} now accepts {fm.count(new.owned)}/{fm.BUCKETS} buckets "
+            f"({' '.join(parts)}; view {', '.join(new.view) or 'empty'}; {'; '.join(why)})"
+        )
+
+    def _save(self) -> None:
+        write_json(
+            self.state_path,
+            {
+                "run": not self.stopped or self.shutting_down,
+                "phase": self.machine.phase.value,
+                "saved_at": self.env.now(),
+            },
+        )
+
+    def _record(self, message: str, level: str = "info") -> None:
+        kind = {"info": "module", "warning": "module-warning", "error": "module-error"}[level]
+        self.env.record(Event(self.env.now(), self.env.local, kind, message, module=self.name))
+
+    def _note(self, message: str) -> None:
+        self._record(f"{self.name}: {message}")
+
+    # --- reconciliation ----------------------------------------------------------------------
+
+    def _path_spec(self) -> FarmPath:
+        interfaces = tuple(dict.fromkeys(self.env.vips.interface_of(v) for v in self.vip_list))
+        return FarmPath(
+            module=self.name,
+            vips=tuple(v.address for v in self.vip_list),
+            interfaces=interfaces,
+            mac=self.cfg.mac,
+            rules=tuple(Rule(r.protocol, r.port, r.by) for r in self.cfg.rules),
+            seed=seed_of(self.name),
+        )
+
+    async def _reconcile(self) -> None:
+        """A previous daemon may have died with the application, filter or VIPs in place."""
+        leftover = await asyncio.to_thread(self.env.farm_path.owned, self.name)
+        present = [v for v in self.vip_list if await asyncio.to_thread(self._present, v)]
+        if leftover is None and not present and not self.run_flag:
+            return
+        self._note("reconciling: cleaning up what a previous daemon left before deciding")
+        if self.run_flag:
+            await self._stop_script("stop_both", "STOP", "WAIT", "reconcile", force_only=True)
+        await self._path_down()
+
+    def release_vips(self) -> list[str]:
+        """Emergency (module crashed): drop the VIPs and the filter, never raising."""
+        from hakit.adapters.vip import release_all
+
+        self.held.clear()
+        out = release_all(self.vip_list)
+        if self.path is not None:
+            try:
+                self.env.farm_path.remove(self.path)
+                out.append(f"farm filter {self.path.table} removed")
+            except FarmPathError as e:
+                out.append(str(e))
+        return out
+
+    def _present(self, v: Vip) -> bool:
+        try:
+            return self.env.vips.present(v)
+        except VipError:
+            return False
+
+    # --- operations --------------------------------------------------------------------------
+
+    async def _op(self, run: fm.RunOp, state: str) -> None:
+        try:
+            ok, detail = await self._execute(run, state)
+        except Exception as e:  # a bug must not wedge the module: report it as a failure
+            log.exception("operation %s of %s failed", run.op, self.name)
+            ok, detail = False, f"internal error: {e!r}"
+        self.queue.put_nowait(Pending(fm.OpDone(run.op, ok, detail)))
+
+    async def _execute(self, run: fm.RunOp, state: str) -> tuple[bool, str]:
+        action = run.action
+        if run.op is fm.Op.START:
+            r = await self._script("prestart", state, "WAIT", action)
+            if not r.ok:
+                return False, r.reason
+            r = await self._script("start_both", state, "UP", action)
+            if not r.ok:
+                return False, r.reason
+            return await self._path_up()
+        if run.op is fm.Op.RESTART:
+            await self._stop_script("stop_both", state, "UP", action)
+            r = await self._script("start_both", state, "UP", action)
+            return r.ok, r.reason
+        ok, detail = await self._stop_script("stop_both", state, "STOP", action)
+        await self._path_down()
+        r = await self._script("poststop", state, "STOP", action)
+        if not r.ok:
+            return False, r.reason
+        return ok, detail
+
+    async def _path_up(self) -> tuple[bool, str]:
+        try:
+            spec = await asyncio.to_thread(self._path_spec)
+            await asyncio.to_thread(self.env.farm_path.install, spec)
+        except (FarmPathError, VipError) as e:
+            return False, str(e)
+        self.path = spec
+        mac = bytes.fromhex(self.cfg.mac.replace(":", ""))
+        for v in self.vip_list:
+            try:
+                added = await asyncio.to_thread(self.env.vips.add, v)
+            except VipError as e:
+                return False, str(e)
+            if v not in self.held:
+                self.held.append(v)
+                self.env.holding()
+            try:
+                await asyncio.to_thread(self.env.vips.announce, v, mac)
+            except VipError as e:
+                self._record(f"{self.name}: {e}", "warning")
+            self._note(
+                f"VIP {v} {'added' if added else 'already present'} {v.where}, answered with "
+                f"virtual MAC {self.cfg.mac}; filter {spec.table} installed (no bucket yet)"
+            )
+        return True, "data path up"
+
+    async def _path_down(self) -> None:
+        """Remove the VIPs first (no new packet reaches the node), then the filter."""
+        for v in self.vip_list:
+            try:
+                removed = await asyncio.to_thread(self.env.vips.remove, v)
+            except VipError as e:
+                self._record(f"{self.name}: could not remove VIP {v}: {e}", "error")
+                continue
+            if v in self.held:
+                self.held.remove(v)
+                self.env.holding()
+            if removed:
+                self._note(f"VIP {v} removed")
+        path, self.path = self.path, None
+        try:
+            spec = path if path is not None else await asyncio.to_thread(self._path_spec)
+            if await asyncio.to_thread(self.env.farm_path.remove, spec):
+                self._note(f"filter {spec.table} removed")
+        except (FarmPathError, VipError) as e:
+            self._record(f"{self.name}: could not remove the farm filter: {e}", "error")
+
+    async def _path_watch(self) -> None:
+        """The filter or a VIP gone while UP (flushed ruleset, interface reset): put it back."""
+        while True:
+            await asyncio.sleep(CHECK_PATH_EVERY)
+            path = self.path
+            if path is None or self.machine.phase is not fm.Phase.UP:
+                continue
+            owned = await asyncio.to_thread(self.env.farm_path.owned, self.name)
+            missing = [v for v in self.vip_list if not await asyncio.to_thread(self._present, v)]
+            if owned == self.assignment.owned and not missing:
+                continue
+            what = "filter missing" if owned is None else "filter differs"
+            if missing:
+                what = f"VIP {', '.join(str(v) for v in missing)} missing"
+            self._record(f"{self.name}: {what} on {self.local}: repairing", "error")
+            try:
+                if owned is None:
+                    await asyncio.to_thread(self.env.farm_path.install, path)
+                await asyncio.to_thread(self.env.farm_path.set_buckets, path, self.assignment.owned)
+                for v in missing:
+                    await asyncio.to_thread(self.env.vips.add, v)
+            except (FarmPathError, VipError) as e:
+                self._record(f"{self.name}: repair failed: {e}", "error")
+
+    # --- health --------------------------------------------------------------------------------
+
+    async def _health_loop(self) -> None:
+        check = self.cfg.check
+        assert check is not None
+        good = bad = 0
+        while True:
+            await asyncio.sleep(check.interval)
+            if self.machine.phase is not fm.Phase.UP:
+                good = bad = 0
+                continue
+            ok, detail = await self._probe(check.host, check.tcp_port, check.timeout)
+            good, bad = (good + 1, 0) if ok else (0, bad + 1)
+            if ok and good >= check.rise and not self.machine.healthy:
+                self.queue.put_nowait(Pending(fm.Health(True, f"{detail}, {good} in a row")))
+            elif not ok and bad >= check.fall and self.machine.healthy:
+                self.queue.put_nowait(Pending(fm.Health(False, f"{detail}, {bad} in a row")))
+                bad = 0
+
+    @staticmethod
+    async def _probe(host: str, port: int, limit: float) -> tuple[bool, str]:
+        start = time.monotonic()
+        timeout = limit
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), limit)
+        except TimeoutError:
+            return False, f"no answer from {host}:{port} within {timeout:g} s"
+        except OSError as e:
+            return False, f"{e.strerror or e} on {host}:{port}"
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True, f"{host}:{port} answers ({(time.monotonic() - start) * 1000:.0f} ms)"
+
+    # --- scripts -------------------------------------------------------------------------------
+
+    def script_env(self, script: str, state: str, next_state: str, action: str) -> dict[str, str]:
+        env = {
+            "HAKIT_CLUSTER": self.env.cluster,
+            "HAKIT_MODULE": self.name,
+            "HAKIT_NODE": self.local,
+            "HAKIT_NODES": " ".join(self.cfg.nodes),
+            "HAKIT_MODULE_DIR": str(self.module.dir),
+            "HAKIT_MODULE_BIN": str(self.module.bin),
+            "HAKIT_MODULE_VAR": str(self.var),
+            "HAKIT_MODULE_LOG": str(self.log_dir),
+            "HAKIT_SCRIPT": script,
+            "HAKIT_STATE": state,
+            "HAKIT_NEXT_STATE": next_state,
+            "HAKIT_ACTION": action,
+            "HAKIT_VIPS": " ".join(str(v) for v in self.vip_list),
+        }
+        return {**self.cfg.variables, **env}
+
+    async def _script(self, name: str, state: str, next_state: str, action: str) -> ScriptResult:
+        cfg = self.cfg.scripts
+        timeout = cfg.start_timeout if name in START_SCRIPTS else cfg.stop_timeout
+        r = await self.env.scripts.run(
+            name,
+            self.module.bin / name,
+            [state, next_state, action],
+            self.script_env(name, state, next_state, action),
+            timeout,
+            self.log_dir / "scripts",
+        )
+        if not r.missing:
+            self._record(f"{self.name}: {r.reason}", "info" if r.ok else "error")
+        return r
+
+    async def _stop_script(
+        self, name: str, state: str, next_state: str, action: str, *, force_only: bool = False
+    ) -> tuple[bool, str]:
+        if not force_only:
+            r = await self._script(name, state, next_state, action)
+            if r.ok:
+                return True, r.reason
+        r = await self._script(name, state, next_state, "force")
+        return r.ok, r.reason
+
+    async def _transition(self, old: str, new: str) -> None:
+        async with self._transitions:
+            await self._script("transition", old, new, self.cause)
