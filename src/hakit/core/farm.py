@@ -13,8 +13,8 @@ node. Three pieces, all pure:
 - **Agreement** (`converge`): each node publishes in its heartbeats its view (the members it
   sees), a sequence number of that view, the buckets it accepts, and which publication of
   every peer it has seen (acks). A node releases or acquires buckets only when every member of
-  its view publishes the same view and has seen its latest publication (an epoch both sides
-  acknowledged); it acquires a bucket only once no live node claims it. Two nodes therefore
+  its view publishes the same view and every live node has seen its latest publication (an
+  epoch all sides acknowledged); it acquires a bucket only once no live node claims it. Two nodes therefore
   never accept the same bucket in one epoch, and a bucket is without owner only for the
   heartbeat round of a handover (a SYN sent then is retransmitted by the client and served).
 - **The state machine** (`step`): STOP → WAIT (prestart, start_both, data path) → UP → WAIT
@@ -184,8 +184,13 @@ def converge(
     seq = a.seq + 1 if view != a.view else a.seq
     stamp = f"{a.inc}:{seq}"
     acks = tuple(sorted((p, pub.stamp) for p, pub in alive.items()))
-    agreed = member and all(
-        alive[p].view == view and alive[p].ack_of(me) == stamp for p in view if p != me
+    # Every live node (member or not) has seen our latest publication, and every member
+    # publishes the view we have: only then may buckets move. Waiting for non-members too
+    # closes the race of two nodes starting at once, each alone in its own view.
+    agreed = (
+        member
+        and all(pub.ack_of(me) == stamp for pub in alive.values())
+        and all(alive[p].view == view for p in view if p != me)
     )
     target = mask_of(owners(table, frozenset(view)), me) if member else 0
     claimed = 0
