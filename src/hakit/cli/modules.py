@@ -287,7 +287,8 @@ def failover(mode: str, module: str, node: str | None, all_nodes: bool) -> None:
 @click.option("--timeout", type=float, default=60.0, show_default=True)
 @node_option
 def wait(module: str, state: str, timeout: float, node: str | None) -> None:
-    """Wait until MODULE is in STATE on this node (not transient); exit 1 on timeout."""
+    """Wait until MODULE is in STATE on this node (not transient; UP: ready, i.e. serving its
+    share); exit 1 on timeout."""
     from hakit.cli.replication import ProgressBar
 
     state = state.upper()
@@ -302,7 +303,10 @@ def wait(module: str, state: str, timeout: float, node: str | None) -> None:
             me = mod["nodes"].get(st["node"], {})
             bar.update((mod.get("replication") or {}).get("progress"))
             last = f"{me.get('state')} ({me.get('status')})"
-            if me.get("state") == state and me.get("status") != "transient":
+            settled = (
+                me.get("status") == "ready" if state == "UP" else me.get("status") != "transient"
+            )
+            if me.get("state") == state and settled:
                 bar.close(done=True)
                 out.print(f"{module} is {last} on {st['node']}")
                 return

@@ -85,6 +85,8 @@ def render_state(st: dict[str, Any], console: Console) -> None:
                 continue
             colour = STATUS_STYLE.get(n["status"], "")
             label = f"{n['state']} {n['status']}"
+            if mod.get("kind") == "farm" and n.get("state") == "UP":
+                label += f" {n.get('share', 0):g}%"
             if n.get("reachable") is False:
                 label, colour = "unreachable", "dim"
             mcells.append(Text(label, style=colour))
@@ -95,6 +97,20 @@ def render_state(st: dict[str, Any], console: Console) -> None:
         mods.add_row(mname, *mcells, Text(note.splitlines()[0] if note else "", style="yellow"))
     console.print(mods)
     for mname, mod in st["modules"].items():
+        if mod.get("kind") == "farm" and mod.get("nodes"):
+            console.print(Text(f"{mname}: {farm_line(mod)}", style="cyan"))
         progress = (mod.get("replication") or {}).get("progress")
         if progress:
             console.print(Text(f"{mname}: {progress_line(progress)}", style="cyan"))
+
+
+def farm_line(mod: dict[str, Any]) -> str:
+    """`buckets node1 86 (w 1) · node2 85 (w 1) …; epoch …; VIPs …; virtual MAC …`."""
+    parts = [f"{n} {v.get('buckets', 0)} (w {v.get('weight', 1)})" for n, v in mod["nodes"].items()]
+    epoch = f"epoch {mod['epoch']}" if mod.get("epoch") else "view not agreed yet"
+    unowned = mod.get("unowned") or 0
+    tail = f"; {unowned} buckets without owner" if unowned and mod.get("view") else ""
+    return (
+        f"buckets {' · '.join(parts)} of 256; {epoch}{tail}; VIPs "
+        f"{', '.join(mod.get('vips', []))} via virtual MAC {mod.get('virtual_mac')}"
+    )

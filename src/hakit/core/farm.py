@@ -14,9 +14,10 @@ node. Three pieces, all pure:
   sees), a sequence number of that view, the buckets it accepts, and which publication of
   every peer it has seen (acks). A node releases or acquires buckets only when every member of
   its view publishes the same view and every live node has seen its latest publication (an
-  epoch all sides acknowledged); it acquires a bucket only once no live node claims it. Two nodes therefore
-  never accept the same bucket in one epoch, and a bucket is without owner only for the
-  heartbeat round of a handover (a SYN sent then is retransmitted by the client and served).
+  epoch all sides acknowledged); it acquires a bucket only once no live node claims it. Two
+  nodes that hear each other therefore never accept the same bucket, and a bucket is without
+  owner only for the heartbeat round of a handover (a SYN sent then is retransmitted by the
+  client and served).
 - **The state machine** (`step`): STOP → WAIT (prestart, start_both, data path) → UP → WAIT
   (stop_both, data path down, poststop) → STOP, plus a local restart when the health check
   fails (the node gives its buckets away first), with a bounded number of restarts.
@@ -516,6 +517,23 @@ TRANSITIONS: dict[tuple[Phase, str], Handler] = {
 for _p in (P.STOPPED, P.STARTING, P.RESTARTING, P.STOPPING):
     TRANSITIONS[(_p, "health:ok")] = _health_ignored
     TRANSITIONS[(_p, "health:failed")] = _health_ignored
+
+
+TARGETS: dict[Handler, frozenset[Phase]] = {
+    _start: frozenset({P.STARTING}),
+    _stop: frozenset({P.STOPPING}),
+    _stopstart: frozenset({P.STOPPING}),
+    _restart: frozenset({P.RESTARTING}),
+    _after_start: frozenset({P.UP, P.STOPPING}),
+    _after_restart: frozenset({P.UP, P.STOPPING}),
+    _after_stop: frozenset({P.STOPPED, P.STARTING}),
+    _health_up: frozenset({P.RESTARTING, P.STOPPING}),
+}
+"""Phases each handler may lead to (refusals and bookkeeping stay where they are)."""
+
+
+def targets(phase: Phase, kind: str) -> frozenset[Phase]:
+    return TARGETS.get(TRANSITIONS[(phase, kind)], frozenset()) | {phase}
 
 
 def step(f: Farm, ev: Event, now: float) -> Result:
