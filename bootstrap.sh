@@ -24,11 +24,13 @@ esac
 [ "$(id -u)" -eq 0 ] || die "run as root: the lab needs network namespaces and packages must be installed"
 
 # --- Debian packages ------------------------------------------------------------------------------
-# iproute2: ip netns / veth / bridges; nftables: lab partitions and (later) the farm filter;
+# iproute2: ip netns / veth / bridges / bridge fdb; nftables: lab partitions and the farm filter;
 # util-linux: nsenter / unshare for the lab's mount namespaces; procps, psmisc: process tools;
 # fuse3, libfuse3-3: the replication layer (FUSE mount over replicated directories).
 debs=(iproute2 nftables util-linux procps psmisc iputils-ping ca-certificates fuse3 libfuse3-3)
-# the tests also replicate a real database (PostgreSQL, Debian's package)
+# the demo and the tests run a farm of nginx (Debian's package); the tests also replicate a real
+# database (PostgreSQL, Debian's package)
+[ "$action" != install ] && debs+=(nginx)
 [ "$action" = test ] && debs+=(postgresql postgresql-contrib)
 missing=()
 for p in "${debs[@]}"; do

@@ -7,6 +7,7 @@ real power-off and network cuts. Later capabilities extend the same story.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Iterable
 from functools import partial
@@ -23,6 +24,7 @@ from hakit.waiting import wait_until
 
 STEP_TIMEOUT = 15.0
 VIP = "10.100.1.100"
+FARM_VIP = "10.100.1.200"
 CLIENT_LOG = "/srv/demo-client.log"
 CLIENT = """
 import time, urllib.request
@@ -164,6 +166,7 @@ class Demo:
             out.print(f"node1: “{back[-1]['message']}”", highlight=False)
         self.show_state("node2")
         self.mirror()
+        self.farm()
 
     def hakit(self, node: str, *args: str) -> str:
         self.out.print(f"[dim]$ hakit lab exec {self.lab.name} {node} -- hakit {' '.join(args)}[/]")
@@ -290,6 +293,75 @@ class Demo:
         if r.returncode != 0:
             raise DemoFailed(f"demo: page{page}.html not readable on {where}: {r.stderr.strip()}")
         self.out.print(f"  page{page}.html on {where} ({what}): sha256 {r.stdout.strip()}…")
+
+    def webclient(self, count: int) -> dict[str, Any]:
+        argv = [sys.executable, "-m", "hakit.lab.webclient", FARM_VIP, "--count", str(count)]
+        r = self.lab.exec("client1", [*argv, "--timeout", "1"], capture=True, check=False)
+        if r.returncode != 0:
+            raise DemoFailed(f"demo: the web client failed: {r.stderr.strip()}")
+        out: dict[str, Any] = json.loads(r.stdout)
+        served = ", ".join(f"{n} {c}" for n, c in sorted(out["served"].items()))
+        self.out.print(
+            f"client1 opened {count} connections to http://{FARM_VIP}/: served by {served}"
+            + (f"; {out['failed']} failed" if out["failed"] else "; none failed"),
+            highlight=False,
+        )
+        return out
+
+    def farm_buckets(self, node: str) -> dict[str, int]:
+        mod = self.state(node).get("modules", {}).get("farm-web", {})
+        return {n: v.get("buckets", 0) for n, v in mod.get("nodes", {}).items()}
+
+    def farm_settled(self, nodes: list[str]) -> bool:
+        mods = [self.state(n).get("modules", {}).get("farm-web", {}) for n in nodes]
+        epochs = {m.get("epoch") for m in mods}
+        ready = all(m["nodes"][n]["status"] == "ready" for m, n in zip(mods, nodes, strict=True))
+        owned = sum(self.farm_buckets(nodes[0]).get(n, 0) for n in nodes)
+        return ready and len(epochs) == 1 and None not in epochs and owned == 256
+
+    def farm(self) -> None:
+        lab, out = self.lab, self.out
+        nodes = list(lab.nodes)
+        self.step("8. A farm module: nginx on all three nodes behind one virtual IP")
+        example = resources.files("hakit") / "examples" / "farm-web"
+        out.print(
+            f"The module `farm-web` runs nginx on every node; every node holds {FARM_VIP}, and "
+            "clients resolve it to a virtual MAC no node ever sends from, so the switch floods "
+            "their packets to all nodes. A packet filter on each node accepts only the new "
+            "connections whose hash falls in the node's buckets (256 in all): no balancer box, "
+            "no kernel module."
+        )
+        self.hakit("node1", "module", "install", str(example), "--all")
+        wait_until(lambda: all(self.farm_buckets(n) for n in nodes), STEP_TIMEOUT, "loaded")
+        self.hakit("node1", "start", "farm-web", "--all")
+        wait_until(partial(self.farm_settled, nodes), 30, "the farm to settle")
+        self.show_state("node1")
+        self.webclient(300)
+
+        self.step("9. Power cut on node3: its share moves to node1 and node2")
+        off_at = time.time()
+        lab.poweroff("node3")
+        wait_until(partial(self.farm_settled, ["node1", "node2"]), STEP_TIMEOUT, "takeover")
+        taken = [
+            e
+            for e in self.events("node1")
+            if e.get("module") == "farm-web" and "lost: node3" in e["message"]
+        ]
+        if taken:
+            out.print(
+                f"node1, {taken[-1]['at'] - off_at:.2f} s after the power cut: "
+                f"“{taken[-1]['message']}”",
+                highlight=False,
+            )
+        r = self.webclient(300)
+        if r["failed"] or "node3" in r["served"]:
+            raise DemoFailed("demo: connections failed after node3's share moved")
+        lab.poweron("node3")
+        out.print("node3 is powered on again: the module resumes there and takes its share back.")
+        wait_until(partial(self.farm_settled, nodes), 30, "node3 to rejoin the farm")
+        b = self.farm_buckets("node1")
+        out.print("buckets now: " + ", ".join(f"{n} {b.get(n, 0)}" for n in nodes), highlight=False)
+        self.webclient(300)
 
 
 def run_demo(name: str, *, keep: bool, console: Console | None = None) -> None:
