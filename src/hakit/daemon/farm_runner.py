@@ -105,6 +105,7 @@ class FarmRunner:
         self.queue: asyncio.Queue[Pending] = asyncio.Queue()
         self._peer_known = asyncio.Event()
         self._transitions = asyncio.Lock()
+        self._filter = asyncio.Lock()  # the filter and `assignment` change together
         self.cause = "start"
         self.overlaps_seen: set[str] = set()
         self.changed_view: tuple[str, ...] = ()  # view at the last change of our buckets
@@ -292,23 +293,23 @@ class FarmRunner:
 
     async def _converge(self, force_publish: bool = False) -> None:
         """Re-run the agreement; change the filter first, then tell the others."""
-        old = self.assignment
-        new, change, acks = fm.converge(
-            old, self.local, self.machine.member, self.digest, self.table, self.peers
-        )
-        if change is not None and self.path is not None:
-            try:
-                await asyncio.to_thread(self.env.farm_path.set_buckets, self.path, new.owned)
-            except FarmPathError as e:
-                self._record(f"{self.name}: {e}; keeping the previous buckets", "error")
-                new = replace(new, owned=old.owned)
-                change = None
-        elif change is not None and new.owned:
-            # No data path (starting or stopping): never claim what we cannot accept.
-            new = replace(new, owned=0)
-            change = None if old.owned == 0 else fm.Change(0, old.owned, new.view)
+        async with self._filter:
+            old = self.assignment
+            new, change, acks = fm.converge(
+                old, self.local, self.machine.member, self.digest, self.table, self.peers
+            )
+            if change is not None and self.path is not None:
+                try:
+                    await asyncio.to_thread(self.env.farm_path.set_buckets, self.path, new.owned)
+                except FarmPathError as e:
+                    self._record(f"{self.name}: {e}; keeping the previous buckets", "error")
+                    new, change = replace(new, owned=old.owned), None
+            elif change is not None and new.owned:
+                # No data path (starting or stopping): never claim what we cannot accept.
+                new = replace(new, owned=0)
+                change = None if old.owned == 0 else fm.Change(0, old.owned, new.view)
+            self.assignment = new
         before_state = self.machine.display(old.settled)
-        self.assignment = new
         publish = force_publish or acks != self.acks or new != old
         self.acks = acks
         if change is not None:
@@ -509,22 +510,26 @@ class FarmRunner:
             path = self.path
             if path is None or self.machine.phase is not fm.Phase.UP:
                 continue
-            owned = await asyncio.to_thread(self.env.farm_path.owned, self.name)
-            missing = [v for v in self.vip_list if not await asyncio.to_thread(self._present, v)]
-            if owned == self.assignment.owned and not missing:
-                continue
-            what = "filter missing" if owned is None else "filter differs"
-            if missing:
-                what = f"VIP {', '.join(str(v) for v in missing)} missing"
-            self._record(f"{self.name}: {what} on {self.local}: repairing", "error")
-            try:
-                if owned is None:
-                    await asyncio.to_thread(self.env.farm_path.install, path)
-                await asyncio.to_thread(self.env.farm_path.set_buckets, path, self.assignment.owned)
-                for v in missing:
-                    await asyncio.to_thread(self.env.vips.add, v)
-            except (FarmPathError, VipError) as e:
-                self._record(f"{self.name}: repair failed: {e}", "error")
+            async with self._filter:
+                await self._repair(path)
+
+    async def _repair(self, path: FarmPath) -> None:
+        owned = await asyncio.to_thread(self.env.farm_path.owned, self.name)
+        missing = [v for v in self.vip_list if not await asyncio.to_thread(self._present, v)]
+        if owned == self.assignment.owned and not missing:
+            return
+        what = "filter missing" if owned is None else "filter differs"
+        if missing:
+            what = f"VIP {', '.join(str(v) for v in missing)} missing"
+        self._record(f"{self.name}: {what} on {self.local}: repairing", "error")
+        try:
+            if owned is None:
+                await asyncio.to_thread(self.env.farm_path.install, path)
+            await asyncio.to_thread(self.env.farm_path.set_buckets, path, self.assignment.owned)
+            for v in missing:
+                await asyncio.to_thread(self.env.vips.add, v)
+        except (FarmPathError, VipError) as e:
+            self._record(f"{self.name}: repair failed: {e}", "error")
 
     # --- health --------------------------------------------------------------------------------
 
