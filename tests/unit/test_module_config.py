@@ -115,3 +115,56 @@ def test_script_not_executable(tmp_path: Path) -> None:
 def test_missing_kind(tmp_path: Path) -> None:
     [msg] = errors(tmp_path, GOOD.replace("kind: mirror\n", ""))
     assert "kind: required: `mirror`" in msg
+
+
+FARM = """\
+kind: farm
+nodes: [alpha, beta, gamma]
+weights: {alpha: 2, gamma: 0}
+vips:
+  - address: 10.0.0.200/24
+    network: lan
+rules:
+  - {protocol: tcp, port: 80, by: client-ip-port}
+  - {protocol: udp, by: client-ip}
+check: {tcp_port: 80}
+"""
+
+
+def test_valid_farm(tmp_path: Path) -> None:
+    from hakit.config.module import FarmModule
+
+    mf = load_module(module(tmp_path, FARM, {"start_both": 0o755}), CLUSTER)
+    c = mf.config
+    assert isinstance(c, FarmModule)
+    assert [c.weight(n) for n in c.nodes] == [2, 1, 0]
+    assert c.mac == "02:48:0a:00:00:c8"
+    assert c.rules[1].port is None
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("weights: {alpha: 2, gamma: 0}", "weights: {delta: 1}", "not a node of this farm"),
+        ("weights: {alpha: 2, gamma: 0}", "weights: {alpha: 0, beta: 0, gamma: 0}", "at least one"),
+        ("10.0.0.200/24", "fd00::200/64", "an IPv4 address (farm VIPs)"),
+        ("network: lan", "network: repl", "a network every farm node is on; such networks: lan"),
+        ("nodes: [alpha, beta, gamma]", "nodes: [alpha, alpha]", "listed twice"),
+        ("nodes: [alpha, beta, gamma]", "nodes: [alpha]", "at least 2"),
+        ("by: client-ip-port}", "by: round-robin}", "client-ip"),
+        ("  - {protocol: udp, by: client-ip}", "  - {protocol: tcp, port: 80}", "listed twice"),
+        ("check: {tcp_port: 80}", "check: {tcp_port: 80, fall: 0}", "fall"),
+        ("check: {tcp_port: 80}", "virtual_mac: 03:00:00:00:00:01", "locally administered unicast"),
+        ("check: {tcp_port: 80}", "failover: true", "failover"),
+    ],
+)
+def test_farm_errors(tmp_path: Path, old: str, new: str, expected: str) -> None:
+    text = FARM.replace(old, new)
+    assert text != FARM
+    msgs = errors(tmp_path, text)
+    assert any(expected in m for m in msgs), msgs
+
+
+def test_farm_scripts_are_the_farm_ones(tmp_path: Path) -> None:
+    msgs = errors(tmp_path, FARM, scripts={"stop_both": 0o644})
+    assert any("stop_both" in m and "not executable" in m for m in msgs), msgs
