@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from hakit.config.model import Cluster
-from hakit.config.module import load_module
+from hakit.config.module import FarmModule, MirrorModule, load_module
 from hakit.errors import ConfigError
 
 CLUSTER = Cluster.model_validate(
@@ -59,6 +59,7 @@ def line(text: str, needle: str) -> int:
 def test_valid_module(tmp_path: Path) -> None:
     mf = load_module(module(tmp_path, GOOD, {"start_prim": 0o755}), CLUSTER)
     c = mf.config
+    assert isinstance(c, MirrorModule)
     assert mf.name == "web"
     assert c.nodes == ("alpha", "beta")
     assert str(c.vips[0].address) == "10.0.0.100/24"
@@ -132,8 +133,6 @@ check: {tcp_port: 80}
 
 
 def test_valid_farm(tmp_path: Path) -> None:
-    from hakit.config.module import FarmModule
-
     mf = load_module(module(tmp_path, FARM, {"start_both": 0o755}), CLUSTER)
     c = mf.config
     assert isinstance(c, FarmModule)
