@@ -111,9 +111,9 @@ class InNamespace:
         with netns.inside(self.ns):
             return self.inner.held()
 
-    def announce(self, vip: Vip) -> None:
+    def announce(self, vip: Vip, sender: bytes | None = None) -> None:
         with netns.inside(self.ns):
-            self.inner.announce(vip)
+            self.inner.announce(vip, sender)
 
 
 def conforms(fake: FakeVips, real: NetlinkVips, ns: InNamespace) -> tuple[VipPort, ...]:
@@ -134,8 +134,10 @@ def parse_announcement(frame: bytes, interface: str) -> Announcement | None:
         htype, ptype, hlen, plen, op = struct.unpack("!HHBBH", frame[14:22])
         sha, spa, tha, tpa = frame[22:28], frame[28:32], frame[32:38], frame[38:42]
         garp = (htype, ptype, hlen, plen, op) == (1, 0x0800, 6, 4, 1) and spa == tpa
-        if garp and dst == b"\xff" * 6 and sha == src and tha == b"\x00" * 6:
-            return Announcement(interface, mac_text(sha), str(ipaddress.IPv4Address(spa)))
+        if garp and dst == b"\xff" * 6 and tha == b"\x00" * 6:
+            # a farm announces its virtual MAC from the interface's own: "VMAC from MAC"
+            mac = mac_text(sha) if sha == src else f"{mac_text(sha)} from {mac_text(src)}"
+            return Announcement(interface, mac, str(ipaddress.IPv4Address(spa)))
         return None
     if ethertype == 0x86DD and len(frame) >= 14 + 40 + 32:
         ip6, icmp = frame[14:54], frame[54:]
@@ -333,6 +335,15 @@ def test_announce_sends_one_frame_that_neighbours_see(world: World, vip: Vip) ->
     seen = world.announcements(lambda: world.vips.announce(vip))
     assert seen[:1] == [Announcement("va", world.mac("va"), vip.address)]
     assert set(seen) == {seen[0]}
+
+
+def test_announce_a_virtual_mac_from_the_interface_address(world: World) -> None:
+    """A farm: the ARP payload names the virtual MAC, the frame leaves from the real one (the
+    virtual MAC must never be a frame source, or switches would stop flooding it)."""
+    world.vips.add(V4)
+    vmac = bytes.fromhex("02480ac800c8")
+    seen = world.announcements(lambda: world.vips.announce(V4, vmac))
+    assert seen[:1] == [Announcement("va", f"02:48:0a:c8:00:c8 from {world.mac('va')}", V4.address)]
 
 
 def test_announce_on_the_resolved_interface(world: World) -> None:

@@ -157,7 +157,8 @@ class FakeVips:
     def announce(self, vip: Vip, sender: bytes | None = None) -> None:
         self._enter("announce", vip)
         name = self._resolve(vip)
-        mac = self.interfaces[name].mac if sender is None else sender.hex(":")
+        own = self.interfaces[name].mac
+        mac = own if sender is None or sender.hex(":") == own else f"{sender.hex(':')} from {own}"
         self.announced.append(Announcement(name, mac, vip.address))
 
 
