@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 BUCKETS = 256
@@ -579,11 +579,3 @@ def from_wire(obj: object) -> Published | None:
         )
     except (KeyError, TypeError, ValueError):
         return None
-
-
-@dataclass(frozen=True)
-class PeerView:
-    """For `hakit state`: a peer's farm state as last heard."""
-
-    alive: bool
-    published: Published | None = field(default=None)
