@@ -13,8 +13,10 @@ import pytest
 from hakit.config.model import Cluster
 from hakit.config.module import MirrorModule, ModuleFile
 from hakit.core import mirror as mm
+from hakit.core.outcomes import Accepted, Refused
 from hakit.daemon.logs import Event
-from hakit.daemon.mirror_runner import Environment, MirrorRunner
+from hakit.daemon.mirror_runner import MirrorRunner
+from hakit.daemon.module_runner import Environment
 from hakit.paths import Paths
 from hakit.testing.fakes import FakeScriptRunner, FakeVips
 
@@ -101,7 +103,7 @@ def test_prim_runs_prestart_adds_and_announces_the_vip_then_start_prim(tmp_path:
 
     async def body(r: MirrorRunner) -> None:
         answer = await r.command(mm.Cmd.PRIM)
-        assert isinstance(answer, mm.Accepted)
+        assert isinstance(answer, Accepted)
         await until(lambda: r.machine.phase is mm.Phase.ALONE, "ALONE")
 
     r = run(body, w)
@@ -182,6 +184,6 @@ def test_refusals_are_answered_and_recorded(tmp_path: Path) -> None:
         answers.append(await r.command(mm.Cmd.SECOND))
 
     run(body, w)
-    assert isinstance(answers[0], mm.Refused)
+    assert isinstance(answers[0], Refused)
     assert "`second` needs node2 to be primary" in answers[0].message
     assert any("second refused" in m for m in w.messages())

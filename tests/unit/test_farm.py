@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hakit.core import farm as fm
+from hakit.core.outcomes import Accepted, Refused, UnexpectedEvent
 
 NODES = [f"node{i}" for i in range(1, 9)]
 
@@ -283,7 +284,7 @@ def test_health_failures_restart_locally_then_stop_after_the_limit() -> None:
 def test_stop_during_start_happens_after_it() -> None:
     f, _ = fm.step(farm(), fm.Command(fm.Cmd.START), 1.0)
     f, acts = fm.step(f, fm.Command(fm.Cmd.STOP), 1.1)
-    assert any(isinstance(a, fm.Accepted) for a in acts)
+    assert any(isinstance(a, Accepted) for a in acts)
     assert f.then is fm.Then.STOP
     f, acts = fm.step(f, fm.OpDone(fm.Op.START, True), 2.0)
     assert f.phase is fm.Phase.STOPPING
@@ -310,15 +311,15 @@ def test_stopstart_starts_again() -> None:
 
 def test_refusals_say_what_to_do() -> None:
     _, acts = fm.step(farm(), fm.Command(fm.Cmd.RESTART), 1.0)
-    assert isinstance(acts[0], fm.Refused)
+    assert isinstance(acts[0], Refused)
     assert "hakit start web" in acts[0].message
     _, acts = fm.step(farm(phase=fm.Phase.UP), fm.Command(fm.Cmd.START), 1.0)
-    assert isinstance(acts[0], fm.Refused)
+    assert isinstance(acts[0], Refused)
     assert "already started" in acts[0].message
 
 
 def test_unexpected_events_are_errors() -> None:
-    with pytest.raises(fm.UnexpectedEvent):
+    with pytest.raises(UnexpectedEvent):
         fm.step(farm(phase=fm.Phase.UP), fm.OpDone(fm.Op.STOP, True), 1.0)
-    with pytest.raises(fm.UnexpectedEvent):
+    with pytest.raises(UnexpectedEvent):
         fm.step(farm(), fm.OpDone(fm.Op.START, True), 1.0)

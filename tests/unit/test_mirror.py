@@ -7,14 +7,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hakit.core import mirror as mm
+from hakit.core.outcomes import Accepted, Refused, UnexpectedEvent
 from hakit.testing.mirror_sim import MirrorSim
 
 C = mm.Cmd
 
 
 def first_start(sim: MirrorSim) -> None:
-    assert isinstance(sim.command("node1", C.PRIM), mm.Accepted)
-    assert isinstance(sim.command("node2", C.SECOND), mm.Accepted)
+    assert isinstance(sim.command("node1", C.PRIM), Accepted)
+    assert isinstance(sim.command("node2", C.SECOND), Accepted)
     assert sim.states() == ("PRIM ready", "SECOND ready")
 
 
@@ -35,7 +36,7 @@ def test_operation_completions_only_where_that_operation_runs(phase: mm.Phase, o
     assert ((phase, f"done:{op.value}") in mm.TRANSITIONS) == expected
     if not expected:
         m = mm.Mirror("app", "node1", "node2", phase=phase)
-        with pytest.raises(mm.UnexpectedEvent):
+        with pytest.raises(UnexpectedEvent):
             mm.step(m, mm.OpDone(op, True), 0.0, "x")
 
 
@@ -63,12 +64,12 @@ def test_first_start_needs_prim() -> None:
 def test_second_is_refused_without_a_primary_and_prim_with_one() -> None:
     sim = MirrorSim()
     answer = sim.command("node2", C.SECOND)
-    assert isinstance(answer, mm.Refused)
+    assert isinstance(answer, Refused)
     assert "`second` needs node1 to be primary" in answer.message
     first_start(sim)
     sim.command("node2", C.STOP)
     answer = sim.command("node2", C.PRIM)
-    assert isinstance(answer, mm.Refused)
+    assert isinstance(answer, Refused)
     assert "node1 is primary" in answer.message
     assert "`hakit swap app`" in answer.message
 
@@ -176,11 +177,11 @@ def test_inconsistent_node_needs_primforce() -> None:
     assert not sim.data("node2").consistent
     sim.command("node1", C.STOP)
     answer = sim.command("node2", C.PRIM)
-    assert isinstance(answer, mm.Refused)
+    assert isinstance(answer, Refused)
     assert "primforce" in answer.message
     sim.fail("node2", mm.Op.SYNC, on=False)
     answer = sim.command("node2", C.PRIMFORCE)
-    assert isinstance(answer, mm.Accepted)
+    assert isinstance(answer, Accepted)
     assert sim.state("node2") == "ALONE ready"
     assert any("PRIMFORCE" in line for line in sim.nodes["node2"].log)
 
@@ -188,11 +189,11 @@ def test_inconsistent_node_needs_primforce() -> None:
 def test_swap_both_ways() -> None:
     sim = MirrorSim()
     first_start(sim)
-    assert isinstance(sim.command("node1", C.SWAP), mm.Accepted)
+    assert isinstance(sim.command("node1", C.SWAP), Accepted)
     assert sim.states() == ("SECOND ready", "PRIM ready")
     assert not sim.double_vip
     answer = sim.command("node1", C.SWAP)
-    assert isinstance(answer, mm.Refused)
+    assert isinstance(answer, Refused)
     assert "run swap on the primary" in answer.message
     sim.command("node2", C.SWAP)
     assert sim.states() == ("PRIM ready", "SECOND ready")
@@ -257,11 +258,11 @@ def test_commands_are_answered_never_ignored() -> None:
     sim = MirrorSim()
     first_start(sim)
     answer = sim.command("node1", C.START)
-    assert isinstance(answer, mm.Refused)
+    assert isinstance(answer, Refused)
     assert "already primary" in answer.message
     sim.command("node2", C.STOP)
     answer = sim.command("node2", C.STOP)
-    assert isinstance(answer, mm.Accepted)
+    assert isinstance(answer, Accepted)
     assert "already stopped" in answer.message
 
 

@@ -30,6 +30,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from hakit.core.outcomes import Accepted, Explain, Refused, UnexpectedEvent
+
 BUCKETS = 256
 ALL = (1 << BUCKETS) - 1
 
@@ -312,29 +314,9 @@ class Publish:
     """Membership or state changed: recompute the assignment, persist, publish."""
 
 
-@dataclass(frozen=True)
-class Explain:
-    message: str
-    level: str = "info"
-
-
-@dataclass(frozen=True)
-class Accepted:
-    message: str
-
-
-@dataclass(frozen=True)
-class Refused:
-    message: str
-
-
 Action = RunOp | Publish | Explain | Accepted | Refused
 Result = tuple[Farm, tuple[Action, ...]]
 Handler = Callable[[Farm, Event, float], Result]
-
-
-class UnexpectedEvent(Exception):
-    """A (phase, event) pair the table does not allow: a bug, never ignored."""
 
 
 def _go(f: Farm, phase: Phase, now: float, why: str, **kw: object) -> Farm:

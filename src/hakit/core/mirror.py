@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
+from hakit.core.outcomes import Accepted, Explain, Refused, UnexpectedEvent
+
 HISTORY_KEPT = 64
 
 
@@ -277,27 +279,7 @@ class Publish:
     """The state to put in our heartbeats changed (phase, data, want, handover)."""
 
 
-@dataclass(frozen=True)
-class Explain:
-    message: str
-    level: str = "info"  # info | warning | error
-
-
-@dataclass(frozen=True)
-class Accepted:
-    message: str
-
-
-@dataclass(frozen=True)
-class Refused:
-    message: str
-
-
 Action = RunOp | Persist | Publish | Explain | Accepted | Refused
-
-
-class UnexpectedEvent(Exception):
-    """A (phase, event) pair the table does not allow: a bug, never ignored."""
 
 
 Result = tuple[Mirror, tuple[Action, ...]]

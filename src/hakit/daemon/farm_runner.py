@@ -21,19 +21,18 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hakit.adapters.farm import FarmPath, FarmPathError, Rule, seed_of
-from hakit.adapters.scripts import ScriptResult
 from hakit.adapters.statefile import read_json, write_json
-from hakit.adapters.vip import Vip, VipError
-from hakit.config.module import FarmModule, ModuleFile
+from hakit.adapters.vip import VipError
+from hakit.config.module import FarmModule
 from hakit.core import farm as fm
 from hakit.core import mirror as mm
-from hakit.daemon.logs import LOGGER, Event
-from hakit.daemon.mirror_runner import Environment
+from hakit.core.outcomes import Accepted, Explain, Refused
+from hakit.daemon.logs import LOGGER
+from hakit.daemon.module_runner import ModuleRunner
 
 log = logging.getLogger(LOGGER + ".farm")
 
 CHECK_PATH_EVERY = 2.0
-START_SCRIPTS = ("prestart", "start_both", "transition")
 CMD_OF = {c.value: c for c in fm.Cmd}
 
 
@@ -54,28 +53,21 @@ def config_digest(name: str, cfg: FarmModule) -> str:
 @dataclass
 class Pending:
     event: fm.Event | None  # None: what the peers publish changed (re-run the agreement)
-    answer: asyncio.Future[mm.Accepted | mm.Refused] | None = None
+    answer: asyncio.Future[Accepted | Refused] | None = None
 
 
 @dataclass
-class FarmRunner:
-    module: ModuleFile
-    env: Environment
-    ready: bool = field(init=False, default=False)
-    held: list[Vip] = field(init=False, default_factory=list)
+class FarmRunner(ModuleRunner):
     replication: None = field(init=False, default=None)  # farms replicate nothing
-    shutting_down: bool = field(init=False, default=False)
+
+    START_SCRIPTS = ("prestart", "start_both", "transition")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         cfg = self.module.config
         assert isinstance(cfg, FarmModule)
         self.cfg = cfg
-        self.name = self.module.name
         self.local = self.env.local
-        self.var = self.env.paths.var / "modules" / self.name
-        self.log_dir = self.env.paths.log / "modules" / self.name
-        self.state_path = self.var / "state.json"
-        self.var.mkdir(parents=True, exist_ok=True, mode=0o700)
         saved = read_json(self.state_path) or {}
         self.run_flag = bool(saved.get("run", False))
         check = cfg.check
@@ -92,21 +84,10 @@ class FarmRunner:
         self.acks: tuple[tuple[str, str], ...] = ()
         self.peers: dict[str, fm.Published | None] = {}
         self.peer_alive: dict[str, bool] = {}
-        self.vip_list = [
-            Vip(
-                address=str(v.address.ip),
-                prefixlen=v.address.network.prefixlen,
-                interface=v.interface,
-                local_address=self.env.local_addresses.get(v.network) if v.network else None,
-            )
-            for v in cfg.vips
-        ]
         self.path: FarmPath | None = None  # installed data path
         self.queue: asyncio.Queue[Pending] = asyncio.Queue()
         self._peer_known = asyncio.Event()
-        self._transitions = asyncio.Lock()
         self._filter = asyncio.Lock()  # the filter and `assignment` change together
-        self.cause = "start"
         self.overlaps_seen: set[str] = set()
         self.changed_view: tuple[str, ...] = ()  # view at the last change of our buckets
 
@@ -116,25 +97,17 @@ class FarmRunner:
     def stopped(self) -> bool:
         return self.machine.phase is fm.Phase.STOPPED
 
-    async def command(self, cmd: mm.Cmd) -> mm.Accepted | mm.Refused:
+    async def command(self, cmd: mm.Cmd) -> Accepted | Refused:
         fcmd = CMD_OF.get(cmd.value)
         if fcmd is None:
-            return mm.Refused(
+            return Refused(
                 f"{self.name} is a farm module: every node serves, there is no primary or "
                 f"secondary; `{cmd.value}` applies to mirror modules (farm commands: "
                 f"{', '.join(CMD_OF)})"
             )
-        fut: asyncio.Future[mm.Accepted | mm.Refused] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Accepted | Refused] = asyncio.get_running_loop().create_future()
         self.queue.put_nowait(Pending(fm.Command(fcmd), fut))
         return await fut
-
-    async def wait_stopped(self, limit: float) -> bool:
-        deadline = time.monotonic() + limit
-        while not self.stopped:
-            if time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(0.1)
-        return True
 
     async def shutdown(self) -> None:
         self.shutting_down = not self.stopped
@@ -279,14 +252,13 @@ class FarmRunner:
                 await self._converge(force_publish=True)
             elif isinstance(a, fm.RunOp):
                 self._tg.create_task(self._op(a, before))
-            elif isinstance(a, fm.Explain):
+            elif isinstance(a, Explain):
                 self._record(a.message, a.level)
-            elif isinstance(a, fm.Accepted | fm.Refused):
-                answer = mm.Accepted(a.message) if isinstance(a, fm.Accepted) else None
-                if isinstance(a, fm.Refused):
+            elif isinstance(a, Accepted | Refused):
+                if isinstance(a, Refused):
                     self._record(f"{self.name}: {self.cause} refused: {a.message}", "warning")
                 if p.answer is not None and not p.answer.done():
-                    p.answer.set_result(answer or mm.Refused(a.message))
+                    p.answer.set_result(a)
         after = self.machine.display(self.assignment.settled)[0]
         if after != before:
             self._tg.create_task(self._transition(before, after))
@@ -374,13 +346,6 @@ class FarmRunner:
             },
         )
 
-    def _record(self, message: str, level: str = "info") -> None:
-        kind = {"info": "module", "warning": "module-warning", "error": "module-error"}[level]
-        self.env.record(Event(self.env.now(), self.env.local, kind, message, module=self.name))
-
-    def _note(self, message: str) -> None:
-        self._record(f"{self.name}: {message}")
-
     # --- reconciliation ----------------------------------------------------------------------
 
     def _path_spec(self) -> FarmPath:
@@ -407,10 +372,7 @@ class FarmRunner:
 
     def release_vips(self) -> list[str]:
         """Emergency (module crashed): drop the VIPs and the filter, never raising."""
-        from hakit.adapters.vip import release_all
-
-        self.held.clear()
-        out = release_all(self.vip_list)
+        out = super().release_vips()
         if self.path is not None:
             try:
                 self.env.farm_path.remove(self.path)
@@ -418,12 +380,6 @@ class FarmRunner:
             except FarmPathError as e:
                 out.append(str(e))
         return out
-
-    def _present(self, v: Vip) -> bool:
-        try:
-            return self.env.vips.present(v)
-        except VipError:
-            return False
 
     # --- operations --------------------------------------------------------------------------
 
@@ -469,9 +425,7 @@ class FarmRunner:
                 added = await asyncio.to_thread(self.env.vips.add, v)
             except VipError as e:
                 return False, str(e)
-            if v not in self.held:
-                self.held.append(v)
-                self.env.holding()
+            self._holds(v, True)
             try:
                 await asyncio.to_thread(self.env.vips.announce, v, mac)
             except VipError as e:
@@ -485,16 +439,7 @@ class FarmRunner:
     async def _path_down(self) -> None:
         """Remove the VIPs first (no new packet reaches the node), then the filter."""
         for v in self.vip_list:
-            try:
-                removed = await asyncio.to_thread(self.env.vips.remove, v)
-            except VipError as e:
-                self._record(f"{self.name}: could not remove VIP {v}: {e}", "error")
-                continue
-            if v in self.held:
-                self.held.remove(v)
-                self.env.holding()
-            if removed:
-                self._note(f"VIP {v} removed")
+            await self._remove_vip(v)
         path, self.path = self.path, None
         try:
             spec = path if path is not None else await asyncio.to_thread(self._path_spec)
@@ -567,49 +512,5 @@ class FarmRunner:
 
     # --- scripts -------------------------------------------------------------------------------
 
-    def script_env(self, script: str, state: str, next_state: str, action: str) -> dict[str, str]:
-        env = {
-            "HAKIT_CLUSTER": self.env.cluster,
-            "HAKIT_MODULE": self.name,
-            "HAKIT_NODE": self.local,
-            "HAKIT_NODES": " ".join(self.cfg.nodes),
-            "HAKIT_MODULE_DIR": str(self.module.dir),
-            "HAKIT_MODULE_BIN": str(self.module.bin),
-            "HAKIT_MODULE_VAR": str(self.var),
-            "HAKIT_MODULE_LOG": str(self.log_dir),
-            "HAKIT_SCRIPT": script,
-            "HAKIT_STATE": state,
-            "HAKIT_NEXT_STATE": next_state,
-            "HAKIT_ACTION": action,
-            "HAKIT_VIPS": " ".join(str(v) for v in self.vip_list),
-        }
-        return {**self.cfg.variables, **env}
-
-    async def _script(self, name: str, state: str, next_state: str, action: str) -> ScriptResult:
-        cfg = self.cfg.scripts
-        timeout = cfg.start_timeout if name in START_SCRIPTS else cfg.stop_timeout
-        r = await self.env.scripts.run(
-            name,
-            self.module.bin / name,
-            [state, next_state, action],
-            self.script_env(name, state, next_state, action),
-            timeout,
-            self.log_dir / "scripts",
-        )
-        if not r.missing:
-            self._record(f"{self.name}: {r.reason}", "info" if r.ok else "error")
-        return r
-
-    async def _stop_script(
-        self, name: str, state: str, next_state: str, action: str, *, force_only: bool = False
-    ) -> tuple[bool, str]:
-        if not force_only:
-            r = await self._script(name, state, next_state, action)
-            if r.ok:
-                return True, r.reason
-        r = await self._script(name, state, next_state, "force")
-        return r.ok, r.reason
-
-    async def _transition(self, old: str, new: str) -> None:
-        async with self._transitions:
-            await self._script("transition", old, new, self.cause)
+    def kind_env(self) -> dict[str, str]:
+        return {"HAKIT_NODES": " ".join(self.cfg.nodes)}

@@ -14,74 +14,44 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hakit.adapters.farm import FarmPathPort, NftFarmPath
-from hakit.adapters.scripts import ScriptResult, ScriptRunner
+from hakit.adapters.scripts import ScriptResult
 from hakit.adapters.statefile import read_json, write_json
-from hakit.adapters.vip import Vip, VipError, VipPort
-from hakit.config.module import MirrorModule, ModuleFile
+from hakit.adapters.vip import Vip, VipError
+from hakit.config.module import MirrorModule
 from hakit.core import mirror as mm
-from hakit.daemon.logs import LOGGER, Event
+from hakit.core.outcomes import Accepted, Explain, Refused
+from hakit.daemon.logs import LOGGER
+from hakit.daemon.module_runner import ModuleRunner
 from hakit.daemon.replication_link import ReplicationLink, kill_leftover
 from hakit.paths import Paths
 
 log = logging.getLogger(LOGGER + ".mirror")
 
 VIP_CHECK_EVERY = 2.0
-START_SCRIPTS = ("prestart", "start_prim", "start_second", "transition")
 
 
 @dataclass
 class Pending:
     event: mm.Event
-    answer: asyncio.Future[mm.Accepted | mm.Refused] | None = None
+    answer: asyncio.Future[Accepted | Refused] | None = None
 
 
 @dataclass
-class Environment:
-    """What the runner needs from the daemon (ports and callbacks)."""
-
-    paths: Paths
-    cluster: str
-    local: str
-    local_addresses: dict[str, str]  # network -> this node's address
-    vips: VipPort
-    scripts: ScriptRunner
-    record: Callable[[Event], None]
-    published: Callable[[], None]  # our heartbeat payload changed
-    holding: Callable[[], None]  # the set of VIPs we hold changed
-    peer_wait: float = 30.0  # longest wait for the first news of the peer (timeout + margin)
-    node_addresses: dict[str, dict[str, str]] = field(default_factory=dict)  # node -> net -> ip
-    replication_key: bytes = b""
-    heartbeat_timeout: float = 1.0
-    now: Callable[[], float] = time.time
-    farm_path: FarmPathPort = field(default_factory=NftFarmPath)
-
-
-@dataclass
-class MirrorRunner:
-    module: ModuleFile
-    env: Environment
+class MirrorRunner(ModuleRunner):
     machine: mm.Mirror = field(init=False)
     run_flag: bool = field(init=False, default=False)
-    ready: bool = field(init=False, default=False)  # published (initial reconciliation done)
-    held: list[Vip] = field(init=False, default_factory=list)
-    cause: str = field(init=False, default="start")
-    shutting_down: bool = field(init=False, default=False)  # keep "run" for the next daemon
+
+    START_SCRIPTS = ("prestart", "start_prim", "start_second", "transition")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         cfg = self.module.config
         assert isinstance(cfg, MirrorModule)
         self.cfg = cfg
-        self.name = self.module.name
-        self.var = self.env.paths.var / "modules" / self.name
-        self.log_dir = self.env.paths.log / "modules" / self.name
-        self.state_path = self.var / "state.json"
-        self.var.mkdir(parents=True, exist_ok=True, mode=0o700)
         saved = read_json(self.state_path) or {}
         data = mm.Data(**_data_fields(saved.get("data", {})))
         self.machine = mm.Mirror(
@@ -94,40 +64,22 @@ class MirrorRunner:
         )
         self.run_flag = bool(saved.get("run", False))
         self.saved_phase = str(saved.get("phase", "stopped"))
-        self.vip_list = [
-            Vip(
-                address=str(v.address.ip),
-                prefixlen=v.address.network.prefixlen,
-                interface=v.interface,
-                local_address=self.env.local_addresses.get(v.network) if v.network else None,
-            )
-            for v in cfg.vips
-        ]
         self.replication = Replication(self) if cfg.replication is not None else None
         self.queue: asyncio.Queue[Pending] = asyncio.Queue()
         self._peer_known = asyncio.Event()
         self._latest_peer: mm.PeerChanged | None = None
-        self._transitions = asyncio.Lock()
         self._last_peer: mm.PeerInfo | None = None
 
     # --- interface for the daemon ------------------------------------------------------------
 
-    async def command(self, cmd: mm.Cmd) -> mm.Accepted | mm.Refused:
-        fut: asyncio.Future[mm.Accepted | mm.Refused] = asyncio.get_running_loop().create_future()
+    async def command(self, cmd: mm.Cmd) -> Accepted | Refused:
+        fut: asyncio.Future[Accepted | Refused] = asyncio.get_running_loop().create_future()
         self.queue.put_nowait(Pending(mm.Command(cmd), fut))
         return await fut
 
     @property
     def stopped(self) -> bool:
         return self.machine.phase is mm.Phase.STOPPED
-
-    async def wait_stopped(self, limit: float) -> bool:
-        deadline = time.monotonic() + limit
-        while not self.stopped:
-            if time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(0.1)
-        return True
 
     async def shutdown(self) -> None:
         """The daemon stops: stop the module (peer takes over) but resume it at next start."""
@@ -254,10 +206,10 @@ class MirrorRunner:
                 await asyncio.to_thread(self._save, m.data, m.failover)
                 if self.ready:
                     self.env.published()
-            elif isinstance(a, mm.Explain):
+            elif isinstance(a, Explain):
                 self._record(a.message, a.level)
-            elif isinstance(a, mm.Accepted | mm.Refused):
-                if isinstance(a, mm.Refused):
+            elif isinstance(a, Accepted | Refused):
+                if isinstance(a, Refused):
                     self._record(f"{self.name}: {self.cause} refused: {a.message}", "warning")
                 if p.answer is not None and not p.answer.done() and not answered:
                     p.answer.set_result(a)
@@ -280,13 +232,6 @@ class MirrorRunner:
                 "saved_at": self.env.now(),
             },
         )
-
-    def _record(self, message: str, level: str = "info") -> None:
-        kind = {"info": "module", "warning": "module-warning", "error": "module-error"}[level]
-        self.env.record(Event(self.env.now(), self.env.local, kind, message, module=self.name))
-
-    def _note(self, message: str) -> None:
-        self._record(f"{self.name}: {message}")
 
     # --- reconciliation ----------------------------------------------------------------------
 
@@ -311,19 +256,6 @@ class MirrorRunner:
                 self._note(f"reconciling: {line}")
         for v in self.vip_list:
             await self._remove_vip(v)
-
-    def release_vips(self) -> list[str]:
-        """Emergency: drop every VIP of this module, say what happened (never raises)."""
-        from hakit.adapters.vip import release_all
-
-        self.held.clear()
-        return release_all(self.vip_list)
-
-    def _present(self, v: Vip) -> bool:
-        try:
-            return self.env.vips.present(v)
-        except VipError:
-            return False
 
     # --- operations --------------------------------------------------------------------------
 
@@ -390,9 +322,7 @@ class MirrorRunner:
 
     def _add_vip(self, v: Vip) -> None:
         added = self.env.vips.add(v)
-        if v not in self.held:
-            self.held.append(v)
-            self.env.holding()
+        self._holds(v, True)
         self._announce(v)
         self._note(f"VIP {v} {'added' if added else 'already present'} {v.where}; announced")
 
@@ -402,67 +332,8 @@ class MirrorRunner:
         except VipError as e:
             self._record(f"{self.name}: {e}", "warning")
 
-    async def _remove_vip(self, v: Vip) -> None:
-        try:
-            removed = await asyncio.to_thread(self.env.vips.remove, v)
-        except VipError as e:
-            self._record(f"{self.name}: could not remove VIP {v}: {e}", "error")
-            return
-        if v in self.held:
-            self.held.remove(v)
-            self.env.holding()
-        if removed:
-            self._note(f"VIP {v} removed")
-
-    def script_env(self, script: str, state: str, next_state: str, action: str) -> dict[str, str]:
-        m = self.machine
-        env = {
-            "HAKIT_CLUSTER": self.env.cluster,
-            "HAKIT_MODULE": self.name,
-            "HAKIT_NODE": m.local,
-            "HAKIT_PEER": m.peer_name,
-            "HAKIT_MODULE_DIR": str(self.module.dir),
-            "HAKIT_MODULE_BIN": str(self.module.bin),
-            "HAKIT_MODULE_VAR": str(self.var),
-            "HAKIT_MODULE_LOG": str(self.log_dir),
-            "HAKIT_SCRIPT": script,
-            "HAKIT_STATE": state,
-            "HAKIT_NEXT_STATE": next_state,
-            "HAKIT_ACTION": action,
-            "HAKIT_VIPS": " ".join(str(v) for v in self.vip_list),
-        }
-        return {**self.cfg.variables, **env}
-
-    async def _script(self, name: str, state: str, next_state: str, action: str) -> ScriptResult:
-        cfg = self.cfg.scripts
-        timeout = cfg.start_timeout if name in START_SCRIPTS else cfg.stop_timeout
-        self.var.mkdir(parents=True, exist_ok=True)
-        r = await self.env.scripts.run(
-            name,
-            self.module.bin / name,
-            [state, next_state, action],
-            self.script_env(name, state, next_state, action),
-            timeout,
-            self.log_dir / "scripts",
-        )
-        if not r.missing:
-            self._record(f"{self.name}: {r.reason}", "info" if r.ok else "error")
-        return r
-
-    async def _stop_script(
-        self, name: str, state: str, next_state: str, action: str, *, force_only: bool = False
-    ) -> tuple[bool, str]:
-        """A graceful call, then a forced one if it failed or timed out (or the forced one only)."""
-        if not force_only:
-            r = await self._script(name, state, next_state, action)
-            if r.ok:
-                return True, r.reason
-        r = await self._script(name, state, next_state, "force")
-        return r.ok, r.reason
-
-    async def _transition(self, old: str, new: str) -> None:
-        async with self._transitions:
-            await self._script("transition", old, new, self.cause)
+    def kind_env(self) -> dict[str, str]:
+        return {"HAKIT_PEER": self.machine.peer_name}
 
     async def _vip_watch(self) -> None:
         """A VIP gone from the primary (deleted by hand, interface reset): stopstart."""

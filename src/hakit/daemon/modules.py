@@ -22,9 +22,11 @@ from hakit.adapters.vip import Vip, VipPort
 from hakit.config.load import ClusterFile
 from hakit.config.module import MODULE_FILE, MODULE_NAME, FarmModule, load_module
 from hakit.core import mirror as mm
+from hakit.core.outcomes import Accepted, Refused
 from hakit.daemon.farm_runner import FarmRunner
 from hakit.daemon.logs import LOGGER, Event
-from hakit.daemon.mirror_runner import Environment, MirrorRunner
+from hakit.daemon.mirror_runner import MirrorRunner
+from hakit.daemon.module_runner import Environment
 from hakit.errors import ConfigError, HakitError
 from hakit.paths import Paths
 from hakit.replication.channel import channel_key
@@ -256,5 +258,5 @@ class ModuleManager:
             return
         self._event("", "module-error", f"modules still not stopped after {limit:g} s")
 
-    async def command(self, name: str, cmd: mm.Cmd) -> mm.Accepted | mm.Refused:
+    async def command(self, name: str, cmd: mm.Cmd) -> Accepted | Refused:
         return await self.runner(name).command(cmd)

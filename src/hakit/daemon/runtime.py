@@ -20,7 +20,8 @@ from hakit.adapters.scripts import ProcessScriptRunner
 from hakit.adapters.vip import NetlinkVips
 from hakit.config.load import ClusterFile
 from hakit.config.model import Cluster
-from hakit.core.mirror import Accepted, Cmd
+from hakit.core.mirror import Cmd
+from hakit.core.outcomes import Accepted
 from hakit.daemon.logs import LOGGER, Event, Timeline
 from hakit.daemon.modules import ModuleManager
 from hakit.daemon.packages import install_bytes, uninstall

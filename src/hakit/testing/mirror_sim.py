@@ -13,6 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from hakit.core import mirror as mm
+from hakit.core.outcomes import Accepted, Explain, Refused
 
 
 @dataclass
@@ -68,9 +69,9 @@ class MirrorSim:
                 node.queue.append(mm.OpDone(a.op, ok, "" if ok else f"{a.op.value} failed"))
             elif isinstance(a, mm.Persist):
                 node.persisted, node.failover = a.data, a.failover
-            elif isinstance(a, mm.Explain):
+            elif isinstance(a, Explain):
                 node.log.append(a.message)
-            elif isinstance(a, mm.Accepted | mm.Refused):
+            elif isinstance(a, Accepted | Refused):
                 node.answers.append(a)
         if isinstance(ev, mm.OpDone) and ev.op is mm.Op.STOP_PRIMARY:
             node.holds_vip = False

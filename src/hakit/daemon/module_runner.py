@@ -1,0 +1,183 @@
+"""What every module runner shares: the daemon's environment, scripts, timeline lines, VIPs.
+
+A runner (`MirrorRunner`, `FarmRunner`) feeds one module's pure state machine and carries out
+its actions on this node. The pieces here do not depend on the kind of module: running the
+module's scripts (a graceful call, then a forced one), the one-line timeline entries, the
+module's folders, its VIPs resolved on this node, and the emergency release of its VIPs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from hakit.adapters.farm import FarmPathPort, NftFarmPath
+from hakit.adapters.scripts import ScriptResult, ScriptRunner
+from hakit.adapters.vip import Vip, VipError, VipPort, release_all
+from hakit.config.module import ModuleFile, VirtualIp
+from hakit.daemon.logs import Event
+from hakit.paths import Paths
+
+
+@dataclass
+class Environment:
+    """What the runner needs from the daemon (ports and callbacks)."""
+
+    paths: Paths
+    cluster: str
+    local: str
+    local_addresses: dict[str, str]  # network -> this node's address
+    vips: VipPort
+    scripts: ScriptRunner
+    record: Callable[[Event], None]
+    published: Callable[[], None]  # our heartbeat payload changed
+    holding: Callable[[], None]  # the set of VIPs we hold changed
+    peer_wait: float = 30.0  # longest wait for the first news of the peers (timeout + margin)
+    node_addresses: dict[str, dict[str, str]] = field(default_factory=dict)  # node -> net -> ip
+    replication_key: bytes = b""
+    heartbeat_timeout: float = 1.0
+    now: Callable[[], float] = time.time
+    farm_path: FarmPathPort = field(default_factory=NftFarmPath)
+
+
+def vips_here(vips: tuple[VirtualIp, ...], local_addresses: dict[str, str]) -> list[Vip]:
+    """The module's VIPs, placed on this node's interfaces (by network or by name)."""
+    return [
+        Vip(
+            address=str(v.address.ip),
+            prefixlen=v.address.network.prefixlen,
+            interface=v.interface,
+            local_address=local_addresses.get(v.network) if v.network else None,
+        )
+        for v in vips
+    ]
+
+
+@dataclass
+class ModuleRunner:
+    module: ModuleFile
+    env: Environment
+    ready: bool = field(init=False, default=False)  # published (initial reconciliation done)
+    held: list[Vip] = field(init=False, default_factory=list)
+    cause: str = field(init=False, default="start")  # scripts' third argument, transitions
+    shutting_down: bool = field(init=False, default=False)  # keep "run" for the next daemon
+
+    START_SCRIPTS: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        self.name = self.module.name
+        self.var = self.env.paths.var / "modules" / self.name
+        self.log_dir = self.env.paths.log / "modules" / self.name
+        self.state_path = self.var / "state.json"
+        self.var.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.vip_list = vips_here(self.module.config.vips, self.env.local_addresses)
+        self._transitions = asyncio.Lock()
+
+    @property
+    def stopped(self) -> bool:
+        raise NotImplementedError
+
+    async def wait_stopped(self, limit: float) -> bool:
+        deadline = time.monotonic() + limit
+        while not self.stopped:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.1)
+        return True
+
+    # --- timeline --------------------------------------------------------------------------------
+
+    def _record(self, message: str, level: str = "info") -> None:
+        kind = {"info": "module", "warning": "module-warning", "error": "module-error"}[level]
+        self.env.record(Event(self.env.now(), self.env.local, kind, message, module=self.name))
+
+    def _note(self, message: str) -> None:
+        self._record(f"{self.name}: {message}")
+
+    # --- VIPs ------------------------------------------------------------------------------------
+
+    def release_vips(self) -> list[str]:
+        """Emergency: drop every VIP of this module, say what happened (never raises)."""
+        self.held.clear()
+        return release_all(self.vip_list)
+
+    def _present(self, v: Vip) -> bool:
+        try:
+            return self.env.vips.present(v)
+        except VipError:
+            return False
+
+    def _holds(self, v: Vip, held: bool) -> None:
+        if held and v not in self.held:
+            self.held.append(v)
+            self.env.holding()
+        elif not held and v in self.held:
+            self.held.remove(v)
+            self.env.holding()
+
+    async def _remove_vip(self, v: Vip) -> None:
+        try:
+            removed = await asyncio.to_thread(self.env.vips.remove, v)
+        except VipError as e:
+            self._record(f"{self.name}: could not remove VIP {v}: {e}", "error")
+            return
+        self._holds(v, False)
+        if removed:
+            self._note(f"VIP {v} removed")
+
+    # --- scripts ---------------------------------------------------------------------------------
+
+    def script_env(self, script: str, state: str, next_state: str, action: str) -> dict[str, str]:
+        env = {
+            "HAKIT_CLUSTER": self.env.cluster,
+            "HAKIT_MODULE": self.name,
+            "HAKIT_NODE": self.env.local,
+            "HAKIT_MODULE_DIR": str(self.module.dir),
+            "HAKIT_MODULE_BIN": str(self.module.bin),
+            "HAKIT_MODULE_VAR": str(self.var),
+            "HAKIT_MODULE_LOG": str(self.log_dir),
+            "HAKIT_SCRIPT": script,
+            "HAKIT_STATE": state,
+            "HAKIT_NEXT_STATE": next_state,
+            "HAKIT_ACTION": action,
+            "HAKIT_VIPS": " ".join(str(v) for v in self.vip_list),
+        }
+        return {**self.module.config.variables, **env, **self.kind_env()}
+
+    def kind_env(self) -> dict[str, str]:
+        """Variables of this kind of module (HAKIT_PEER, HAKIT_NODES…)."""
+        return {}
+
+    async def _script(self, name: str, state: str, next_state: str, action: str) -> ScriptResult:
+        cfg = self.module.config.scripts
+        timeout = cfg.start_timeout if name in self.START_SCRIPTS else cfg.stop_timeout
+        self.var.mkdir(parents=True, exist_ok=True)
+        r = await self.env.scripts.run(
+            name,
+            self.module.bin / name,
+            [state, next_state, action],
+            self.script_env(name, state, next_state, action),
+            timeout,
+            self.log_dir / "scripts",
+        )
+        if not r.missing:
+            self._record(f"{self.name}: {r.reason}", "info" if r.ok else "error")
+        return r
+
+    async def _stop_script(
+        self, name: str, state: str, next_state: str, action: str, *, force_only: bool = False
+    ) -> tuple[bool, str]:
+        """A graceful call, then a forced one if it failed or timed out (or the forced one only)."""
+        if not force_only:
+            r = await self._script(name, state, next_state, action)
+            if r.ok:
+                return True, r.reason
+        r = await self._script(name, state, next_state, "force")
+        return r.ok, r.reason
+
+    async def _transition(self, old: str, new: str) -> None:
+        async with self._transitions:
+            await self._script("transition", old, new, self.cause)
