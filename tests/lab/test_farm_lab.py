@@ -59,6 +59,8 @@ class Farm(LabModule):
         shutil.copytree(EXAMPLE, folder)
         cfg = yaml.safe_load((EXAMPLE / "module.yaml").read_text())
         cfg["vips"] = [{"address": f"{self.vip}/24", "network": "net1"}]
+        self.web_root = f"/srv/{self.name}"
+        cfg["variables"]["WEB_ROOT"] = self.web_root
         cfg.update(options)
         (folder / "module.yaml").write_text(yaml.safe_dump(cfg))
         self.lab.exec("node1", ["hakit", "module", "install", str(folder), "--all"])
@@ -254,8 +256,7 @@ def test_a_node_whose_nginx_stops_leaves_and_rejoins(farm: Callable[..., Farm]) 
     m = farm()
     m.start_all()
     m.settled(NODES)
-    var = f"/var/lib/hakit/modules/{m.name}/nginx"
-    m.lab.exec("node2", ["nginx", "-c", f"{var}/nginx.conf", "-s", "stop"])  # nginx stops
+    m.lab.exec("node2", ["nginx", "-c", f"{m.web_root}/nginx.conf", "-s", "stop"])  # nginx stops
     wait_until(lambda: "health check failed" in m.log("node2"), 15, "node2 notices")
     m.settled(NODES)
     log = m.log("node2")

@@ -1,10 +1,10 @@
 """A small HTTP client for farm tests and demos: who served each connection.
 
 Run inside a lab client (`hakit lab exec LAB client1 -- python3 -m hakit.lab.webclient …`).
-Each connection sends one `GET /` and reads the `X-Served-By` header the example modules set
-(or the page text `served by NODE`). Connections are made from the given source addresses in
-turn (many client addresses), each from a fresh ephemeral port. Prints one JSON object:
-`{"served": {NODE: count}, "failed": n, "errors": {...}, "by_source": {addr: [nodes…]},
+Each connection sends one `GET /`, expects a 200 answer and reads the `X-Served-By` header the
+example modules set (or the page text `served by NODE`). Connections are made from the given
+source addresses in turn (many client addresses), each from a fresh ephemeral port. Prints one
+JSON object: `{"served": {NODE: count}, "failed": n, "errors": {...}, "by_source": {addr: [nodes…]},
 "elapsed": s, "first_ok_after": s}`.
 
 `--hold N` opens N keep-alive connections, prints who serves each, then on every line read
@@ -26,6 +26,7 @@ from typing import Any
 
 SERVED = re.compile(rb"(?im)^x-served-by:\s*(\S+)\s*$")
 BODY = re.compile(rb"served by (\S+)")
+STATUS = re.compile(rb"HTTP/1\.[01] (\d{3}) ")
 
 
 def _served(reply: bytes) -> str | None:
@@ -49,6 +50,10 @@ def request(sock: socket.socket, host: str, keep: bool, limit: float) -> str:
             m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
             if m and len(body) >= int(m.group(1)):
                 break
+    status = STATUS.match(data)
+    if status is None or status.group(1) != b"200":
+        line = data.split(b"\r\n", 1)[0][:60].decode(errors="replace")
+        raise OSError(f"not a 200 answer: {line!r} ({len(data)} bytes)")
     who = _served(data)
     if who is None:
         raise OSError(f"no answer naming the node ({len(data)} bytes)")
