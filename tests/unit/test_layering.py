@@ -22,6 +22,7 @@ LAYERS = {
     "testing": 2,
     "daemon": 3,
     "lab": 3,
+    "witness": 3,
     "api": 4,
     "cli": 5,
     "tools": 5,

@@ -15,6 +15,7 @@ from hakit import __version__
 from hakit.cli import modules
 from hakit.cli.lab import lab
 from hakit.cli.replication import verify
+from hakit.cli.witness import witness
 from hakit.errors import ConfigError, HakitError
 from hakit.paths import Paths
 
@@ -174,6 +175,7 @@ def cluster_init(
 
 cli.add_command(lab)
 cli.add_command(verify)
+cli.add_command(witness)
 
 
 modules.register(cli)
