@@ -92,6 +92,12 @@ class Source:
         diffs = [{"path": "/srv/x", "difference": "size 1 vs 2"}] if module == "diverged" else []
         return {"ok": not diffs, "differences": diffs}
 
+    async def switch_checker(self, module: str, checker: str | None, on: bool) -> str:
+        if module != "app" or checker not in (None, "web"):
+            raise HakitError(f"app has no checker {checker!r}; its checkers: web")
+        plural = "s" if checker is None else ""
+        return f"app: checker{plural} {checker or 'web'} {'on' if on else 'off'}"
+
 
 def test_verify_answers_200_when_identical_409_with_the_differences() -> None:
     assert request("POST", "/v1/modules/app/verify").status_code == 200
@@ -156,3 +162,15 @@ def test_install_and_uninstall() -> None:
     assert bad.json()["detail"] == "not a zip"
     assert request("DELETE", "/v1/modules/app").json()["uninstalled"] is True
     assert request("DELETE", "/v1/modules/zzz").status_code == 409
+
+
+def test_checker_maintenance_switch() -> None:
+    ok = request("POST", "/v1/modules/app/checkers/web/off")
+    assert ok.json() == {"accepted": True, "message": "app: checker web off"}
+    assert request("POST", "/v1/modules/app/checkers/*/on").json()["message"] == (
+        "app: checkers web on"
+    )
+    unknown = request("POST", "/v1/modules/app/checkers/nope/off")
+    assert unknown.status_code == 404
+    assert "its checkers: web" in unknown.json()["detail"]
+    assert request("POST", "/v1/modules/app/checkers/web/maybe").status_code == 404

@@ -123,6 +123,7 @@ class Rig:
         state: str = "s-state",
         mode: str = "sync",
         ack_timeout: float = CALM_ACK,
+        preserve: str = "",
         **filters: Any,
     ) -> ReplicatorProcess:
         p = ReplicatorProcess(
@@ -132,6 +133,7 @@ class Rig:
             mode=mode,
             listen=("127.0.0.1", port),
             ack_timeout=ack_timeout,
+            preserve=preserve,
         )
         self.procs.append(p)
         p.wait_for("listening", timeout=20)
@@ -966,6 +968,46 @@ def test_incremental_resync_sends_only_the_changes(rig: Rig) -> None:
     assert third["full_compare"] is True
     assert third["bytes_sent"] >= total
     assert_identical(pri, p, s2)
+
+
+def test_a_diverged_secondary_keeps_what_the_resync_changes(rig: Rig) -> None:
+    """Split brain: both sides changed the data; the side that rejoins keeps its versions."""
+    p, s, port = rig.dir("p"), rig.dir("s"), free_port()
+    rng = random.Random(SEED + 9)
+    same = rng.randbytes(200 * KiB)
+    for d in (p, s):
+        write_file(d / "same", same)
+        (d / "sub").mkdir()
+    write_file(p / "both-changed", b"primary's version\n")
+    write_file(s / "both-changed", b"secondary's version\n")
+    write_file(s / "sub" / "only-here", b"written on the secondary during the split\n")
+    os.symlink("same", s / "sub" / "link-here")
+    (s / "tree").mkdir()
+    write_file(s / "tree" / "deep", b"a whole directory only on the secondary\n")
+    write_file(p / "only-primary", b"new on the primary\n")
+    keep = rig.tmp / "kept" / "20261204-gen3-abc"
+    rig.secondary(s, port, preserve=str(keep))
+    sec = rig.procs[-1]
+    pri = rig.primary(p)
+    at = pri.mark()
+    pri.connect(port, peer_gen="", my_gen="g9")
+    wait_synced(pri, at)
+    assert_identical(pri, p, s)
+    done = sec.wait_for("preserved", timeout=20)
+    assert done["folder"] == str(keep)
+    base = keep / str(s).lstrip("/")
+    assert (base / "both-changed").read_bytes() == b"secondary's version\n"
+    assert (
+        base / "sub" / "only-here"
+    ).read_bytes() == b"written on the secondary during the split\n"
+    assert os.readlink(base / "sub" / "link-here") == "same"
+    assert (base / "tree" / "deep").read_bytes() == b"a whole directory only on the secondary\n"
+    assert not (base / "same").exists()  # identical on both sides: nothing to keep
+    assert not (base / "only-primary").exists()
+    report = (keep / "REPORT.txt").read_text()
+    assert "Why: test: diverged copy" in report
+    assert f"{str(s).lstrip('/')}/both-changed" in report
+    assert done["kept"] == len([ln for ln in report.splitlines() if ln.startswith("  ")])
 
 
 # --- 4. an interrupted resynchronisation resumes --------------------------------------------

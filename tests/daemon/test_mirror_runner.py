@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from hakit.adapters.probes import ProbePort, RealProbes
 from hakit.config.model import Cluster
 from hakit.config.module import MirrorModule, ModuleFile
 from hakit.core import mirror as mm
@@ -18,7 +19,7 @@ from hakit.daemon.logs import Event
 from hakit.daemon.mirror_runner import MirrorRunner
 from hakit.daemon.module_runner import Environment
 from hakit.paths import Paths
-from hakit.testing.fakes import FakeScriptRunner, FakeVips
+from hakit.testing.fakes import FakeProbes, FakeScriptRunner, FakeVips
 
 CLUSTER = Cluster.model_validate(
     {
@@ -50,8 +51,9 @@ class World:
         self.published = 0
         self.module = ModuleFile("web", tmp / "etc" / "modules" / "web", MODULE)
 
-    def runner(self) -> MirrorRunner:
+    def runner(self, probes: ProbePort | None = None) -> MirrorRunner:
         env = Environment(
+            probes=probes or RealProbes(),
             paths=self.paths,
             cluster="c",
             local="node1",
@@ -82,9 +84,11 @@ async def until(cond: Callable[[], bool], what: str, limit: float = 5.0) -> None
         raise AssertionError(f"timed out after {limit} s waiting for {what}") from None
 
 
-def run(body: Callable[[MirrorRunner], Awaitable[None]], world: World) -> MirrorRunner:
+def run(
+    body: Callable[[MirrorRunner], Awaitable[None]], world: World, probes: ProbePort | None = None
+) -> MirrorRunner:
     async def main() -> MirrorRunner:
-        r = world.runner()
+        r = world.runner(probes)
         task = asyncio.create_task(r.run())
         try:
             r.peer_changed(PEER_LOST, "node2 lost")
@@ -187,3 +191,109 @@ def test_refusals_are_answered_and_recorded(tmp_path: Path) -> None:
     assert isinstance(answers[0], Refused)
     assert "`second` needs node2 to be primary" in answers[0].message
     assert any("second refused" in m for m in w.messages())
+
+
+# --- checkers ------------------------------------------------------------------------------
+
+
+def checked_world(tmp_path: Path, checkers: list[dict[str, Any]], **recovery: Any) -> World:
+    w = World(tmp_path)
+    cfg = MODULE.model_dump(mode="json") | {"checkers": checkers}
+    if recovery:
+        cfg["recovery"] = recovery
+    w.module = ModuleFile("web", w.module.dir, MirrorModule.model_validate(cfg))
+    return w
+
+
+def test_a_failing_checker_restarts_then_loop_protection_stops_the_module(tmp_path: Path) -> None:
+    tcp = {"name": "web", "type": "tcp", "port": 80, "interval": 0.1, "fall": 2, "rise": 1}
+    w = checked_world(tmp_path, [tcp], max=2, window=3600)
+    probes = FakeProbes()
+
+    async def body(r: MirrorRunner) -> None:
+        await r.command(mm.Cmd.PRIM)
+        await until(lambda: r.machine.phase is mm.Phase.ALONE, "ALONE")
+        await until(lambda: probes.calls["web"] >= 2, "probes while ALONE")
+        probes.set("web", False, "connection refused on 127.0.0.1:80")
+        await until(lambda: r.machine.phase is mm.Phase.STOPPED, "stopped by loop protection")
+
+    r = run(body, w, probes)
+    names = [c.name for c in w.scripts.calls if c.name != "transition"]
+    assert names.count("start_prim") == 3  # the start and two restarts
+    text = "\n".join(w.messages())
+    assert (
+        "restart of web: tcp checker web failed 2 times (connection refused on 127.0.0.1:80); "
+        "restart 1 of 2 in 1 h" in text
+    )
+    assert "restart 2 of 2 in 1 h" in text
+    assert "loop protection, recovery.max 2" in text
+    assert "loop protection" in r.machine.reason
+    st = r.status()
+    assert st["checkers"]["web"]["health"] == "idle"
+    assert st["recovery"] == {"max": 2, "window": 3600.0, "used": 2}
+    # vip: the implicit checker of a mirror with VIPs
+    assert st["checkers"]["vip"]["action"] == "stopstart"
+
+
+def test_a_vip_deleted_by_hand_makes_the_primary_stopstart(tmp_path: Path) -> None:
+    w = World(tmp_path)
+
+    async def body(r: MirrorRunner) -> None:
+        await r.command(mm.Cmd.PRIM)
+        await until(lambda: r.machine.phase is mm.Phase.ALONE, "ALONE")
+        w.vips.remove(r.vip_list[0])
+        await until(
+            lambda: any("VIP 10.0.0.100/24 not on this node" in m for m in w.messages()), "seen"
+        )
+        await until(
+            lambda: r.machine.phase is mm.Phase.ALONE and w.vips.present(r.vip_list[0]), "back"
+        )
+
+    run(body, w)
+    assert any("stopstart of web: vip checker vip failed 1 time" in m for m in w.messages())
+
+
+def test_maintenance_switch_is_kept_across_restarts_and_stops_the_probes(tmp_path: Path) -> None:
+    tcp = {"name": "web", "type": "tcp", "port": 80, "interval": 0.1, "fall": 1}
+    w = checked_world(tmp_path, [tcp])
+    probes = FakeProbes()
+
+    async def body(r: MirrorRunner) -> None:
+        await r.command(mm.Cmd.PRIM)
+        await until(lambda: r.machine.phase is mm.Phase.ALONE, "ALONE")
+        assert await r.switch_checker("web", False) == "web: checker web off"
+        calls = probes.calls["web"]
+        probes.set("web", False)
+        await asyncio.sleep(0.4)
+        assert probes.calls["web"] == calls
+        assert r.machine.phase is mm.Phase.ALONE
+        with pytest.raises(KeyError, match="its checkers: web, vip"):
+            await r.switch_checker("nope", True)
+
+    r = run(body, w, probes)
+    assert r.status()["checkers"]["web"]["health"] == "off"
+    saved = json.loads((tmp_path / "var" / "modules" / "web" / "checkers.json").read_text())
+    assert saved["off"] == ["web"]
+    again = w.runner()
+    assert again.status()["checkers"]["web"]["enabled"] is False
+    assert any("kept from before the restart" in m for m in w.messages())
+
+
+def test_a_wait_checker_releases_the_primary_role_and_resumes(tmp_path: Path) -> None:
+    nic = {"name": "nic", "type": "interface", "interface": "eth0", "interval": 0.1, "fall": 1}
+    nic |= {"rise": 1}
+    w = checked_world(tmp_path, [nic])
+    probes = FakeProbes()
+
+    async def body(r: MirrorRunner) -> None:
+        await r.command(mm.Cmd.PRIM)
+        await until(lambda: r.machine.phase is mm.Phase.ALONE, "ALONE")
+        probes.set("nic", False, "eth0 has no link")
+        await until(lambda: r.machine.phase is mm.Phase.WAITING, "held in WAIT")
+        assert not w.vips.present(r.vip_list[0])
+        assert "eth0 has no link" in r.machine.blocked
+        probes.set("nic", True, "eth0 is up with its link")
+        await until(lambda: r.machine.phase is mm.Phase.ALONE, "ALONE again")
+
+    run(body, w, probes)
+    assert any("leaving primary, held: interface checker nic down" in m for m in w.messages())

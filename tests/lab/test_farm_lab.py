@@ -257,11 +257,36 @@ def test_a_node_whose_nginx_stops_leaves_and_rejoins(farm: Callable[..., Farm]) 
     m.start_all()
     m.settled(NODES)
     m.lab.exec("node2", ["nginx", "-c", f"{m.web_root}/nginx.conf", "-s", "stop"])  # nginx stops
-    wait_until(lambda: "health check failed" in m.log("node2"), 15, "node2 notices")
+    wait_until(lambda: "tcp checker web failed" in m.log("node2"), 15, "node2 notices")
     m.settled(NODES)
     log = m.log("node2")
-    assert "leaves the farm and restarts the application" in log
-    assert "health check passes" in log.split("health check failed")[-1]
+    assert "restart of farm" in log
+    assert "restart 1 of 3 in 1 h; node2 leaves the farm meanwhile" in log
+    assert "checkers pass" in log.split("tcp checker web failed")[-1]
     r = m.clients(300)
     assert r["failed"] == 0, r
     assert set(r["served"]) == set(NODES), r
+
+
+def test_a_wait_checker_holds_a_node_out_of_the_farm_until_its_link_is_back(
+    farm: Callable[..., Farm],
+) -> None:
+    nic = {"name": "nic", "type": "interface", "interface": "eth1", "interval": 0.2, "fall": 2}
+    web = {"name": "web", "type": "tcp", "port": 80, "interval": 0.5, "fall": 2, "rise": 2}
+    m = farm(checkers=[web, nic | {"rise": 2}])
+    m.start_all()
+    m.settled(NODES)
+    m.lab.exec("node3", ["ip", "link", "set", "eth1", "down"])
+    try:
+        m.wait("node3", "WAIT not-ready", 15)
+        m.settled(("node1", "node2"))
+        assert m.buckets("node1")["node3"] == 0
+        me = m.farm("node3")["nodes"]["node3"]
+        assert "interface checker nic down (eth1 is down)" in me["reason"]
+        r = m.clients(300)
+        assert r["failed"] == 0, r
+        assert set(r["served"]) == {"node1", "node2"}, r
+    finally:
+        m.lab.exec("node3", ["ip", "link", "set", "eth1", "up"])
+    m.settled(NODES)
+    assert "nothing holds it any more; starting" in m.log("node3")

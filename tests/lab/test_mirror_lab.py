@@ -88,6 +88,7 @@ class Module(LabModule):
             f"default_primary: {options.get('default_primary', 'alone')}",
             "scripts: {start_timeout: 20, stop_timeout: 20}",
             f"variables: {{ROOT: {self.root}, PORT: '{self.port}', COLOR: blue}}",
+            *options.get("extra", "").format(m=self).splitlines(),
         ]
         (folder / "module.yaml").write_text("\n".join(lines) + "\n")
         bodies = {"start_prim": START_PRIM, "stop_prim": STOP_PRIM}
@@ -96,6 +97,9 @@ class Module(LabModule):
             body = bodies.get(s, "exit 0")
             p.write_text(SCRIPT.format(name=s, body=body))
             p.chmod(0o755)
+        for s, text in options.get("more_scripts", {}).items():  # e.g. fence
+            (folder / "bin" / s).write_text(text)
+            (folder / "bin" / s).chmod(0o755)
         for node in ("node1", "node2"):
             lab.exec(node, ["mkdir", "-p", self.root])
         # one command installs it on both nodes (signed API)
@@ -353,5 +357,197 @@ def test_vip_removed_by_hand_on_the_primary_triggers_a_failover(module: Module) 
     module.first_start()
     module.lab.exec("node1", ["ip", "addr", "del", f"{module.vip}/24", "dev", "eth0"])
     module.pair("SECOND ready", "PRIM ready", 20)
-    assert f"VIP {module.vip}/24 is no longer present" in module.log("node1")
+    log = module.log("node1")
+    assert f"VIP {module.vip}/24 not on this node" in log
+    assert "stopstart of " in log
     assert module.served_by() == "node2"
+
+
+# --- checkers ------------------------------------------------------------------------------
+
+
+def app_pid(m: Module, node: str) -> int:
+    return int(m.lab.host_path(node, f"{m.root}/web.pid").read_text())
+
+
+def kill_app(m: Module, node: str) -> int:
+    pid = app_pid(m, node)
+    m.lab.exec(node, ["kill", "-9", str(pid)])
+    return pid
+
+
+def new_app(m: Module, node: str, old: int, timeout: float = 15) -> None:
+    def restarted() -> bool:
+        p = m.lab.host_path(node, f"{m.root}/web.pid")
+        return p.exists() and p.read_text().strip() not in ("", str(old))
+
+    wait_until(restarted, timeout, f"the application restarted on {node}")
+
+
+PROCESS_CHECKER = """\
+checkers:
+  - {{name: app, type: process, regex: "http.server {m.port} ", interval: 0.3, fall: 2, rise: 1}}
+recovery: {{max: 2, window: 3600}}
+"""
+
+
+def test_a_killed_process_is_restarted_locally_then_loop_protection_fails_over(
+    make: Any,
+) -> None:
+    m = make(extra=PROCESS_CHECKER)
+    m.first_start()
+    for n in (1, 2):
+        old = kill_app(m, "node1")
+        new_app(m, "node1", old)
+        m.pair("PRIM ready", "SECOND ready")
+        assert m.served_by() == "node1"
+        assert f"restart {n} of 2 in 1 h" in m.log("node1")
+    kill_app(m, "node1")
+    m.pair("STOP not-ready", "ALONE ready", 20)
+    assert m.served_by() == "node2"
+    log = m.log("node1")
+    assert "process checker app failed 2 times (0 processes /http.server" in log
+    assert "loop protection, recovery.max 2" in log
+    st = m.state("node1")["modules"][m.name]
+    assert "loop protection" in st["nodes"]["node1"]["reason"]
+    # an operator start resets the count; it comes back as secondary
+    m.cmd("node1", "start")
+    m.pair("SECOND ready", "PRIM ready")
+    assert m.state("node1")["modules"][m.name]["recovery"]["used"] == 0
+
+
+FLAP_CHECKER = """\
+checkers:
+  - name: file
+    type: custom
+    command: [test, -e, "{m.root}/ok"]
+    interval: 0.3
+    fall: 4
+    rise: 1
+    action: stopstart
+"""
+
+
+def test_one_failed_probe_does_nothing_and_a_maintenance_switch_silences_a_checker(
+    make: Any,
+) -> None:
+    m = make(extra=FLAP_CHECKER)
+    for node in ("node1", "node2"):
+        m.lab.exec(node, ["touch", f"{m.root}/ok"])
+    m.first_start()
+    wait_until(
+        lambda: m.state("node1")["modules"][m.name]["checkers"]["file"]["health"] == "up",
+        10,
+        "checker up",
+    )
+    m.lab.exec("node1", ["rm", f"{m.root}/ok"])
+    wait_until(
+        lambda: m.state("node1")["modules"][m.name]["checkers"]["file"]["bad"] >= 1, 5, "a failure"
+    )
+    m.lab.exec("node1", ["touch", f"{m.root}/ok"])
+    wait_until(
+        lambda: m.state("node1")["modules"][m.name]["checkers"]["file"]["good"] >= 2, 5, "ok again"
+    )
+    assert m.me("node1") == "PRIM ready"
+    assert "stopstart of" not in m.log("node1")
+    # maintenance: nothing happens while the checker is off
+    r = m.lab.exec("node1", ["hakit", "checker", "off", m.name, "file"], capture=True)
+    assert r.stdout.strip() == f"{m.name}: checker file off"
+    m.lab.exec("node1", ["rm", f"{m.root}/ok"])
+    time.sleep(2.0)  # longer than fall × interval: the checker must stay silent
+    assert m.me("node1") == "PRIM ready"
+    assert m.state("node1")["modules"][m.name]["checkers"]["file"]["health"] == "off"
+    m.lab.exec("node1", ["touch", f"{m.root}/ok"])
+    r = m.lab.exec("node1", ["hakit", "checker", "on", m.name, "file"], capture=True)
+    assert "checker file on" in r.stdout
+    wait_until(
+        lambda: m.state("node1")["modules"][m.name]["checkers"]["file"]["health"] == "up",
+        10,
+        "checker up again",
+    )
+    m.lab.exec("node1", ["rm", f"{m.root}/ok"])
+    m.pair("SECOND ready", "PRIM ready", 20)  # stopstart: failover, back as secondary
+    assert "stopstart of" in m.log("node1")
+
+
+NIC_CHECKER = """\
+checkers:
+  - {{name: nic, type: interface, interface: eth1, when: every-node, interval: 0.2, fall: 2,
+      rise: 2}}
+"""
+
+
+def test_an_interface_without_link_makes_the_primary_wait_and_it_resumes_as_secondary(
+    make: Any,
+) -> None:
+    m = make(extra=NIC_CHECKER)
+    m.first_start()
+    m.lab.exec("node1", ["ip", "link", "set", "eth1", "down"])
+    try:
+        m.pair("WAIT not-ready", "ALONE ready", 15)
+        assert m.served_by() == "node2"
+        blocked = m.state("node1")["modules"][m.name]["nodes"]["node1"]["blocked"]
+        assert "interface checker nic down (eth1 is down)" in blocked
+    finally:
+        m.lab.exec("node1", ["ip", "link", "set", "eth1", "up"])
+    m.pair("SECOND ready", "PRIM ready", 20)
+
+
+HTTP_CHECKER = """\
+checkers:
+  - {{name: web, type: http, url: "http://127.0.0.1:{m.port}/", body: "served by",
+      interval: 0.3, fall: 2, rise: 1, action: stopstart}}
+"""
+
+
+def test_a_wrong_http_answer_fails_over(make: Any) -> None:
+    m = make(extra=HTTP_CHECKER)
+    m.first_start()
+    m.lab.exec("node1", ["sh", "-c", f"echo maintenance > {m.root}/www/index.html"])
+    m.pair("SECOND ready", "PRIM ready", 20)
+    assert m.served_by() == "node2"
+    assert "without /served by/ in its body" in m.log("node1")
+
+
+def test_a_module_waits_before_starting_for_the_module_it_depends_on(make: Any) -> None:
+    db = make()
+    app = make(
+        extra=(
+            "checkers:\n"
+            f"  - {{{{name: db, type: module, module: {db.name}, when: before-start, "
+            "interval: 0.3, rise: 1}}\n"
+        )
+    )
+    app.cmd("node1", "prim")
+    wait_until(lambda: app.me("node1") == "WAIT not-ready", 10, "app waits")
+    blocked = app.state("node1")["modules"][app.name]["nodes"]["node1"]["blocked"]
+    assert "module checker db" in blocked
+    assert not app.has_vip("node1")
+    db.first_start()
+    app.wait("node1", "ALONE ready", 15)
+    assert app.served_by() == "node1"
+    # the dependency goes away: the application stops and waits again
+    db.cmd("node1", "stop")
+    db.cmd("node2", "stop")
+    app.wait("node1", "WAIT not-ready", 15)
+    assert not app.has_vip("node1")
+
+
+PING_CHECKER = """\
+checkers:
+  - {{name: gw, type: ping, address: 10.100.1.101, when: every-node, interval: 0.2, timeout: 0.2,
+      fall: 2, rise: 2}}
+"""
+
+
+def test_a_node_that_cannot_reach_the_clients_router_hands_over(make: Any) -> None:
+    m = make(extra=PING_CHECKER)
+    m.first_start()
+    m.lab.cut("node1", "client1")
+    try:
+        m.pair("WAIT not-ready", "ALONE ready", 15)
+        assert "ping checker gw down (ping 10.100.1.101: no answer within" in m.log("node1")
+    finally:
+        m.lab.heal("node1", "client1")
+    m.pair("SECOND ready", "PRIM ready", 20)
+    assert m.served_by() == "node2"

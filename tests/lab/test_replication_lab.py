@@ -182,3 +182,32 @@ def test_a_secondary_stopped_during_resync_is_inconsistent(make: Any) -> None:
     assert "inconsistent" in refused
     m.cmd("node2", "primforce")
     m.wait("node2", "ALONE ready", 30)
+
+
+def test_split_brain_without_witness_keeps_the_rejoining_sides_files(make: Any) -> None:
+    m = make()
+    m.first_start()
+    m.sh("node1", f"echo base > {m.dir}/shared.txt && sync")
+    m.lab.cut("node1", "node2")
+    try:
+        m.wait("node2", "ALONE ready")  # took over: both are primary now
+        m.wait("node1", "ALONE ready")
+        m.sh("node1", f"echo node1 > {m.dir}/shared.txt && echo one > {m.dir}/from-node1.txt")
+        m.sh("node2", f"echo node2 > {m.dir}/shared.txt && echo two > {m.dir}/from-node2.txt")
+    finally:
+        m.lab.heal("node1", "node2")
+    m.wait("node2", "SECOND ready", 60)
+    m.wait("node1", "PRIM ready")
+    assert m.tree("node1") == m.tree("node2")
+    assert m.sh("node2", f"cat {m.dir}/shared.txt {m.dir}/from-node1.txt") == "node1\none\n"
+    assert "from-node2.txt" not in m.tree("node2")
+    kept = m.state("node2")["modules"][m.name]["replication"]["diverged_copy_kept"]
+    folder = kept["folder"]
+    assert kept["entries"] >= 2
+    base = f"{folder}/{m.dir.lstrip('/')}"
+    assert m.sh("node2", f"cat {base}/shared.txt {base}/from-node2.txt") == "node2\ntwo\n"
+    report = m.sh("node2", f"cat {folder}/REPORT.txt")
+    assert "split brain resolved by policy keep: first-primary in favour of node1" in report
+    log = m.log("node2")
+    assert f"kept in {folder}" in log
+    assert "SPLIT BRAIN" in m.log("node1")

@@ -231,8 +231,8 @@ def test_wire_round_trip() -> None:
 # --- the state machine ------------------------------------------------------------------------
 
 
-def farm(has_check: bool = False, **kw: object) -> fm.Farm:
-    return fm.Farm("web", "node1", has_check=has_check, max_restarts=2, restart_window=100, **kw)  # type: ignore[arg-type]
+def farm(gated: bool = False, **kw: object) -> fm.Farm:
+    return fm.Farm("web", "node1", gated=gated, **kw)  # type: ignore[arg-type]
 
 
 def ops(actions: tuple[fm.Action, ...]) -> list[fm.Op]:
@@ -260,25 +260,64 @@ def test_without_a_check_a_started_node_is_a_member() -> None:
     assert f.member
 
 
-def test_health_failures_restart_locally_then_stop_after_the_limit() -> None:
+def test_membership_follows_the_checkers_and_recoveries_come_as_events() -> None:
     f = farm(True, phase=fm.Phase.UP, healthy=True)
-    for i in range(2):
-        f, acts = fm.step(f, fm.Health(False, "refused"), 10.0 + i)
-        assert f.phase is fm.Phase.RESTARTING
-        assert not f.member
-        assert ops(acts) == [fm.Op.RESTART]
-        f, _ = fm.step(f, fm.OpDone(fm.Op.RESTART, True), 10.5 + i)
-        f, _ = fm.step(f, fm.Health(True, "ok"), 10.6 + i)
-    f, acts = fm.step(f, fm.Health(False, "refused"), 20.0)
+    f, acts = fm.step(f, fm.Health(False, "tcp checker web failed 3 times"), 10.0)
+    assert f.phase is fm.Phase.UP
+    assert not f.member
+    assert ops(acts) == []
+    f, acts = fm.step(f, fm.Recover("restart", "restart of web: tcp checker web failed"), 10.1)
+    assert f.phase is fm.Phase.RESTARTING
+    assert ops(acts) == [fm.Op.RESTART]
+    f, _ = fm.step(f, fm.OpDone(fm.Op.RESTART, True), 11.0)
+    assert f.phase is fm.Phase.UP
+    assert not f.member  # until its checkers pass again
+    f, _ = fm.step(f, fm.Health(True, "ok"), 12.0)
+    assert f.member
+    f, acts = fm.step(f, fm.Recover("stop", "stop of web: loop protection"), 20.0)
     assert f.phase is fm.Phase.STOPPING
-    assert "after 2 restarts" in f.failed
     f, _ = fm.step(f, fm.OpDone(fm.Op.STOP, True), 21.0)
     assert f.phase is fm.Phase.STOPPED
-    assert f.failed
-    # restarts outside the window do not count
-    g = farm(True, phase=fm.Phase.UP, healthy=True, restarts=(1.0, 2.0))
-    g, _ = fm.step(g, fm.Health(False, "refused"), 500.0)
-    assert g.phase is fm.Phase.RESTARTING
+    assert "loop protection" in f.failed
+    g = farm(True, phase=fm.Phase.UP, healthy=True)
+    g, acts = fm.step(g, fm.Recover("stopstart", "stopstart of web"), 1.0)
+    g, acts = fm.step(g, fm.OpDone(fm.Op.STOP, True), 2.0)
+    assert g.phase is fm.Phase.STARTING
+
+
+def test_a_wait_checker_holds_the_node_and_it_resumes_by_itself() -> None:
+    f = farm(True, phase=fm.Phase.UP, healthy=True)
+    f, acts = fm.step(f, fm.Holds(("interface checker nic down (eth0 has no link)",)), 1.0)
+    assert f.phase is fm.Phase.STOPPING
+    assert not f.member
+    f, _ = fm.step(f, fm.OpDone(fm.Op.STOP, True), 2.0)
+    assert f.phase is fm.Phase.HELD
+    assert f.display(False) == ("WAIT", "not-ready")
+    assert "eth0 has no link" in f.reason
+    f, acts = fm.step(f, fm.Holds(()), 3.0)
+    assert f.phase is fm.Phase.STARTING
+    assert ops(acts) == [fm.Op.START]
+    # a checker that comes back while the application stops: it starts again
+    g = farm(True, phase=fm.Phase.UP, healthy=True)
+    g, _ = fm.step(g, fm.Holds(("x",)), 1.0)
+    g, _ = fm.step(g, fm.Holds(()), 1.5)
+    g, _ = fm.step(g, fm.OpDone(fm.Op.STOP, True), 2.0)
+    assert g.phase is fm.Phase.STARTING
+
+
+def test_before_start_checkers_hold_the_start_and_stop_is_immediate_while_held() -> None:
+    f = fm.Farm(module="web", local="a", gated=True, waits_first=True)
+    f, acts = fm.step(f, fm.Command(fm.Cmd.START), 1.0)
+    assert f.phase is fm.Phase.HELD
+    assert ops(acts) == []
+    assert any(isinstance(a, Accepted) for a in acts)
+    f, _ = fm.step(f, fm.Holds(("module checker db: waiting for module db to be up",)), 1.1)
+    assert f.phase is fm.Phase.HELD
+    f, acts = fm.step(f, fm.Command(fm.Cmd.STOP), 2.0)
+    assert f.phase is fm.Phase.STOPPED
+    f, _ = fm.step(f, fm.Command(fm.Cmd.START), 3.0)
+    f, acts = fm.step(f, fm.Holds(()), 4.0)
+    assert f.phase is fm.Phase.STARTING
 
 
 def test_stop_during_start_happens_after_it() -> None:

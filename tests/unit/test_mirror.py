@@ -266,13 +266,68 @@ def test_commands_are_answered_never_ignored() -> None:
     assert "already stopped" in answer.message
 
 
-def test_partition_without_witness_is_reported_as_split_brain() -> None:
+def test_split_brain_first_primary_stays_and_the_other_rejoins_keeping_its_files() -> None:
     sim = MirrorSim()
     first_start(sim)
     sim.set_partition(True)
-    assert sim.states() == ("ALONE ready", "ALONE ready")
+    assert sim.states() == ("ALONE ready", "ALONE ready")  # node2 took over: split brain
     sim.set_partition(False)
-    assert any("SPLIT BRAIN" in line for line in sim.nodes["node1"].log)
+    assert sim.states() == ("PRIM ready", "SECOND ready")
+    assert any("SPLIT BRAIN" in line and "node1 stays primary" in line for line in sim.log("node1"))
+    assert any("node2 leaves the primary role" in line for line in sim.log("node2"))
+    [why] = sim.nodes["node2"].preserved
+    assert "diverged" in why
+    assert "split brain resolved by policy keep: first-primary in favour of node1" in why
+    assert sim.data("node1").gen_id == sim.data("node2").gen_id
+    assert [n.holds_vip for n in sim.nodes.values()] == [True, False]
+
+
+@pytest.mark.parametrize(
+    ("keep", "states", "loser"),
+    [
+        ("last-primary", ("SECOND ready", "PRIM ready"), "node1"),
+        ("node2", ("SECOND ready", "PRIM ready"), "node1"),
+        ("node1", ("PRIM ready", "SECOND ready"), "node2"),
+    ],
+)
+def test_split_brain_policies(keep: str, states: tuple[str, str], loser: str) -> None:
+    sim = MirrorSim(keep=keep)
+    first_start(sim)
+    sim.set_partition(True)
+    sim.set_partition(False)
+    assert sim.states() == states
+    assert len(sim.nodes[loser].preserved) == 1
+
+
+def test_split_brain_manual_policy_waits_for_the_operator_and_keeps_the_other_copy() -> None:
+    sim = MirrorSim(keep="manual")
+    first_start(sim)
+    sim.set_partition(True)
+    sim.set_partition(False)
+    assert sim.states() == ("WAIT not-ready", "WAIT not-ready")
+    assert "choose the side to keep with `hakit prim`" in sim.nodes["node1"].machine.blocked
+    sim.command("node2", C.PRIM)
+    assert sim.states() == ("WAIT not-ready", "ALONE ready")
+    assert "`hakit second` here accepts that" in sim.nodes["node1"].machine.blocked
+    sim.command("node1", C.SECOND)
+    assert sim.states() == ("SECOND ready", "PRIM ready")
+    [why] = sim.nodes["node1"].preserved
+    assert "(`hakit second`)" in why
+
+
+def test_an_operator_second_over_newer_data_keeps_them() -> None:
+    sim = MirrorSim()
+    first_start(sim)
+    sim.crash("node2")  # node1 continues alone: new changes node2 never saw
+    sim.command("node1", C.STOP)
+    sim.boot("node2", start=False)
+    sim.command("node2", C.PRIM)  # the operator forces the stale copy to primary
+    sim.boot("node1")
+    assert sim.state("node1") == "WAIT not-ready"
+    sim.command("node1", C.SECOND)
+    assert sim.states() == ("SECOND ready", "PRIM ready")
+    [why] = sim.nodes["node1"].preserved
+    assert "diverged" in why
 
 
 # --- property: never two VIPs while the nodes see each other ---------------------------------
@@ -370,3 +425,194 @@ def test_a_stream_that_ends_keeps_the_secondary_ready_to_take_over() -> None:
     assert sim.states() == ("PRIM ready", "SECOND ready")
     sim.crash("node1")  # the primary was dying: the secondary takes over, data consistent
     assert sim.state("node2") == "ALONE ready"
+
+
+# --- checkers ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("phase", list(mm.Phase))
+def test_checker_events_have_an_answer_in_every_phase(phase: mm.Phase) -> None:
+    assert (phase, "holds") in mm.TRANSITIONS
+    for action in ("restart", "stopstart", "stop"):
+        assert (phase, f"recover:{action}") in mm.TRANSITIONS
+
+
+def test_a_checker_restart_on_the_primary_restarts_the_application_without_failover() -> None:
+    sim = MirrorSim()
+    first_start(sim)
+    sim.inject("node1", mm.Recover("restart", "restart of app: process checker p failed 3 times"))
+    assert sim.nodes["node1"].machine.phase is mm.Phase.RESTARTING
+    sim.settle()
+    assert sim.states() == ("PRIM ready", "SECOND ready")
+    assert any("restart of app" in line for line in sim.nodes["node1"].log)
+
+
+def test_a_checker_stopstart_on_the_primary_fails_over_and_it_returns_as_secondary() -> None:
+    sim = MirrorSim()
+    first_start(sim)
+    sim.inject("node1", mm.Recover("stopstart", "stopstart of app: tcp checker web failed"))
+    sim.settle()
+    assert sim.states() == ("SECOND ready", "PRIM ready")
+    assert not sim.double_vip
+
+
+def test_a_checker_stop_stops_the_module_and_keeps_the_reason() -> None:
+    sim = MirrorSim()
+    first_start(sim)
+    why = "stop of app: tcp checker web failed; loop protection"
+    sim.inject("node1", mm.Recover("stop", why))
+    sim.settle()
+    assert sim.states() == ("STOP not-ready", "ALONE ready")
+    assert sim.nodes["node1"].machine.reason == why
+    sim.command("node1", C.START)
+    assert sim.nodes["node1"].machine.failed == ""
+    assert sim.states() == ("SECOND ready", "PRIM ready")
+
+
+def test_a_wait_checker_on_the_primary_hands_over_and_resumes_as_secondary() -> None:
+    sim = MirrorSim()
+    first_start(sim)
+    sim.inject("node1", mm.Holds(("interface checker nic down (eth0 has no link)",)))
+    sim.settle()
+    assert sim.states() == ("WAIT not-ready", "ALONE ready")
+    assert "eth0 has no link" in sim.nodes["node1"].machine.blocked
+    assert not sim.double_vip
+    sim.inject("node1", mm.Holds(()))
+    sim.settle()
+    assert sim.states() == ("SECOND ready", "PRIM ready")
+
+
+def test_a_wait_checker_holds_a_start_and_a_secondary() -> None:
+    sim = MirrorSim()
+    first_start(sim)
+    sim.inject("node2", mm.Holds(("ping checker gw down",)))
+    sim.settle()
+    assert sim.states() == ("ALONE ready", "WAIT not-ready")
+    sim.inject("node2", mm.Holds(()))
+    sim.settle()
+    assert sim.states() == ("PRIM ready", "SECOND ready")
+    # a hold that arrives while the promotion runs is applied when it ends
+    sim2 = MirrorSim()
+    sim2.command("node1", C.PRIM)
+    sim2.inject("node1", mm.Holds(("module checker db: waiting",)))  # during nothing: WAITING
+    sim2.settle()
+    assert sim2.state("node1") == "WAIT not-ready"
+    sim2.inject("node1", mm.Holds(()))
+    sim2.settle()
+    assert sim2.state("node1") == "ALONE ready"
+
+
+# --- split-brain protection with a witness ----------------------------------------------------
+
+
+@pytest.mark.parametrize("phase", list(mm.Phase))
+def test_arbiter_answers_have_a_handler_in_every_phase(phase: mm.Phase) -> None:
+    assert (phase, "arbiter") in mm.TRANSITIONS
+
+
+def witnessed() -> MirrorSim:
+    sim = MirrorSim(witness=True)
+    first_start(sim)
+    assert sim.holder == "node1"
+    return sim
+
+
+def test_a_split_between_the_nodes_keeps_the_primary_that_holds_the_lease() -> None:
+    sim = witnessed()
+    sim.set_partition(True)  # both still reach the witness
+    assert sim.states() == ("ALONE ready", "SECOND transient")
+    assert "lease held by node1" in sim.nodes["node2"].machine.reason
+    assert not sim.double_vip
+    sim.set_partition(False)
+    assert sim.states() == ("PRIM ready", "SECOND ready")
+    assert not sim.double_vip
+
+
+def test_an_isolated_primary_steps_down_and_the_witness_grants_the_other() -> None:
+    sim = witnessed()
+    sim.reaches["node1"] = False
+    sim.set_partition(True)  # node1 sees neither node2 nor the witness
+    assert sim.states() == ("WAIT not-ready", "ALONE ready")
+    assert sim.holder == "node2"
+    assert any("it may be primary on the other side" in ln for ln in sim.log("node1"))
+    assert not sim.double_vip
+    sim.reaches["node1"] = True
+    sim.set_partition(False)
+    assert sim.states() == ("SECOND ready", "PRIM ready")
+    assert not sim.double_vip
+
+
+def test_asymmetric_the_secondary_sees_only_the_witness() -> None:
+    sim = witnessed()
+    sim.set_witness(node1=False)  # the primary loses the witness, still sees node2
+    assert sim.states() == ("PRIM ready", "SECOND ready")
+    assert any("still primary while node2 sees it" in ln for ln in sim.log("node1"))
+    sim.set_partition(True)  # and now node2 too: node1 can prove nothing, it steps down
+    assert sim.states() == ("WAIT not-ready", "ALONE ready")
+    assert not sim.double_vip
+
+
+def test_witness_down_then_the_peer_lost_stops_the_service_rather_than_risk_two() -> None:
+    sim = witnessed()
+    sim.set_witness(node1=False, node2=False)
+    assert sim.states() == (
+        "PRIM ready",
+        "SECOND ready",
+    )  # nothing happens while both see each other
+    sim.crash("node2")
+    assert sim.state("node1") == "WAIT not-ready"
+    assert "waiting for the arbiter" in sim.nodes["node1"].machine.blocked
+    sim.set_witness(node1=True)  # the witness comes back: node1 is primary again
+    assert sim.state("node1") == "ALONE ready"
+
+
+def test_primforce_overrides_a_missing_witness() -> None:
+    sim = MirrorSim(witness=True)
+    sim.set_witness(node1=False, node2=False)
+    sim.command("node1", C.PRIM)
+    assert sim.state("node1") == "WAIT not-ready"
+    sim.command("node1", C.PRIMFORCE)
+    assert sim.state("node1") == "ALONE ready"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "cut",
+                "heal",
+                "w1-off",
+                "w1-on",
+                "w2-off",
+                "w2-on",
+                "crash1",
+                "crash2",
+                "boot1",
+                "boot2",
+                "stop1",
+                "stop2",
+                "start1",
+                "start2",
+            ]
+        ),
+        max_size=25,
+    )
+)
+def test_with_a_witness_never_two_primaries_whatever_fails(steps: list[str]) -> None:
+    sim = witnessed()
+    for step in steps:
+        n = f"node{step[-1]}"
+        if step == "cut":
+            sim.set_partition(True)
+        elif step == "heal":
+            sim.set_partition(False)
+        elif step.startswith("w"):
+            sim.set_witness(**{f"node{step[1]}": step.endswith("on")})
+        elif step.startswith("crash") and sim.nodes[n].up:
+            sim.crash(n)
+        elif step.startswith("boot") and not sim.nodes[n].up:
+            sim.boot(n)
+        elif step.startswith(("stop", "start")) and sim.nodes[n].up:
+            sim.command(n, C.STOP if step.startswith("stop") else C.START)
+        assert not sim.double_vip, (steps, sim.states())

@@ -128,7 +128,8 @@ vips:
 rules:
   - {protocol: tcp, port: 80, by: client-ip-port}
   - {protocol: udp, by: client-ip}
-check: {tcp_port: 80}
+checkers:
+  - {name: web, type: tcp, port: 80}
 """
 
 
@@ -152,9 +153,9 @@ def test_valid_farm(tmp_path: Path) -> None:
         ("nodes: [alpha, beta, gamma]", "nodes: [alpha]", "at least 2"),
         ("by: client-ip-port}", "by: round-robin}", "client-ip"),
         ("  - {protocol: udp, by: client-ip}", "  - {protocol: tcp, port: 80}", "listed twice"),
-        ("check: {tcp_port: 80}", "check: {tcp_port: 80, fall: 0}", "fall"),
-        ("check: {tcp_port: 80}", "virtual_mac: 03:00:00:00:00:01", "locally administered unicast"),
-        ("check: {tcp_port: 80}", "failover: true", "failover"),
+        ("port: 80}\n", "port: 80, fall: 0}\n", "fall"),
+        ("checkers:", "virtual_mac: 03:00:00:00:00:01\ncheckers:", "locally administered unicast"),
+        ("checkers:", "failover: true\ncheckers:", "failover"),
     ],
 )
 def test_farm_errors(tmp_path: Path, old: str, new: str, expected: str) -> None:
@@ -167,3 +168,82 @@ def test_farm_errors(tmp_path: Path, old: str, new: str, expected: str) -> None:
 def test_farm_scripts_are_the_farm_ones(tmp_path: Path) -> None:
     msgs = errors(tmp_path, FARM, scripts={"stop_both": 0o644})
     assert any("stop_both" in m and "not executable" in m for m in msgs), msgs
+
+
+CHECKERS = """\
+checkers:
+  - {name: app, type: process, process: nginx, min: 1, max: 8}
+  - {name: pat, type: process, regex: "postgres: .*checkpointer"}
+  - {name: unit, type: process, unit: nginx.service, when: every-node}
+  - {name: web, type: tcp, port: 8080, interval: 0.5, timeout: 0.5, fall: 2, rise: 1}
+  - {name: health, type: http, url: "https://127.0.0.1:8443/ok", status: [200, 204], body: ok}
+  - {name: gw, type: ping, address: 10.0.0.254, when: every-node}
+  - {name: nic, type: interface, interface: eth0, when: every-node}
+  - {name: vip, type: vip}
+  - {name: mine, type: custom, command: [check_app, --quick], mode: exit}
+  - {name: feed, type: custom, command: [/usr/bin/watcher], mode: stream, action: none}
+  - {name: db, type: module, module: database, node: alpha, when: before-start}
+recovery: {max: 5, window: 600}
+"""
+
+
+def test_every_kind_of_checker_loads_with_its_defaults(tmp_path: Path) -> None:
+    mf = load_module(module(tmp_path, GOOD + CHECKERS), CLUSTER)
+    c = mf.config
+    kinds = [(k.name, k.type, k.effective_action, k.effective_when("mirror")) for k in c.checkers]
+    assert kinds == [
+        ("app", "process", "restart", "primary"),
+        ("pat", "process", "restart", "primary"),
+        ("unit", "process", "restart", "every-node"),
+        ("web", "tcp", "restart", "primary"),
+        ("health", "http", "restart", "primary"),
+        ("gw", "ping", "wait", "every-node"),
+        ("nic", "interface", "wait", "every-node"),
+        ("vip", "vip", "stopstart", "primary"),
+        ("mine", "custom", "restart", "primary"),
+        ("feed", "custom", "none", "primary"),
+        ("db", "module", "wait", "before-start"),
+    ]
+    assert c.recovery.max == 5
+    assert [k.describe() for k in c.checkers[:2]] == [
+        "process nginx (1..8)",
+        "processes /postgres: .*checkpointer/ (≥ 1)",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("checker", "expected"),
+    [
+        ("{name: x, type: tcp}", "checkers[0].port: required key is missing"),
+        ("{name: x, type: tcp, port: 80, url: x}", "checkers[0].url: unknown key; expected one"),
+        ("{name: x, type: smtp}", "checkers[0].type = 'smtp': expected: one of process, tcp"),
+        ("{name: x, port: 80}", "checkers[0].type: required key `type` is missing: one of"),
+        ("{name: x, type: process}", "give exactly one of `process`, `regex` or `unit`"),
+        ("{name: x, type: process, regex: '(('}", "not a valid regular expression"),
+        ("{name: x, type: process, process: a, min: 3, max: 2}", "`max` is below `min`"),
+        ("{name: x, type: http, url: ftp://a}", "checkers[0].url = 'ftp://a': expected: `http://`"),
+        ("{name: x, type: http, url: 'http://a', status: [700]}", "between 100 and 599"),
+        ("{name: x, type: tcp, port: 80, action: reboot}", "checkers[0].action = 'reboot'"),
+        ("{name: x, type: tcp, port: 80, when: sometimes}", "checkers[0].when = 'sometimes'"),
+        ("{name: x, type: tcp, port: 80, fall: 0}", "checkers[0].fall = 0"),
+        ("{name: x, type: module, module: db, node: zeta}", "checkers[0].node = zeta: a cluster"),
+        ("{name: x, type: module, module: db, action: restart}", "`wait`, `stop` or `none`"),
+        ("{name: x, type: vip, when: secondary}", "where the node holds the VIPs"),
+        ("{name: x, type: tcp, port: 1, when: before-start}", "nothing to restart"),
+        ("{name: x, type: ping, address: nowhere}", "checkers[0].address = 'nowhere'"),
+    ],
+)
+def test_checker_errors_are_located(tmp_path: Path, checker: str, expected: str) -> None:
+    msgs = errors(tmp_path, GOOD + f"checkers:\n  - {checker}\n")
+    assert any(expected in m for m in msgs), msgs
+    assert all(":12: " in m or ":13: " in m for m in msgs), msgs  # the checker's line
+
+
+def test_checker_names_are_unique_and_farms_have_no_primary(tmp_path: Path) -> None:
+    twice = "checkers:\n  - {name: a, type: tcp, port: 1}\n  - {name: a, type: tcp, port: 2}\n"
+    assert any("checkers[1].name = a: listed twice" in m for m in errors(tmp_path, GOOD + twice))
+    tmp_path = tmp_path / "farm"
+    farm = FARM.replace(
+        "{name: web, type: tcp, port: 80}", "{name: web, type: tcp, port: 80, when: primary}"
+    )
+    assert any("a farm has no primary" in m for m in errors(tmp_path, farm))

@@ -50,6 +50,10 @@ class StatusSource(Protocol):
         """Compare both replicas of a module (on its primary); `HakitError` if unknown."""
         ...
 
+    async def switch_checker(self, module: str, checker: str | None, on: bool) -> str:
+        """Maintenance switch of one checker (None: all); `HakitError` if unknown."""
+        ...
+
     def uninstall(self, name: str) -> str:
         """Uninstall a stopped module; `HakitError` if running or absent."""
         ...
@@ -137,6 +141,21 @@ def create_app(source: StatusSource) -> FastAPI:
         except HakitError as e:
             raise HTTPException(404, str(e)) from None
         return JSONResponse(result, status_code=200 if result.get("ok") else 409)
+
+    @app.post(
+        API_PREFIX + "/modules/{module}/checkers/{checker}/{switch}",
+        summary="Switch a checker off (maintenance) or on again; `*`: every checker",
+    )
+    async def checker_switch(module: str, checker: str, switch: str) -> JSONResponse:
+        if switch not in ("on", "off"):
+            raise HTTPException(404, f"unknown switch {switch!r}: on or off")
+        try:
+            message = await source.switch_checker(
+                module, None if checker == "*" else checker, switch == "on"
+            )
+        except HakitError as e:
+            raise HTTPException(404, str(e)) from None
+        return JSONResponse({"accepted": True, "message": message})
 
     @app.post(
         API_PREFIX + "/modules/{module}/{command}",

@@ -1,4 +1,5 @@
-"""Module commands: `hakit module …`, `hakit start|stop|… MODULE`, `wait`, `log`, `failover`."""
+"""Module commands: `hakit module …`, `hakit start|stop|… MODULE`, `wait`, `log`, `failover`,
+`checker`."""
 
 from __future__ import annotations
 
@@ -281,6 +282,24 @@ def failover(mode: str, module: str, node: str | None, all_nodes: bool) -> None:
         run_command(module, f"failover-{mode}", node)
 
 
+@click.command("checker")
+@click.argument("switch", type=click.Choice(["on", "off"]))
+@click.argument("module")
+@click.argument("checker", required=False)
+@node_option
+@all_option
+def checker(
+    switch: str, module: str, checker: str | None, node: str | None, all_nodes: bool
+) -> None:
+    """Switch the checkers of MODULE off for maintenance, or on again (one CHECKER, or all of
+    them). Off: no probe, no action, shown in `hakit state`; kept across daemon restarts."""
+    path = f"/modules/{module}/checkers/{checker or '*'}/{switch}"
+    nodes = module_nodes(module, "checker") if all_nodes else [node]
+    for n in nodes:
+        r = _client(n).post(path)
+        out.print((f"{n}: " if n else "") + str(r.get("message") or r.get("detail")))
+
+
 @click.command("wait")
 @click.argument("module")
 @click.argument("state", type=click.Choice(STATES, case_sensitive=False))
@@ -380,5 +399,6 @@ def register(cli: click.Group) -> None:
     for name, doc in CONTROL.items():
         cli.add_command(_control(name, doc))
     cli.add_command(failover)
+    cli.add_command(checker)
     cli.add_command(wait)
     cli.add_command(log_cmd)

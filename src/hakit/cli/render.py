@@ -102,6 +102,48 @@ def render_state(st: dict[str, Any], console: Console) -> None:
         progress = (mod.get("replication") or {}).get("progress")
         if progress:
             console.print(Text(f"{mname}: {progress_line(progress)}", style="cyan"))
+        for line, style in checker_lines(mod):
+            console.print(Text(f"{mname}: {line}", style=style))
+        sb = mod.get("split_brain") or {}
+        if sb.get("asking") or (sb.get("granted") is False and sb.get("arbiter")):
+            style = "yellow" if sb.get("asking") else "dim"
+            console.print(Text(f"{mname}: arbiter: {sb.get('arbiter')}", style=style))
+        kept = (mod.get("replication") or {}).get("diverged_copy_kept")
+        if kept:
+            console.print(
+                Text(
+                    f"{mname}: diverged copy kept in {kept['folder']} ({kept['entries']} "
+                    "entries; see REPORT.txt there)",
+                    style="magenta",
+                )
+            )
+
+
+HEALTH_STYLE = {"up": "green", "down": "bold red", "unknown": "yellow", "off": "magenta"}
+
+
+def checker_lines(mod: dict[str, Any]) -> list[tuple[str, str]]:
+    """One line per checker that is active, down or switched off, and the loop protection."""
+    out = []
+    for name, c in (mod.get("checkers") or {}).items():
+        if c["health"] == "idle":
+            continue
+        what = f"checker {name} ({c['what']}, {c['when']}, {c['action']}): {c['health']}"
+        if c["health"] == "off":
+            what += " — switched off for maintenance"
+        elif c.get("detail"):
+            what += f" — {c['detail']}"
+        out.append((what, HEALTH_STYLE.get(c["health"], "")))
+    rec = mod.get("recovery") or {}
+    if rec.get("used"):
+        out.append(
+            (
+                f"automatic recoveries: {rec['used']} of {rec['max']} in the last "
+                f"{rec['window']:g} s",
+                "yellow",
+            )
+        )
+    return out
 
 
 def farm_line(mod: dict[str, Any]) -> str:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import stat
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from hakit.config import rules
-from hakit.config.model import Cluster
+from hakit.config.model import NAME_PATTERN, Cluster
 from hakit.errors import ConfigError, ConfigIssue
 
 Loc = tuple[str | int, ...]
@@ -102,28 +104,100 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _allowed_keys(model: type[BaseModel], loc: Loc) -> list[str] | None:
+def _member(annotation: Any, data: Any) -> Any:
+    """The member of a union discriminated by `type` that `data` selects (or the annotation)."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Annotated:
+        return _member(args[0], data)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and isinstance(data, dict):
+        for a in args:
+            f = getattr(a, "model_fields", {}).get("type")
+            if f is not None and data.get("type") in typing.get_args(f.annotation):
+                return a
+    return annotation
+
+
+def _tags(annotation: Any) -> list[str]:
+    """The values of `type` a union discriminated by it accepts."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Annotated:
+        return _tags(args[0])
+    out = []
+    for a in args:
+        f = getattr(a, "model_fields", {}).get("type")
+        if f is not None:
+            out += [str(t) for t in typing.get_args(f.annotation)]
+    return out
+
+
+def _allowed_keys(model: type[BaseModel], loc: Loc, data: Any) -> list[str] | None:
     """The field names accepted at `loc` (the parent of an unknown key), if `loc` is a model."""
-    current: Any = model
-    for part in loc:
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            # a dict[Name, Model]: the key is a free name, the value is the model
-            args = getattr(current, "__args__", ())
-            current = args[-1] if args else None
-            continue
-        field = current.model_fields.get(str(part))
-        if field is None:
-            return None
-        current = field.annotation
+    current = _model_at(model, loc, data)
     if isinstance(current, type) and issubclass(current, BaseModel):
         return list(current.model_fields)
     return None
 
 
-def _expected(err: Any, model: type[BaseModel], loc: Loc) -> str:
+def _model_at(model: type[BaseModel], loc: Loc, data: Any) -> Any:
+    """The model (or type) that validates the value at `loc` of the document `data`."""
+    current: Any = model
+    for part in loc:
+        if isinstance(data, dict):
+            data = data.get(part)
+        elif isinstance(data, list) and isinstance(part, int) and part < len(data):
+            data = data[part]
+        else:
+            data = None
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is None:
+                return None
+            current = _member(field.annotation, data)
+            continue
+        # a dict[Name, Model] or a tuple[Model, ...]: the item's model
+        args = [a for a in typing.get_args(current) if a is not Ellipsis]
+        current = _member(args[-1], data) if args else None
+    return _member(current, data)
+
+
+def _description(model: type[BaseModel], loc: Loc, data: Any) -> str:
+    """The description of the field at `loc` (what a value must look like)."""
+    parent: Any = model
+    if loc[:-1]:
+        allowed = _allowed_keys(model, loc[:-1], data)
+        if allowed is None:
+            return "a value of the documented form"
+        parent = _model_at(model, loc[:-1], data)
+    field = getattr(parent, "model_fields", {}).get(str(loc[-1]))
+    desc = field.description if field is not None else None
+    return (desc or "a value of the documented form").rstrip(".")
+
+
+def _data_loc(data: Any, loc: Loc) -> Loc:
+    """The error's path in the document: without the tags pydantic inserts for a union
+    discriminated by `type` (`checkers.0.tcp.port` is `checkers[0].port` in the file)."""
+    out: list[str | int] = []
+    current = data
+    for part in loc:
+        if isinstance(current, dict) and current.get("type") == part:
+            continue  # the tag pydantic puts in front of a union member's own path
+        out.append(part)
+        if isinstance(current, dict):
+            current = current.get(part)
+        elif isinstance(current, list) and isinstance(part, int) and part < len(current):
+            current = current[part]
+        else:
+            current = None
+    return tuple(out)
+
+
+def _expected(err: Any, model: type[BaseModel], loc: Loc, data: Any) -> str:
     kind = err["type"]
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        what = "required key `type` is missing" if kind == "union_tag_not_found" else "expected"
+        return f"{what}: one of {', '.join(err['tags'])}"
     if kind == "extra_forbidden":
-        allowed = _allowed_keys(model, loc[:-1])
+        allowed = _allowed_keys(model, loc[:-1], data)
         return "unknown key" + (f"; expected one of: {', '.join(allowed)}" if allowed else "")
     if kind == "missing":
         if loc and isinstance(loc[-1], int):
@@ -132,8 +206,10 @@ def _expected(err: Any, model: type[BaseModel], loc: Loc) -> str:
     msg = str(err["msg"])
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
-    if kind == "string_pattern_mismatch":
+    if kind == "string_pattern_mismatch" and err.get("ctx", {}).get("pattern") == NAME_PATTERN:
         return "expected a name: a letter, then letters, digits, '_' or '-' (at most 32 characters)"
+    if kind == "string_pattern_mismatch":
+        return "expected: " + _description(model, loc, data)
     if kind.startswith("ip_"):
         return "expected an IPv4 or IPv6 address"
     if msg.startswith("Input should be "):
@@ -154,18 +230,25 @@ def validate(model: type[BaseModel], data: Any, marks: Marks, file: str) -> Any:
     except ValidationError as exc:
         issues: list[ConfigIssue] = []
         seen: set[tuple[Loc, str]] = set()
-        for err in exc.errors():
-            loc: Loc = tuple(err["loc"])
+        for raw in exc.errors():
+            err: dict[str, Any] = dict(raw)
+            loc: Loc = _data_loc(data, tuple(err["loc"]))
+            if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+                tags = _tags(_model_at(model, loc, data))
+                err = {**err, "input": err.get("ctx", {}).get("tag"), "tags": tags}
+                loc = (*loc, "type")
             on_key = err["type"] == "extra_forbidden"
             if "[key]" in loc:  # a bad name used as a key: blame the key itself
                 loc, on_key = loc[: loc.index("[key]")], True
-            expected = _expected(err, model, loc)
+            expected = _expected(err, model, loc, data)
             if (loc, err["type"]) in seen:
                 continue
             seen.add((loc, err["type"]))
-            value = None if err["type"] in ("missing",) else _show(err.get("input"))
-            if err["type"] == "extra_forbidden":
-                value = None
+            missing = err["type"] in ("missing", "union_tag_not_found")
+            value = None if missing else _show(err.get("input"))
+            whole = err["type"] == "value_error" and isinstance(err.get("input"), dict)
+            if err["type"] == "extra_forbidden" or whole:
+                value = None  # a rule over a whole mapping: its line and the message say enough
             line = marks.line(loc, value=not on_key)
             issues.append(ConfigIssue(file, line, dotted(loc), value, expected))
         raise ConfigError(issues) from None

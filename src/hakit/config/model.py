@@ -18,10 +18,8 @@ DEFAULT_INTERVAL = 0.2
 DEFAULT_TIMEOUT = 1.0
 MIN_PULSES_PER_TIMEOUT = 3
 
-Name = Annotated[
-    str,
-    StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,31}$"),
-]
+NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,31}$"
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 """Names of clusters, nodes and networks: a letter, then letters, digits, `_` or `-` (≤ 32)."""
 
 

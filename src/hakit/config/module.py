@@ -13,8 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, IPvAnyInterface, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    IPvAnyAddress,
+    IPvAnyInterface,
+    StringConstraints,
+    model_validator,
+)
 
+from hakit.config.checkers import Checker, ModuleChecker, Recovery, VipChecker
 from hakit.config.load import Marks, dotted, parse_yaml, read_text, validate
 from hakit.config.model import Cluster, Frozen, Name
 from hakit.config.rules import Problem
@@ -179,6 +187,77 @@ class Replication(Frozen):
     )
 
 
+class WitnessRef(Frozen):
+    """A witness (`hakit witness` on a third machine) that grants the primary role: when the two
+    nodes lose each other, only the node holding its lease may be or become primary."""
+
+    addresses: tuple[IPvAnyAddress, ...] = Field(
+        min_length=1,
+        description="Addresses of the witness (several: tried at once, the first answer wins).",
+    )
+    port: int = Field(7355, ge=1, le=65535, description="UDP port of the witness.")
+    ttl: float = Field(
+        1.0,
+        ge=0.4,
+        le=60,
+        description=(
+            "Seconds a lease lasts; the primary renews it every `ttl`/4. A primary that can "
+            "reach neither the witness nor its peer stops serving when its lease ends."
+        ),
+    )
+    grace: float = Field(
+        0.5,
+        ge=0,
+        le=60,
+        description=(
+            "Seconds the witness waits after a lease ended (and after the other node first "
+            "asked) before granting it to the other node: the time a primary that lost its "
+            "lease has to release its VIPs."
+        ),
+    )
+
+
+class SplitBrain(Frozen):
+    """Protection against two primaries after a network split, and what happens when the two
+    nodes meet again after both were primary."""
+
+    keep: str = Field(
+        "first-primary",
+        description=(
+            "Which node stays primary when the nodes meet again after both were primary: "
+            "`first-primary` (the one primary for longer, i.e. not the one that took over "
+            "during the split), `last-primary`, a node name, or `manual` (both stop being "
+            "primary and wait for `hakit prim` on the node to keep). The other node becomes "
+            "secondary; the files its resynchronisation overwrites are kept in a dated folder "
+            "with a report, never discarded."
+        ),
+    )
+    witness: WitnessRef | None = Field(
+        None, description="A witness that arbitrates (see [witness](witness.md))."
+    )
+    ping: tuple[IPvAnyAddress, ...] = Field(
+        (),
+        description=(
+            "A simple ping witness for sites without a third machine: a node takes over from "
+            "a peer it lost only if at least one of these addresses answers (e.g. the router "
+            "that only one side of a split can reach)."
+        ),
+    )
+    ping_timeout: float = Field(
+        1.0, gt=0, le=30, description="Seconds to wait for an answer of the ping witness."
+    )
+    fence_timeout: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Seconds the fencing script `bin/fence` (IPMI, cloud API, hypervisor…) may take; "
+            "when it exists, it runs before a node takes over from a peer it cannot see, and "
+            "the takeover happens only if it succeeds."
+        ),
+    )
+
+
 class MirrorModule(Frozen):
     """A mirror module: the application runs on one of two nodes, the primary."""
 
@@ -212,6 +291,15 @@ class MirrorModule(Frozen):
     replication: Replication | None = Field(
         None, description="Directories replicated to the secondary (none: no replication)."
     )
+    split_brain: SplitBrain = Field(
+        default_factory=SplitBrain, description="Split-brain protection and resolution."
+    )
+    checkers: tuple[Checker, ...] = Field(
+        (), description="Failure detectors (see [checkers](checkers.md))."
+    )
+    recovery: Recovery = Field(
+        default_factory=Recovery, description="Loop protection of automatic recoveries."
+    )
     variables: dict[EnvName, str] = Field(
         default_factory=dict,
         description="Variables passed to every script in its environment.",
@@ -236,34 +324,6 @@ class FarmRule(Frozen):
             "the same node; `client-ip-port`: each connection is placed on its own (evener "
             "with few clients, for stateless services)."
         ),
-    )
-
-
-class FarmCheck(Frozen):
-    """The node's own health check: a node whose application fails it leaves the farm (its
-    share moves to the others), restarts the application locally and rejoins once healthy."""
-
-    tcp_port: int = Field(ge=1, le=65535, description="TCP port the application listens on.")
-    host: str = Field("127.0.0.1", description="Address to connect to (on this node).")
-    interval: float = Field(1.0, ge=0.1, le=60, description="Seconds between two probes.")
-    timeout: float = Field(1.0, ge=0.05, le=60, description="Seconds a probe may take.")
-    fall: int = Field(
-        2, ge=1, le=100, description="Consecutive failed probes before the node leaves."
-    )
-    rise: int = Field(
-        2, ge=1, le=100, description="Consecutive good probes before the node (re)joins."
-    )
-    max_restarts: int = Field(
-        3,
-        ge=0,
-        le=100,
-        description=(
-            "Local restarts allowed within `restart_window`; one more failure stops the "
-            "module on this node (the others keep serving) with a message."
-        ),
-    )
-    restart_window: float = Field(
-        3600.0, gt=0, description="Seconds over which `max_restarts` is counted."
     )
 
 
@@ -312,8 +372,15 @@ class FarmModule(Frozen):
             "first VIP's four bytes). Must be a locally administered unicast address."
         ),
     )
-    check: FarmCheck | None = Field(
-        None, description="Health check of the application on each node (none: always healthy)."
+    checkers: tuple[Checker, ...] = Field(
+        (),
+        description=(
+            "Failure detectors (see [checkers](checkers.md)); a node joins the farm once its "
+            "checkers pass and leaves it while one with an action fails."
+        ),
+    )
+    recovery: Recovery = Field(
+        default_factory=Recovery, description="Loop protection of automatic recoveries."
     )
     scripts: Scripts = Field(default_factory=Scripts, description="Script time limits.")
     variables: dict[EnvName, str] = Field(
@@ -407,8 +474,64 @@ def check_farm(m: FarmModule, cluster: Cluster) -> list[Problem]:
 
 def check_against_cluster(m: ModuleConfig, cluster: Cluster) -> list[Problem]:
     if isinstance(m, FarmModule):
-        return check_farm(m, cluster)
-    return check_mirror(m, cluster)
+        return check_farm(m, cluster) + check_checkers(m, cluster)
+    return check_mirror(m, cluster) + check_checkers(m, cluster)
+
+
+def check_checkers(m: ModuleConfig, cluster: Cluster) -> list[Problem]:
+    out: list[Problem] = []
+    seen: set[str] = set()
+    for i, c in enumerate(m.checkers):
+        if c.name in seen:
+            out.append(Problem(("checkers", i, "name"), c.name, "listed twice"))
+        seen.add(c.name)
+        if m.kind == "farm" and c.when in ("primary", "secondary"):
+            out.append(
+                Problem(
+                    ("checkers", i, "when"),
+                    c.when,
+                    "`before-start` or `every-node` (a farm has no primary or secondary)",
+                )
+            )
+        if c.when == "before-start" and c.effective_action in ("restart", "stopstart"):
+            out.append(
+                Problem(
+                    ("checkers", i, "action"),
+                    c.effective_action,
+                    "`wait`, `stop` or `none` for a `before-start` checker (the application is "
+                    "not running yet: there is nothing to restart)",
+                )
+            )
+        if isinstance(c, VipChecker):
+            if not m.vips:
+                out.append(Problem(("checkers", i, "type"), "vip", "a module with `vips`"))
+            if c.effective_when(m.kind) in ("before-start", "secondary"):
+                out.append(
+                    Problem(
+                        ("checkers", i, "when"),
+                        c.when,
+                        "where the node holds the VIPs: `primary` or `every-node`",
+                    )
+                )
+        if isinstance(c, ModuleChecker):
+            if c.node is not None and c.node not in cluster.nodes:
+                out.append(
+                    Problem(
+                        ("checkers", i, "node"),
+                        c.node,
+                        f"a cluster node: {', '.join(cluster.nodes)}",
+                    )
+                )
+            if c.action == "restart" or c.action == "stopstart":
+                out.append(
+                    Problem(
+                        ("checkers", i, "action"),
+                        c.action,
+                        "`wait`, `stop` or `none`: restarting this module does not bring "
+                        "another one back",
+                    )
+                )
+    return out
 
 
 def check_mirror(m: MirrorModule, cluster: Cluster) -> list[Problem]:
@@ -433,6 +556,26 @@ def check_mirror(m: MirrorModule, cluster: Cluster) -> list[Problem]:
                     f"not a network shared by {a} and {b}; shared: {', '.join(shared) or 'none'}",
                 )
             )
+    if m.split_brain.keep not in ("first-primary", "last-primary", "manual", *m.nodes):
+        out.append(
+            Problem(
+                ("split_brain", "keep"),
+                m.split_brain.keep,
+                f"expected first-primary, last-primary, manual, {a} or {b}",
+            )
+        )
+    w = m.split_brain.witness
+    hb = cluster.heartbeat
+    if w is not None and w.grace < 1.5 * hb.interval + 0.1:
+        out.append(
+            Problem(
+                ("split_brain", "witness", "grace"),
+                f"{w.grace:g}",
+                f"at least 1.5 × heartbeat.interval + 0.1 s = {1.5 * hb.interval + 0.1:g} s: "
+                "the two nodes may notice their separation that far apart, and the primary "
+                "must have released its VIPs before the other is granted the role",
+            )
+        )
     if m.default_primary not in ("alone", "lastprim", *m.nodes):
         out.append(
             Problem(

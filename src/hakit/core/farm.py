@@ -19,8 +19,11 @@ node. Three pieces, all pure:
   owner only for the heartbeat round of a handover (a SYN sent then is retransmitted by the
   client and served).
 - **The state machine** (`step`): STOP → WAIT (prestart, start_both, data path) → UP → WAIT
-  (stop_both, data path down, poststop) → STOP, plus a local restart when the health check
-  fails (the node gives its buckets away first), with a bounded number of restarts.
+  (stop_both, data path down, poststop) → STOP. Checkers (core/checks.py) drive the rest: the
+  node is a member only while the checkers guarding the application pass; a failed checker
+  asks for a local restart (the node gives its buckets away first), a stopstart or a stop
+  (loop protection already applied); `wait` checkers hold the node in WAIT, the application
+  stopped, and it starts again by itself when they pass.
 """
 
 from __future__ import annotations
@@ -217,9 +220,10 @@ def converge(
 
 class Phase(StrEnum):
     STOPPED = "stopped"
+    HELD = "held"  # started, the application not running: a `wait` checker holds it
     STARTING = "starting"  # prestart, start_both, data path up
-    UP = "up"  # running; a member of the farm while healthy
-    RESTARTING = "restarting"  # health check failed: buckets given away, stop_both, start_both
+    UP = "up"  # running; a member of the farm while its checkers pass
+    RESTARTING = "restarting"  # a checker failed: buckets given away, stop_both, start_both
     STOPPING = "stopping"  # buckets given away, stop_both, data path down, poststop
 
 
@@ -243,19 +247,19 @@ class Then(StrEnum):
     NOTHING = "nothing"
     STOP = "stop"
     START = "start"
+    HOLD = "hold"  # once stopped, wait in HELD for the checkers
 
 
 @dataclass(frozen=True)
 class Farm:
     module: str
     local: str
-    has_check: bool = False
-    max_restarts: int = 3
-    restart_window: float = 3600.0
+    gated: bool = False  # checkers guard the application: a member only once they pass
+    waits_first: bool = False  # `wait` checkers active before the start: held until they pass
     phase: Phase = Phase.STOPPED
     healthy: bool = False
+    holds: tuple[str, ...] = ()  # why `wait` checkers hold the module
     then: Then = Then.NOTHING
-    restarts: tuple[float, ...] = ()  # times of automatic restarts within the window
     reason: str = ""
     failed: str = ""  # why the module stopped by itself (shown until the next start)
     since: float = 0.0
@@ -267,6 +271,8 @@ class Farm:
     def display(self, settled: bool) -> tuple[str, str]:
         if self.phase is Phase.STOPPED:
             return "STOP", "not-ready"
+        if self.phase is Phase.HELD:
+            return "WAIT", "not-ready"
         if self.phase is not Phase.UP:
             return "WAIT", "transient"
         if not self.healthy:
@@ -288,11 +294,29 @@ class OpDone:
 
 @dataclass(frozen=True)
 class Health:
+    """Every checker that guards the application passes (ok) or one of them does not."""
+
     ok: bool
     detail: str = ""
 
 
-Event = Command | OpDone | Health
+@dataclass(frozen=True)
+class Recover:
+    """A checker failed and asks for `action` (restart, stopstart or stop), with the sentence
+    (loop protection already applied: see core/checks.py)."""
+
+    action: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Holds:
+    """The reasons `wait` checkers hold the module (empty: nothing holds it any more)."""
+
+    reasons: tuple[str, ...]
+
+
+Event = Command | OpDone | Health | Recover | Holds
 
 
 def event_kind(ev: Event) -> str:
@@ -300,13 +324,17 @@ def event_kind(ev: Event) -> str:
         return f"cmd:{ev.cmd.value}"
     if isinstance(ev, OpDone):
         return f"done:{ev.op.value}"
+    if isinstance(ev, Recover):
+        return f"recover:{ev.action}"
+    if isinstance(ev, Holds):
+        return "holds"
     return "health:ok" if ev.ok else "health:failed"
 
 
 @dataclass(frozen=True)
 class RunOp:
     op: Op
-    action: str  # the scripts' third argument: start, stop, restart, health
+    action: str  # the scripts' third argument: start, stop, restart, checker, failed
 
 
 @dataclass(frozen=True)
@@ -326,7 +354,7 @@ def _go(f: Farm, phase: Phase, now: float, why: str, **kw: object) -> Farm:
 
 def _run(f: Farm, phase: Phase, now: float, why: str, action: str, **kw: object) -> Result:
     f2 = _go(f, phase, now, why, **kw)
-    level = "warning" if action in ("health", "failed") else "info"
+    level = "warning" if action in ("checker", "failed", "hold") else "info"
     return f2, (Explain(why, level), Publish(), RunOp(OP_OF_PHASE[phase], action))
 
 
@@ -334,10 +362,24 @@ def _name(f: Farm) -> str:
     return f"{f.module} on {f.local}"
 
 
+def _held(f: Farm, now: float, why: str, **kw: object) -> Result:
+    f2 = _go(f, Phase.HELD, now, why, healthy=False, then=Then.NOTHING, **kw)
+    return f2, (Explain(why, "warning"), Publish())
+
+
+def _hold_text(f: Farm) -> str:
+    return "; ".join(f.holds) or "waiting for the checkers active before the start"
+
+
 def _start(f: Farm, ev: Event, now: float) -> Result:
-    f2, acts = _run(
-        f, Phase.STARTING, now, f"{_name(f)}: starting", "start", failed="", restarts=()
-    )
+    if f.waits_first or f.holds:
+        f2, acts = _held(
+            replace(f, failed=""),
+            now,
+            f"{_name(f)}: started, held before starting: {_hold_text(f)}",
+        )
+        return f2, (*acts, Accepted(f"{f.module} started on {f.local}, waiting: {_hold_text(f)}"))
+    f2, acts = _run(f, Phase.STARTING, now, f"{_name(f)}: starting", "start", failed="")
     return f2, (*acts, Accepted(f"{f.module} starting on {f.local}"))
 
 
@@ -361,6 +403,13 @@ def _stop(f: Farm, ev: Event, now: float) -> Result:
         f, Phase.STOPPING, now, f"{_name(f)}: stopping (operator); its share moves", "stop"
     )
     return f2, (*acts, Accepted(f"{f.module} stopping on {f.local}"))
+
+
+def _stop_held(f: Farm, ev: Event, now: float) -> Result:
+    """Nothing runs while held: stopped at once."""
+    why = f"{_name(f)}: stopped (operator) while held"
+    f2 = _go(f, Phase.STOPPED, now, why, then=Then.NOTHING)
+    return f2, (Explain(why), Publish(), Accepted(f"{f.module} stopped on {f.local}"))
 
 
 def _stopstart(f: Farm, ev: Event, now: float) -> Result:
@@ -387,9 +436,24 @@ def _restart(f: Farm, ev: Event, now: float) -> Result:
         now,
         f"{_name(f)}: restarting the application (operator); its share moves meanwhile",
         "restart",
-        restarts=(),
     )
     return f2, (*acts, Accepted(f"{f.module} restarting on {f.local}"))
+
+
+def _settle(f: Farm, now: float, what: str) -> Result:
+    """An operation ended with the application running: stop if asked, hold if a checker
+    says so, else UP."""
+    if f.then is Then.STOP:
+        return _run(f, Phase.STOPPING, now, f"{_name(f)}: {what}; stop requested", "stop")
+    if f.holds:
+        why = f"{_name(f)}: {what}, but held: {_hold_text(f)}; stopping the application"
+        return _run(f, Phase.STOPPING, now, why, "hold", then=Then.HOLD)
+    if f.gated:
+        why = f"{_name(f)}: {what}; joins the farm once its checkers pass"
+    else:
+        why = f"{_name(f)}: {what}; joins the farm"
+    f2 = _go(f, Phase.UP, now, why, healthy=not f.gated, then=Then.NOTHING)
+    return f2, (Explain(why), Publish())
 
 
 def _after_start(f: Farm, ev: Event, now: float) -> Result:
@@ -397,18 +461,7 @@ def _after_start(f: Farm, ev: Event, now: float) -> Result:
     if not ev.ok:
         why = f"{_name(f)}: start failed ({ev.detail}); cleaning up"
         return _run(f, Phase.STOPPING, now, why, "failed", failed=why, then=Then.NOTHING)
-    if f.then is Then.STOP:
-        return _run(f, Phase.STOPPING, now, f"{_name(f)}: started; stop requested", "stop")
-    return _up(f, now, "started")
-
-
-def _up(f: Farm, now: float, what: str) -> Result:
-    if f.has_check:
-        why = f"{_name(f)}: {what}; joins the farm once its health check passes"
-    else:
-        why = f"{_name(f)}: {what}; joins the farm"
-    f2 = _go(f, Phase.UP, now, why, healthy=not f.has_check, then=Then.NOTHING)
-    return f2, (Explain(why), Publish())
+    return _settle(f, now, "started")
 
 
 def _after_restart(f: Farm, ev: Event, now: float) -> Result:
@@ -416,48 +469,109 @@ def _after_restart(f: Farm, ev: Event, now: float) -> Result:
     if not ev.ok:
         why = f"{_name(f)}: restart failed ({ev.detail}); stopping here, the others keep serving"
         return _run(f, Phase.STOPPING, now, why, "failed", failed=why, then=Then.NOTHING)
-    if f.then is Then.STOP:
-        return _run(f, Phase.STOPPING, now, f"{_name(f)}: restarted; stop requested", "stop")
-    return _up(f, now, "application restarted")
+    return _settle(f, now, "application restarted")
 
 
 def _after_stop(f: Farm, ev: Event, now: float) -> Result:
     assert isinstance(ev, OpDone)
     outcome = "stopped" if ev.ok else f"stopped, with errors ({ev.detail})"
+    if f.then is Then.HOLD and not f.failed:
+        if f.holds:
+            return _held(f, now, f"{_name(f)}: {outcome}; held: {_hold_text(f)}")
+        f = replace(f, then=Then.START)  # the checker came back meanwhile
     if f.then is Then.START and not f.failed:
         f2 = replace(f, then=Then.NOTHING)
         return _run(f2, Phase.STARTING, now, f"{_name(f)}: {outcome}; starting again", "start")
     why = f.failed or f"{_name(f)}: {outcome}"
-    f2 = _go(f, Phase.STOPPED, now, why, healthy=False, then=Then.NOTHING)
+    f2 = _go(f, Phase.STOPPED, now, why, healthy=False, then=Then.NOTHING, holds=())
     return f2, (Explain(f"{_name(f)}: {outcome}", "info" if ev.ok else "error"), Publish())
 
 
-def _health_up(f: Farm, ev: Event, now: float) -> Result:
+def _health(f: Farm, ev: Event, now: float) -> Result:
+    """Membership follows the checkers that guard the application."""
     assert isinstance(ev, Health)
+    if ev.ok == f.healthy:
+        return f, ()
     if ev.ok:
-        if f.healthy:
-            return f, ()
-        why = f"{_name(f)}: health check passes ({ev.detail}); joins the farm"
+        why = f"{_name(f)}: checkers pass ({ev.detail}); joins the farm"
         return _go(f, Phase.UP, now, why, healthy=True), (Explain(why), Publish())
-    if not f.healthy:
-        return f, ()  # not a member yet: it keeps waiting for a passing check
-    recent = tuple(t for t in f.restarts if now - t < f.restart_window)
-    if len(recent) >= f.max_restarts:
-        why = (
-            f"{_name(f)}: health check failed ({ev.detail}) after {len(recent)} restarts in "
-            f"{f.restart_window:g} s; stopping here, the others keep serving "
-            f"(`hakit start {f.module}` when repaired)"
-        )
-        return _run(f, Phase.STOPPING, now, why, "failed", failed=why, restarts=recent)
-    why = (
-        f"{_name(f)}: health check failed ({ev.detail}); leaves the farm and restarts the "
-        f"application (restart {len(recent) + 1} of {f.max_restarts} in {f.restart_window:g} s)"
+    why = f"{_name(f)}: leaves the farm, its share moves: {ev.detail}"
+    return _go(f, Phase.UP, now, why, healthy=False), (Explain(why, "warning"), Publish())
+
+
+def _health_noted(f: Farm, ev: Event, now: float) -> Result:
+    """Outside UP membership is not in question; the checker result is already recorded."""
+    return f, ()
+
+
+def _recover(f: Farm, ev: Event, now: float) -> Result:
+    assert isinstance(ev, Recover)
+    if ev.action == "restart":
+        why = f"{ev.message}; {f.local} leaves the farm meanwhile"
+        return _run(f, Phase.RESTARTING, now, why, "checker", healthy=False)
+    if ev.action == "stopstart":
+        why = f"{ev.message}; its share moves meanwhile"
+        return _run(f, Phase.STOPPING, now, why, "checker", then=Then.START)
+    return _run(
+        f,
+        Phase.STOPPING,
+        now,
+        f"{ev.message}; the others keep serving",
+        "failed",
+        failed=ev.message,
+        then=Then.NOTHING,
     )
-    return _run(f, Phase.RESTARTING, now, why, "health", restarts=(*recent, now))
 
 
-def _health_ignored(f: Farm, ev: Event, now: float) -> Result:
-    return f, ()  # a probe that ended after the node left UP: nothing to decide on
+def _recover_later(f: Farm, ev: Event, now: float) -> Result:
+    """During an operation: a stop is done after it; a restart is not needed (the operation
+    restarts or stops the application, and the checkers start again afterwards)."""
+    assert isinstance(ev, Recover)
+    if ev.action == "stop":
+        f2 = replace(f, then=Then.STOP, failed=ev.message)
+        return f2, (Explain(f"{ev.message}; once {f.phase.value} ends", "warning"),)
+    return f, (Explain(f"{ev.message}: not needed, {f.phase.value} already", "info"),)
+
+
+def _recover_idle(f: Farm, ev: Event, now: float) -> Result:
+    """Nothing runs (held): only a stop applies."""
+    assert isinstance(ev, Recover)
+    if ev.action == "stop":
+        f2 = _go(f, Phase.STOPPED, now, ev.message, failed=ev.message, then=Then.NOTHING)
+        return f2, (Explain(ev.message, "warning"), Publish())
+    return f, (Explain(f"{ev.message}: nothing runs here (held)", "info"),)
+
+
+def _recover_late(f: Farm, ev: Event, now: float) -> Result:
+    """A checker result that arrives after the module stopped: nothing to do."""
+    return f, ()
+
+
+def _holds_up(f: Farm, ev: Event, now: float) -> Result:
+    assert isinstance(ev, Holds)
+    f2 = replace(f, holds=ev.reasons)
+    if not ev.reasons:
+        return f2, ()
+    why = f"{_name(f)}: held: {_hold_text(f2)}; leaves the farm and stops the application"
+    return _run(f2, Phase.STOPPING, now, why, "hold", healthy=False, then=Then.HOLD)
+
+
+def _holds_held(f: Farm, ev: Event, now: float) -> Result:
+    assert isinstance(ev, Holds)
+    f2 = replace(f, holds=ev.reasons)
+    if ev.reasons:
+        if ev.reasons != f.holds:
+            return _go(f2, Phase.HELD, now, f"{_name(f)}: held: {_hold_text(f2)}"), (Publish(),)
+        return f2, ()
+    return _run(
+        f2, Phase.STARTING, now, f"{_name(f)}: nothing holds it any more; starting", "start"
+    )
+
+
+def _holds_noted(f: Farm, ev: Event, now: float) -> Result:
+    """Remembered; applied when the running operation ends (`_settle`, `_after_stop`)."""
+    assert isinstance(ev, Holds)
+    return replace(f, holds=ev.reasons), ()
 
 
 _ALREADY_STARTED = _refuse(
@@ -465,6 +579,10 @@ _ALREADY_STARTED = _refuse(
 )
 _NOT_RUNNING = _refuse("{f.module} is not running on {f.local}: `hakit start {f.module}` first")
 _BUSY = _refuse("{f.module} is busy on {f.local} ({f.phase.value}); try again when it is UP")
+_HELD_BUSY = _refuse(
+    "{f.module} is held on {f.local} ({f.reason}); it starts by itself when its checkers "
+    "pass, or `hakit stop`"
+)
 
 P = Phase
 TRANSITIONS: dict[tuple[Phase, str], Handler] = {
@@ -472,6 +590,10 @@ TRANSITIONS: dict[tuple[Phase, str], Handler] = {
     (P.STOPPED, "cmd:stop"): _accept("{f.module} is already stopped on {f.local}"),
     (P.STOPPED, "cmd:restart"): _NOT_RUNNING,
     (P.STOPPED, "cmd:stopstart"): _NOT_RUNNING,
+    (P.HELD, "cmd:start"): _ALREADY_STARTED,
+    (P.HELD, "cmd:stop"): _stop_held,
+    (P.HELD, "cmd:restart"): _HELD_BUSY,
+    (P.HELD, "cmd:stopstart"): _HELD_BUSY,
     (P.STARTING, "cmd:start"): _ALREADY_STARTED,
     (P.STARTING, "cmd:stop"): _stop_later,
     (P.STARTING, "cmd:restart"): _BUSY,
@@ -481,8 +603,6 @@ TRANSITIONS: dict[tuple[Phase, str], Handler] = {
     (P.UP, "cmd:stop"): _stop,
     (P.UP, "cmd:restart"): _restart,
     (P.UP, "cmd:stopstart"): _stopstart,
-    (P.UP, "health:ok"): _health_up,
-    (P.UP, "health:failed"): _health_up,
     (P.RESTARTING, "cmd:start"): _ALREADY_STARTED,
     (P.RESTARTING, "cmd:stop"): _stop_later,
     (P.RESTARTING, "cmd:restart"): _BUSY,
@@ -495,21 +615,34 @@ TRANSITIONS: dict[tuple[Phase, str], Handler] = {
     (P.STOPPING, "cmd:restart"): _BUSY,
     (P.STOPPING, "cmd:stopstart"): _BUSY,
     (P.STOPPING, "done:stop"): _after_stop,
+    (P.UP, "holds"): _holds_up,
+    (P.HELD, "holds"): _holds_held,
 }
-for _p in (P.STOPPED, P.STARTING, P.RESTARTING, P.STOPPING):
-    TRANSITIONS[(_p, "health:ok")] = _health_ignored
-    TRANSITIONS[(_p, "health:failed")] = _health_ignored
+for _p in Phase:
+    for _ok in ("ok", "failed"):
+        TRANSITIONS[(_p, f"health:{_ok}")] = _health if _p is P.UP else _health_noted
+    for _a in ("restart", "stopstart", "stop"):
+        TRANSITIONS[(_p, f"recover:{_a}")] = {
+            P.UP: _recover,
+            P.HELD: _recover_idle,
+            P.STOPPED: _recover_late,
+        }.get(_p, _recover_later)
+    TRANSITIONS.setdefault((_p, "holds"), _holds_noted)
 
 
 TARGETS: dict[Handler, frozenset[Phase]] = {
-    _start: frozenset({P.STARTING}),
+    _start: frozenset({P.STARTING, P.HELD}),
     _stop: frozenset({P.STOPPING}),
+    _stop_held: frozenset({P.STOPPED}),
     _stopstart: frozenset({P.STOPPING}),
     _restart: frozenset({P.RESTARTING}),
     _after_start: frozenset({P.UP, P.STOPPING}),
     _after_restart: frozenset({P.UP, P.STOPPING}),
-    _after_stop: frozenset({P.STOPPED, P.STARTING}),
-    _health_up: frozenset({P.RESTARTING, P.STOPPING}),
+    _after_stop: frozenset({P.STOPPED, P.STARTING, P.HELD}),
+    _recover: frozenset({P.RESTARTING, P.STOPPING}),
+    _recover_idle: frozenset({P.STOPPED}),
+    _holds_up: frozenset({P.STOPPING}),
+    _holds_held: frozenset({P.STARTING}),
 }
 """Phases each handler may lead to (refusals and bookkeeping stay where they are)."""
 
@@ -519,10 +652,17 @@ def targets(phase: Phase, kind: str) -> frozenset[Phase]:
 
 
 def step(f: Farm, ev: Event, now: float) -> Result:
-    handler = TRANSITIONS.get((f.phase, event_kind(ev)))
+    kind = event_kind(ev)
+    handler = TRANSITIONS.get((f.phase, kind))
     if handler is None:
-        raise UnexpectedEvent(f"farm {f.module}: {event_kind(ev)} in phase {f.phase.value}")
-    return handler(f, ev, now)
+        raise UnexpectedEvent(f"farm {f.module}: {kind} in phase {f.phase.value}")
+    f2, actions = handler(f, ev, now)
+    if f2.phase not in targets(f.phase, kind):
+        raise UnexpectedEvent(
+            f"farm {f.module}: {kind} in {f.phase.value} led to {f2.phase.value}, which its "
+            "table entry does not allow"
+        )
+    return f2, actions
 
 
 # --- heartbeat payload ----------------------------------------------------------------------

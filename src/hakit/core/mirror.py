@@ -98,6 +98,7 @@ class Then(StrEnum):
     STOP = "stop"
     STOPSTART = "stopstart"
     SWAP = "swap"
+    HOLD = "hold"  # once the role is left, wait in WAITING until the checkers release it
 
 
 # --- data freshness ----------------------------------------------------------------------------
@@ -150,6 +151,7 @@ class PeerInfo:
     data: Data = field(default_factory=Data)
     want: Want = Want.NONE
     handover: bool = False  # it is giving the primary role away (swap)
+    since: float = 0.0  # primary since (its wall clock), 0 when not primary
 
     @property
     def present(self) -> bool:
@@ -176,6 +178,7 @@ class Mirror:
     local: str
     peer_name: str
     default_primary: str = "alone"
+    keep: str = "first-primary"  # split-brain policy: who stays primary when both were
     phase: Phase = Phase.STOPPED
     data: Data = field(default_factory=Data)
     peer: PeerInfo = field(default_factory=PeerInfo)
@@ -186,6 +189,15 @@ class Mirror:
     blocked: str = ""  # why WAITING is stuck (not-ready); "" while deciding
     join_failed: str = ""  # last attempt to become secondary failed: no automatic retry
     before_promotion: Data | None = None  # data state to restore if the promotion fails
+    holds: tuple[str, ...] = ()  # why `wait` checkers hold the module (core/checks.py)
+    failed: str = ""  # why a checker stopped the module (shown until the next start)
+    primary_since: float = 0.0  # when this node last became primary (split-brain policy)
+    split_note: str = ""  # a split brain was resolved against this node: why (for the report)
+    split_seen: bool = False  # both primary: decided (stays True while the peer is primary)
+    arbitrated: bool = False  # a witness, a ping witness or fencing must allow the primary role
+    lease: bool = False  # the arbiter allows this node to be primary (witness lease held)
+    asking: bool = False  # waiting for the arbiter before becoming primary
+    arbiter_note: str = ""  # the arbiter's last word (who holds the lease, why it refused)
     reason: str = ""  # the last explanation
     since: float = 0.0
 
@@ -206,8 +218,8 @@ class Mirror:
             return "ALONE", "ready"
         if p is Phase.PRIM:
             return "PRIM", "ready"
-        if p in (Phase.JOINING, Phase.SYNCING):
-            return "SECOND", "transient"
+        if p in (Phase.JOINING, Phase.SYNCING) or self.asking:
+            return "SECOND", "transient"  # (asking: its primary is lost, the arbiter decides)
         return "SECOND", "ready"
 
     def peer_second_ready(self) -> bool:
@@ -244,7 +256,32 @@ class ReplicaLost:
     fatal: bool = False
 
 
-Event = Command | PeerChanged | OpDone | ReplicaLost
+@dataclass(frozen=True)
+class Recover:
+    """A checker failed and asks for `action` (restart, stopstart or stop), with the sentence
+    (loop protection already applied: see core/checks.py)."""
+
+    action: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Holds:
+    """The reasons `wait` checkers hold the module (empty: nothing holds it any more)."""
+
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Arbiter:
+    """What the arbiter says (the runner asks the witness, pings the ping witness, runs the
+    fencing script): `granted` = this node may be primary without seeing its peer."""
+
+    granted: bool
+    detail: str = ""
+
+
+Event = Command | PeerChanged | OpDone | ReplicaLost | Recover | Holds | Arbiter
 
 
 def event_kind(ev: Event) -> str:
@@ -254,6 +291,12 @@ def event_kind(ev: Event) -> str:
         return f"done:{ev.op.value}"
     if isinstance(ev, ReplicaLost):
         return "replica-lost"
+    if isinstance(ev, Recover):
+        return f"recover:{ev.action}"
+    if isinstance(ev, Holds):
+        return "holds"
+    if isinstance(ev, Arbiter):
+        return "arbiter"
     return "peer"
 
 
@@ -266,6 +309,8 @@ class RunOp:
     force: bool = False  # stop scripts: skip the graceful call
     from_second: bool = False  # become-primary: stop the secondary side first
     action: str = ""  # why, for scripts' third argument: start, stop, swap, failover, ...
+    preserve: str = ""  # start-second: keep the entries the resync changes, and why
+    vips_first: bool = False  # stop-primary: release the VIPs before stop_prim (fencing itself)
 
 
 @dataclass(frozen=True)
@@ -294,10 +339,19 @@ def _go(m: Mirror, phase: Phase, now: float, **kw: object) -> Mirror:
 
 
 def _start_op(
-    m: Mirror, phase: Phase, now: float, why: str, *, force: bool = False, **kw: object
+    m: Mirror,
+    phase: Phase,
+    now: float,
+    why: str,
+    *,
+    force: bool = False,
+    preserve: str = "",
+    vips_first: bool = False,
+    **kw: object,
 ) -> Result:
-    m2 = _go(m, phase, now, blocked="", reason=why, **kw)
-    return m2, (Explain(why), Publish(), RunOp(OP_OF_PHASE[phase], force=force))
+    m2 = _go(m, phase, now, blocked="", reason=why, asking=False, **kw)
+    run = RunOp(OP_OF_PHASE[phase], force=force, preserve=preserve, vips_first=vips_first)
+    return m2, (Explain(why), Publish(), run)
 
 
 def _name(m: Mirror) -> str:
@@ -307,7 +361,9 @@ def _name(m: Mirror) -> str:
 def _promote(
     m: Mirror, now: float, fresh_id: str, why: str, *, from_second: bool = False
 ) -> Result:
-    """Persist a new generation first, then become primary."""
+    """Persist a new generation first, then become primary (once the arbiter allows it)."""
+    if m.arbitrated and not m.lease and m.want is not Want.FORCE:
+        return _ask(m, now, why)
     data = replace(
         m.data.next_generation(fresh_id),
         alone_ok=not m.peer_second_ready(),
@@ -324,6 +380,9 @@ def _promote(
         reason=why,
         handover=False,
         before_promotion=m.data,
+        primary_since=now,
+        asking=False,
+        split_note="",
     )
     steps = "stopping the secondary side, " if from_second else ""
     msg = (
@@ -332,6 +391,19 @@ def _promote(
     )
     run = RunOp(Op.BECOME_PRIMARY, from_second=from_second)
     return m2, (Persist(data, m.failover), Explain(msg), Publish(), run)
+
+
+def _ask(m: Mirror, now: float, why: str) -> Result:
+    """Ready to become primary ({why}), but the arbiter has not allowed it (yet)."""
+    note = m.arbiter_note or "no answer yet"
+    text = f"{why}; waiting for the arbiter (witness, ping witness or fencing): {note}"
+    if m.phase is Phase.SECOND:
+        m2 = replace(m, asking=True, reason=text)
+        if m.asking and m.reason == text:
+            return m2, ()
+        return m2, (Explain(f"{_name(m)} stays secondary: {text}", "warning"), Publish())
+    m2, acts = _block(replace(m, asking=True), now, text)
+    return m2, acts
 
 
 def _block(m: Mirror, now: float, why: str) -> Result:
@@ -351,16 +423,31 @@ def _wait_transient(m: Mirror, now: float, why: str) -> Result:
 def _then_pending(
     m: Mirror, now: float, acts: tuple[Action, ...], leave: Phase, during: str
 ) -> Result:
-    """An operation ended in a stable phase while a stop waited for it: do it now."""
+    """An operation ended in a stable phase while a stop waited for it, or while a checker
+    holds the module: leave the role now."""
+    if m.then is Then.NOTHING and m.holds:
+        m2, more = _start_op(
+            replace(m, then=Then.HOLD),
+            leave,
+            now,
+            f"{_name(m)}: held ({_holds_text(m)}) when {during} ended; leaving the role",
+        )
+        return m2, acts + more
     if m.then is Then.NOTHING:
         return m, acts
     m2, more = _start_op(m, leave, now, f"{_name(m)}: {m.then.value} requested during {during}")
     return m2, acts + more
 
 
+def _holds_text(m: Mirror) -> str:
+    return "; ".join(m.holds)
+
+
 def _decide(m: Mirror, now: float, fresh_id: str) -> Result:
     """In WAITING: become primary, join as secondary, or keep waiting (and say why)."""
     p, d, peer = m.peer, m.data, m.peer_name
+    if m.holds:
+        return _block(m, now, f"held: {_holds_text(m)}; resumes by itself when it is back")
     if m.want is Want.FORCE:
         return _promote(m, now, fresh_id, "forced by `primforce`")
     if p.primary:
@@ -369,7 +456,7 @@ def _decide(m: Mirror, now: float, fresh_id: str) -> Result:
                 m, now, f"{peer} is {p.phase.value}; joining it when it is primary"
             )
         cmp = compare(d, p.data)
-        if cmp in (Cmp.DIVERGED, Cmp.NEWER) and m.want is not Want.SECOND:
+        if cmp in (Cmp.DIVERGED, Cmp.NEWER) and m.want is not Want.SECOND and not m.split_note:
             how = "neither descends from the other" if cmp is Cmp.DIVERGED else "this one is newer"
             return _block(
                 m,
@@ -385,7 +472,16 @@ def _decide(m: Mirror, now: float, fresh_id: str) -> Result:
                 f"becoming secondary of {peer} failed ({m.join_failed}); "
                 f"`hakit second {m.module}` retries",
             )
-        return _join(m, now, f"{peer} is primary ({p.phase.value})")
+        keep = ""
+        if cmp in (Cmp.DIVERGED, Cmp.NEWER):
+            keep = (
+                f"{m.local} had changes {peer} does not have ({d.label()} here, "
+                f"{p.data.label()} on {peer}: "
+                + ("diverged" if cmp is Cmp.DIVERGED else "this copy newer")
+                + f"); {m.local} joins {peer} as secondary"
+                + (f" ({m.split_note})" if m.split_note else " (`hakit second`)")
+            )
+        return _join(m, now, f"{peer} is primary ({p.phase.value})", keep)
     if m.want is Want.SECOND:
         if not (m.handover and (not p.present or p.phase is Phase.STOPPED)):
             return _wait_transient(m, now, f"waiting for {peer} to become primary")
@@ -474,14 +570,17 @@ def _decide(m: Mirror, now: float, fresh_id: str) -> Result:
     )
 
 
-def _join(m: Mirror, now: float, why: str) -> Result:
+def _join(m: Mirror, now: float, why: str, keep: str = "") -> Result:
+    kept = "; the entries its resynchronisation changes are kept first" if keep else ""
     return _start_op(
         m,
         Phase.JOINING,
         now,
-        f"{_name(m)} joining as secondary: {why}; starting secondary",
+        f"{_name(m)} joining as secondary: {why}; starting secondary{kept}",
         want=Want.NONE,
         join_failed="",
+        split_note="",
+        preserve=keep,
     )
 
 
@@ -549,6 +648,7 @@ def _cmd_start(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
         want=WANT_OF.get(ev.cmd, Want.NONE),
         then=Then.NOTHING,
         join_failed="",
+        failed="",
     )
     return m2, (Accepted(f"{m.module}: {ev.cmd.value} accepted"), *_warn_role(m, ev.cmd), *acts)
 
@@ -746,16 +846,24 @@ def _peer_primary(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
     was_ready = m.peer_second_ready()
     is_ready = m2.peer_second_ready()
     peer = m.peer_name
+    if m.arbitrated and not m.lease and m.peer.alive and not m2.peer.alive:
+        why = ev.why if isinstance(ev, PeerChanged) and ev.why else f"{peer} lost"
+        note = m.arbiter_note or "no answer"
+        return _lost_arbiter(m2, now, f"{why}, and the arbiter does not grant the role ({note})")
     if m2.peer.primary:
-        # Both primary: only after a split (no witness yet). Report loudly; arbitration comes
-        # with split-brain protection.
-        return m2, (
-            Explain(
-                f"SPLIT BRAIN on {m.module}: {peer} is also primary ({m2.peer.phase.value}); "
-                "stop the module on the node whose data to discard",
-                "error",
-            ),
-        )
+        if m.split_seen:
+            return m2, ()  # decided when it was first seen
+        return _split_brain(m2, now)
+    m2 = replace(m2, split_seen=False)
+    if (
+        m.keep == "manual"
+        and not m.peer.present
+        and m2.peer.present
+        and compare(m2.data, m2.peer.data) is Cmp.DIVERGED
+    ):
+        # It comes back with diverged data, already out of the primary role: with the manual
+        # policy this side steps down too, whatever it saw first.
+        return _split_brain(m2, now)
     if is_ready and not was_ready:
         data = replace(m2.data, alone_ok=False)
         m3 = _go(m2, Phase.PRIM, now, data=data)
@@ -789,6 +897,58 @@ def _peer_primary(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
     return m2, ()
 
 
+def survivor(m: Mirror) -> str:
+    """Who stays primary when both nodes are primary: the same answer on both nodes (each
+    publishes since when it is primary). "" = nobody (policy `manual`)."""
+    me, peer = m.local, m.peer_name
+    if m.keep in (me, peer):
+        return m.keep
+    if m.keep == "manual":
+        return ""
+    mine, theirs = (m.primary_since, me), (m.peer.since, peer)
+    first = min(mine, theirs)
+    if m.keep == "last-primary":
+        return max(mine, theirs)[1]
+    return first[1]
+
+
+def _split_brain(m: Mirror, now: float) -> Result:
+    peer = m.peer_name
+    keeper = survivor(m)
+    head = (
+        f"SPLIT BRAIN on {m.module}: {m.local} and {peer} are both primary (after a network "
+        f"split: {m.data.label()} here, {m.peer.data.label()} on {peer})"
+    )
+    m = replace(m, split_seen=True)
+    if keeper == m.local:
+        return m, (
+            Explain(
+                f"{head}; policy keep: {m.keep}: {m.local} stays primary, {peer} becomes "
+                "secondary and its changes are kept in a dated folder there",
+                "error",
+            ),
+        )
+    if keeper == peer:
+        note = f"split brain resolved by policy keep: {m.keep} in favour of {peer}"
+        return _start_op(
+            replace(m, want=Want.SECOND, split_note=note),
+            Phase.DEMOTING,
+            now,
+            f"{head}; policy keep: {m.keep}: {peer} stays primary; {m.local} leaves the primary "
+            "role and rejoins as secondary, its changes kept in a dated folder",
+            then=Then.HOLD,
+        )
+    return _start_op(
+        m,
+        Phase.DEMOTING,
+        now,
+        f"{head}; policy keep: manual: {m.local} leaves the primary role; choose the copy to "
+        f"keep with `hakit prim {m.module}` on its node (the other one's changes are kept when "
+        "it rejoins)",
+        then=Then.HOLD,
+    )
+
+
 def _peer_second(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
     assert isinstance(ev, PeerChanged)
     m2 = _peer_update(m, ev)
@@ -802,7 +962,7 @@ def _peer_second(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
             f"({m2.peer.data.label()}); leaving to resynchronise",
         )
     if m2.peer.primary:
-        return m2, ()
+        return replace(m2, asking=False), ()
     return _secondary_alone(m2, now, fresh_id, ev)
 
 
@@ -839,6 +999,9 @@ def _after_become_primary(m: Mirror, ev: Event, now: float, fresh_id: str) -> Re
         Explain(f"{_name(m)} {phase.value.upper()}: application started, VIPs held"),
         Publish(),
     )
+    if m2.peer.primary and m2.then is Then.NOTHING:  # met the peer while promoting
+        m3, more = _split_brain(m2, now)
+        return m3, acts2 + more
     return _then_pending(m2, now, acts2, Phase.DEMOTING, "start")
 
 
@@ -872,6 +1035,9 @@ def _after_stop_primary(m: Mirror, ev: Event, now: float, fresh_id: str) -> Resu
             now,
             f"handing over to {m.peer_name}",
         )
+        return m3, (persist, *note, *acts)
+    if m.then is Then.HOLD:
+        m3, acts = _decide(_go(replace(m2, then=Then.NOTHING), Phase.WAITING, now), now, fresh_id)
         return m3, (persist, *note, *acts)
     then = m.then
     m3, acts = _start_op(
@@ -950,7 +1116,7 @@ def _after_stop_second(m: Mirror, ev: Event, now: float, fresh_id: str) -> Resul
             f"{_name(m)} stopping: running poststop",
         )
         return m3, (Persist(data, m.failover), *note, *acts)
-    m3, acts = _decide(_go(m2, Phase.WAITING, now), now, fresh_id)
+    m3, acts = _decide(_go(replace(m2, then=Then.NOTHING), Phase.WAITING, now), now, fresh_id)
     return m3, (Persist(data, m.failover), *note, *acts)
 
 
@@ -975,7 +1141,8 @@ def _after_poststop(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
         want=Want.NONE,
         handover=False,
         blocked="",
-        reason="stopped",
+        holds=(),
+        reason=m.failed or "stopped",
     )
     return m2, (*note, Explain(f"{_name(m)} STOP"), Publish())
 
@@ -1022,6 +1189,153 @@ def _replica_lost_ignored(m: Mirror, ev: Event, now: float, fresh_id: str) -> Re
     return m, ()
 
 
+# checkers
+
+
+def _holds_noted(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
+    """Remembered; applied when the running operation ends (`_then_pending`, `_decide`)."""
+    assert isinstance(ev, Holds)
+    return replace(m, holds=ev.reasons), ()
+
+
+def _holds_primary(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
+    assert isinstance(ev, Holds)
+    m2 = replace(m, holds=ev.reasons)
+    if not ev.reasons:
+        return m2, ()
+    who = f"{m.peer_name} takes over" if m.peer_second_ready() else "no secondary to take over"
+    return _start_op(
+        m2,
+        Phase.DEMOTING,
+        now,
+        f"{_name(m)} leaving primary, held: {_holds_text(m2)}; {who}",
+        then=Then.HOLD,
+    )
+
+
+def _holds_second(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
+    assert isinstance(ev, Holds)
+    m2 = replace(m, holds=ev.reasons)
+    if not ev.reasons:
+        return m2, ()
+    return _start_op(
+        m2,
+        Phase.LEAVING,
+        now,
+        f"{_name(m)} leaving secondary, held: {_holds_text(m2)}",
+        then=Then.HOLD,
+    )
+
+
+def _holds_waiting(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
+    assert isinstance(ev, Holds)
+    return _decide(replace(m, holds=ev.reasons), now, fresh_id)
+
+
+def _recover_primary(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
+    assert isinstance(ev, Recover)
+    if ev.action == "restart":
+        return _start_op(m, Phase.RESTARTING, now, f"{ev.message} (no failover)")
+    if ev.action == "stopstart":
+        who = f"{m.peer_name} takes over" if m.peer_second_ready() else "no secondary"
+        return _start_op(m, Phase.DEMOTING, now, f"{ev.message}; {who}", then=Then.STOPSTART)
+    return _start_op(m, Phase.DEMOTING, now, ev.message, then=Then.STOP, failed=ev.message)
+
+
+def _recover_second(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
+    assert isinstance(ev, Recover)
+    if ev.action == "stop":
+        return _start_op(m, Phase.LEAVING, now, ev.message, then=Then.STOP, failed=ev.message)
+    return _start_op(
+        m, Phase.LEAVING, now, f"{ev.message}; the secondary side restarts", then=Then.STOPSTART
+    )
+
+
+def _recover_waiting(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
+    assert isinstance(ev, Recover)
+    if ev.action == "stop":
+        return _start_op(m, Phase.STOPPING, now, ev.message, then=Then.NOTHING, failed=ev.message)
+    return m, (Explain(f"{ev.message}: nothing runs here while waiting"),)
+
+
+def _recover_later(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
+    """During an operation: a stop is done after it; a restart is not needed (the operation
+    starts or stops the application, and the checkers start again afterwards)."""
+    assert isinstance(ev, Recover)
+    if ev.action == "stop":
+        m2 = replace(m, then=Then.STOP, failed=ev.message)
+        return m2, (Explain(f"{ev.message}; once {m.phase.value} ends", "warning"),)
+    return m, (Explain(f"{ev.message}: not needed, {m.phase.value} already"),)
+
+
+def _recover_late(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
+    """A checker result that arrives after the module stopped: nothing to do."""
+    return m, ()
+
+
+# arbitration (split-brain protection)
+
+
+def _lost_arbiter(m: Mirror, now: float, why: str) -> Result:
+    """A primary that can no longer prove it may be the only one: it leaves the role (its peer,
+    or whoever the witness grants, takes over) and waits for the arbiter or its peer."""
+    note = f"{m.local} stepped down ({why}) and {m.peer_name} became primary"
+    return _start_op(
+        replace(m, lease=False, split_note=note),
+        Phase.DEMOTING,
+        now,
+        f"{_name(m)} leaving the primary role: {why}; it may be primary on the other side: "
+        "VIPs released first",
+        vips_first=True,
+        then=Then.HOLD,
+    )
+
+
+def _arbiter_primary(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
+    assert isinstance(ev, Arbiter)
+    m2 = replace(m, lease=ev.granted, arbiter_note=ev.detail)
+    if ev.granted or not m.lease:
+        return m2, ()
+    if m.peer.present:
+        return m2, (
+            Explain(
+                f"{_name(m)}: the arbiter no longer grants the primary role ({ev.detail}); "
+                f"still primary while {m.peer_name} sees it",
+                "warning",
+            ),
+        )
+    return _lost_arbiter(
+        m2,
+        now,
+        f"the arbiter no longer grants the role ({ev.detail}) and "
+        f"{m.peer_name} {m.peer.describe()}",
+    )
+
+
+def _arbiter_second(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
+    assert isinstance(ev, Arbiter)
+    m2 = replace(m, lease=ev.granted, arbiter_note=ev.detail)
+    if m.asking and ev.granted and not m.peer.primary:
+        return _takeover(m2, now, fresh_id, f"failover allowed by the arbiter ({ev.detail})")
+    if m.asking and ev.detail != m.arbiter_note:
+        return _ask(m2, now, f"{m.peer_name} {m.peer.describe()}")
+    return m2, ()
+
+
+def _arbiter_waiting(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
+    assert isinstance(ev, Arbiter)
+    m2 = replace(m, lease=ev.granted, arbiter_note=ev.detail)
+    if m.asking and (ev.granted or ev.detail != m.arbiter_note):
+        return _decide(replace(m2, asking=False), now, fresh_id)
+    return m2, ()
+
+
+def _arbiter_noted(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
+    """Remembered; used by the next decision."""
+    assert isinstance(ev, Arbiter)
+    return replace(m, lease=ev.granted, arbiter_note=ev.detail), ()
+
+
 # --- the table ---------------------------------------------------------------------------------
 
 
@@ -1048,7 +1362,7 @@ TARGETS: dict[Handler, frozenset[Phase]] = {
     _after_prestart: frozenset({P.STOPPING, P.WAITING, P.PROMOTING, P.JOINING}),
     _after_become_primary: frozenset({P.DEMOTING, P.ALONE, P.PRIM}),
     _after_restart: frozenset({P.DEMOTING, P.ALONE, P.PRIM}),
-    _after_stop_primary: frozenset({P.WAITING, P.STOPPING}),
+    _after_stop_primary: frozenset({P.WAITING, P.STOPPING, P.PROMOTING, P.JOINING}),
     _after_start_second: frozenset({P.LEAVING, P.SYNCING}),
     _after_sync: frozenset({P.LEAVING, P.SECOND}),
     _after_stop_second: frozenset({P.STOPPING, P.WAITING, P.PROMOTING, P.JOINING}),
@@ -1056,6 +1370,19 @@ TARGETS: dict[Handler, frozenset[Phase]] = {
     _replica_lost_second: frozenset({P.LEAVING}),  # or stays SECOND
     _replica_lost_prim: frozenset({P.ALONE}),
     _replica_lost_ignored: _SAME,
+    _holds_noted: _SAME,
+    _holds_primary: frozenset({P.DEMOTING}),
+    _holds_second: frozenset({P.LEAVING}),
+    _holds_waiting: frozenset({P.WAITING, P.PROMOTING, P.JOINING}),
+    _recover_primary: frozenset({P.RESTARTING, P.DEMOTING}),
+    _recover_second: frozenset({P.LEAVING}),
+    _recover_waiting: frozenset({P.STOPPING}),
+    _recover_later: _SAME,
+    _recover_late: _SAME,
+    _arbiter_primary: frozenset({P.DEMOTING}),
+    _arbiter_second: frozenset({P.PROMOTING}),
+    _arbiter_waiting: frozenset({P.WAITING, P.PROMOTING, P.JOINING}),
+    _arbiter_noted: _SAME,
 }
 """Where each handler may lead (besides staying put). `step` enforces it; the diagram in
 docs/state-machines.md is drawn from it."""
@@ -1139,6 +1466,26 @@ def _table() -> dict[tuple[Phase, str], Handler]:
         }.get(phase, _replica_lost_ignored)
         for cmd in Cmd:
             t[(phase, f"cmd:{cmd.value}")] = _command_handler(phase, cmd)
+        t[(phase, "arbiter")] = {
+            Phase.ALONE: _arbiter_primary,
+            Phase.PRIM: _arbiter_primary,
+            Phase.SECOND: _arbiter_second,
+            Phase.WAITING: _arbiter_waiting,
+        }.get(phase, _arbiter_noted)
+        t[(phase, "holds")] = {
+            Phase.ALONE: _holds_primary,
+            Phase.PRIM: _holds_primary,
+            Phase.SECOND: _holds_second,
+            Phase.WAITING: _holds_waiting,
+        }.get(phase, _holds_noted)
+        for action in ("restart", "stopstart", "stop"):
+            t[(phase, f"recover:{action}")] = {
+                Phase.ALONE: _recover_primary,
+                Phase.PRIM: _recover_primary,
+                Phase.SECOND: _recover_second,
+                Phase.WAITING: _recover_waiting,
+                Phase.STOPPED: _recover_late,
+            }.get(phase, _recover_later)
         if phase in OP_OF_PHASE:
             op = OP_OF_PHASE[phase]
             t[(phase, f"done:{op.value}")] = _DONE[op]
@@ -1147,7 +1494,7 @@ def _table() -> dict[tuple[Phase, str], Handler]:
 
 TRANSITIONS: dict[tuple[Phase, str], Handler] = _table()
 """(phase, event kind) -> handler. Event kinds: `peer`, `cmd:<command>`, `done:<operation>`,
-`replica-lost`."""
+`replica-lost`, `recover:<action>` and `holds` (checkers)."""
 
 
 def targets(phase: Phase, kind: str) -> frozenset[Phase]:
@@ -1186,6 +1533,7 @@ def to_wire(m: Mirror) -> dict[str, object]:
         "r": d.last_role,
         "w": m.want.value,
         "o": int(m.handover),
+        "t": m.primary_since if m.phase in PRIMARYISH else 0.0,
     }
 
 
@@ -1204,6 +1552,7 @@ def peer_from_wire(alive: bool, obj: object) -> PeerInfo:
             consistent=bool(obj["c"]),
             last_role=str(obj["r"]),
         )
-        return PeerInfo(True, True, Phase(obj["p"]), data, Want(obj["w"]), bool(obj["o"]))
+        since = float(obj.get("t", 0.0))
+        return PeerInfo(True, True, Phase(obj["p"]), data, Want(obj["w"]), bool(obj["o"]), since)
     except (KeyError, TypeError, ValueError):
         return PeerInfo(alive=True, installed=False)

@@ -11,12 +11,10 @@ with its reason.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
 import secrets
-import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -24,6 +22,7 @@ from hakit.adapters.farm import FarmPath, FarmPathError, Rule, seed_of
 from hakit.adapters.statefile import read_json, write_json
 from hakit.adapters.vip import VipError
 from hakit.config.module import FarmModule
+from hakit.core import checks as ck
 from hakit.core import farm as fm
 from hakit.core import mirror as mm
 from hakit.core.outcomes import Accepted, Explain, Refused
@@ -34,6 +33,8 @@ log = logging.getLogger(LOGGER + ".farm")
 
 CHECK_PATH_EVERY = 2.0
 CMD_OF = {c.value: c for c in fm.Cmd}
+ROLE = {fm.Phase.STOPPED: ck.Role.STOPPED, fm.Phase.UP: ck.Role.UP}
+"""The checkers' view of a farm phase (any other phase: started, not running steadily)."""
 
 
 def config_digest(name: str, cfg: FarmModule) -> str:
@@ -70,13 +71,11 @@ class FarmRunner(ModuleRunner):
         self.local = self.env.local
         saved = read_json(self.state_path) or {}
         self.run_flag = bool(saved.get("run", False))
-        check = cfg.check
         self.machine = fm.Farm(
             module=self.name,
             local=self.local,
-            has_check=check is not None,
-            max_restarts=check.max_restarts if check else 0,
-            restart_window=check.restart_window if check else 3600.0,
+            gated=self.checks.gates,
+            waits_first=self.checks.waits_first,
         )
         self.digest = config_digest(self.name, cfg)
         self.table = fm.preference_table([(n, cfg.weight(n)) for n in cfg.nodes], self.digest)
@@ -175,6 +174,7 @@ class FarmRunner(ModuleRunner):
                 "share": round(100.0 * fm.count(a.owned) / fm.BUCKETS, 1),
                 "target": fm.count(a.target),
                 "healthy": self.machine.healthy if self.machine.phase is fm.Phase.UP else None,
+                "holds": list(self.machine.holds) or None,
                 "phase": self.machine.phase.value,
                 "reason": self.machine.reason,
                 "blocked": self.machine.failed or None,
@@ -207,6 +207,7 @@ class FarmRunner(ModuleRunner):
             "virtual_mac": self.cfg.mac,
             "rules": [r.model_dump(mode="json") for r in self.cfg.rules],
             "unowned": fm.BUCKETS - fm.count(a.owned | a.claimed_by_others),
+            **self.checks.status(),
         }
 
     # --- main loop ---------------------------------------------------------------------------
@@ -229,8 +230,7 @@ class FarmRunner(ModuleRunner):
             self.ready = True
             self.env.published()
             tg.create_task(self._path_watch())
-            if self.cfg.check is not None:
-                tg.create_task(self._health_loop())
+            tg.create_task(self.checks.run())
             while True:
                 await self._handle(await self.queue.get())
 
@@ -241,11 +241,15 @@ class FarmRunner(ModuleRunner):
             return
         if isinstance(ev, fm.Command):
             self.cause = ev.cmd.value
-        elif isinstance(ev, fm.Health):
-            self.cause = "health"
+            self.checks.reset()
+        elif isinstance(ev, fm.Recover):
+            self.cause = "checker"
+        elif isinstance(ev, fm.Holds):
+            self.cause = "hold"
         before = self.machine.display(self.assignment.settled)[0]
         m, actions = fm.step(self.machine, ev, self.env.now())
         self.machine = m
+        self.checks.follow(ROLE.get(m.phase, ck.Role.STARTED))
         for a in actions:
             if isinstance(a, fm.Publish):
                 await asyncio.to_thread(self._save)
@@ -476,39 +480,16 @@ class FarmRunner(ModuleRunner):
         except (FarmPathError, VipError) as e:
             self._record(f"{self.name}: repair failed: {e}", "error")
 
-    # --- health --------------------------------------------------------------------------------
+    # --- checkers --------------------------------------------------------------------------
 
-    async def _health_loop(self) -> None:
-        check = self.cfg.check
-        assert check is not None
-        good = bad = 0
-        while True:
-            await asyncio.sleep(check.interval)
-            if self.machine.phase is not fm.Phase.UP:
-                good = bad = 0
-                continue
-            ok, detail = await self._probe(check.host, check.tcp_port, check.timeout)
-            good, bad = (good + 1, 0) if ok else (0, bad + 1)
-            if ok and good >= check.rise and not self.machine.healthy:
-                self.queue.put_nowait(Pending(fm.Health(True, f"{detail}, {good} in a row")))
-            elif not ok and bad >= check.fall and self.machine.healthy:
-                self.queue.put_nowait(Pending(fm.Health(False, f"{detail}, {bad} in a row")))
-                bad = 0
+    def checker_recover(self, r: ck.Recover) -> None:
+        self.queue.put_nowait(Pending(fm.Recover(r.action, r.message)))
 
-    @staticmethod
-    async def _probe(host: str, port: int, limit: float) -> tuple[bool, str]:
-        start = time.monotonic()
-        timeout = limit
-        try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), limit)
-        except TimeoutError:
-            return False, f"no answer from {host}:{port} within {timeout:g} s"
-        except OSError as e:
-            return False, f"{e.strerror or e} on {host}:{port}"
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-        return True, f"{host}:{port} answers ({(time.monotonic() - start) * 1000:.0f} ms)"
+    def checker_holds(self, reasons: tuple[str, ...]) -> None:
+        self.queue.put_nowait(Pending(fm.Holds(reasons)))
+
+    def checker_ready(self, ok: bool, detail: str) -> None:
+        self.queue.put_nowait(Pending(fm.Health(ok, detail)))
 
     # --- scripts -------------------------------------------------------------------------------
 

@@ -12,18 +12,22 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import secrets
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from hakit.adapters.probes import ping
 from hakit.adapters.scripts import ScriptResult
 from hakit.adapters.statefile import read_json, write_json
 from hakit.adapters.vip import Vip, VipError
 from hakit.config.module import MirrorModule
+from hakit.core import checks as ck
 from hakit.core import mirror as mm
 from hakit.core.outcomes import Accepted, Explain, Refused
+from hakit.daemon.arbiter import Arbitration
 from hakit.daemon.logs import LOGGER
 from hakit.daemon.module_runner import ModuleRunner
 from hakit.daemon.replication_link import ReplicationLink, kill_leftover
@@ -31,7 +35,13 @@ from hakit.paths import Paths
 
 log = logging.getLogger(LOGGER + ".mirror")
 
-VIP_CHECK_EVERY = 2.0
+ROLE = {
+    mm.Phase.STOPPED: ck.Role.STOPPED,
+    mm.Phase.ALONE: ck.Role.PRIMARY,
+    mm.Phase.PRIM: ck.Role.PRIMARY,
+    mm.Phase.SECOND: ck.Role.SECONDARY,
+}
+"""The checkers' view of a mirror phase (any other phase: started, no steady role)."""
 
 
 @dataclass
@@ -64,6 +74,25 @@ class MirrorRunner(ModuleRunner):
         )
         self.run_flag = bool(saved.get("run", False))
         self.saved_phase = str(saved.get("phase", "stopped"))
+        sb = cfg.split_brain
+        fence = self.module.bin / "fence"
+        self.arbitration = Arbitration(
+            module=self.name,
+            cfg=sb,
+            witness=self.env.witness_client(
+                self.env.cluster,
+                self.env.local,
+                self.env.cluster_secret,
+                [(str(a), sb.witness.port) for a in sb.witness.addresses],
+            )
+            if sb.witness is not None
+            else None,
+            ping=ping,
+            fence=self._fence if fence.is_file() and os.access(fence, os.X_OK) else None,
+            machine=lambda: self.machine,
+            post=lambda ev: self.queue.put_nowait(Pending(ev)),
+        )
+        self.machine = replace(self.machine, keep=sb.keep, arbitrated=self.arbitration.configured)
         self.replication = Replication(self) if cfg.replication is not None else None
         self.queue: asyncio.Queue[Pending] = asyncio.Queue()
         self._peer_known = asyncio.Event()
@@ -134,6 +163,7 @@ class MirrorRunner(ModuleRunner):
                     "phase": m.phase.value,
                     "reason": m.reason,
                     "blocked": m.blocked or None,
+                    "holds": list(m.holds) or None,
                     "data": asdict(m.data) | {"history": len(m.data.history)},
                     "since": m.since,
                 },
@@ -153,6 +183,18 @@ class MirrorRunner(ModuleRunner):
             "vips": [str(v) for v in self.vip_list],
             "vips_held": [str(v) for v in self.held],
             "replication": self.replication.status() if self.replication is not None else None,
+            "split_brain": {
+                "keep": cfg.split_brain.keep,
+                "witness": [str(a) for a in cfg.split_brain.witness.addresses]
+                if cfg.split_brain.witness is not None
+                else None,
+                "ping": [str(a) for a in cfg.split_brain.ping],
+                "fencing": self.arbitration.fence is not None,
+                "granted": m.lease if self.arbitration.configured else None,
+                "asking": m.asking,
+                "arbiter": m.arbiter_note or None,
+            },
+            **self.checks.status(),
         }
 
     # --- main loop ---------------------------------------------------------------------------
@@ -178,7 +220,9 @@ class MirrorRunner(ModuleRunner):
                 await self._handle(Pending(mm.Command(mm.Cmd.START)))
             self.ready = True
             self.env.published()
-            tg.create_task(self._vip_watch())
+            tg.create_task(self.checks.run())
+            if self.arbitration.configured:
+                tg.create_task(self.arbitration.run())
             if self.replication is not None:
                 tg.create_task(self.replication.watch())
             while True:
@@ -188,13 +232,21 @@ class MirrorRunner(ModuleRunner):
         ev = p.event
         if isinstance(ev, mm.Command):
             self.cause = ev.cmd.value
+            self.checks.reset()
         elif isinstance(ev, mm.PeerChanged):
             self.cause = "heartbeat"
         elif isinstance(ev, mm.ReplicaLost):
             self.cause = "replication"
+        elif isinstance(ev, mm.Recover):
+            self.cause = "checker"
+        elif isinstance(ev, mm.Holds):
+            self.cause = "hold"
         before = self.machine.display()
         m, actions = mm.step(self.machine, ev, self.env.now(), secrets.token_hex(4))
         self.machine = m
+        self.checks.follow(ROLE.get(m.phase, ck.Role.STARTED))
+        if m.asking or m.phase in mm.PRIMARYISH:
+            self.arbitration.wake()
         answered = False
         for a in actions:
             if isinstance(a, mm.Persist):
@@ -294,6 +346,9 @@ class MirrorRunner(ModuleRunner):
             await self._stop_script("stop_prim", state, state, "restart")
             return _outcome(await self._script("start_prim", state, state, "restart"))
         if op is mm.Op.STOP_PRIMARY:
+            if run.vips_first:  # it may be primary elsewhere now: no traffic here, at once
+                for v in self.vip_list:
+                    await self._remove_vip(v)
             ok, detail = await self._stop_script(
                 "stop_prim", state, "WAIT", action, force_only=run.force
             )
@@ -306,7 +361,7 @@ class MirrorRunner(ModuleRunner):
             r = await self._script("start_second", state, "SECOND", action)
             if not r.ok or self.replication is None:
                 return _outcome(r)
-            return await self.replication.start_secondary()
+            return await self.replication.start_secondary(run.preserve)
         if op is mm.Op.SYNC:
             if self.replication is None:
                 return True, "no replicated directories"
@@ -335,19 +390,31 @@ class MirrorRunner(ModuleRunner):
     def kind_env(self) -> dict[str, str]:
         return {"HAKIT_PEER": self.machine.peer_name}
 
-    async def _vip_watch(self) -> None:
-        """A VIP gone from the primary (deleted by hand, interface reset): stopstart."""
-        while True:
-            await asyncio.sleep(VIP_CHECK_EVERY)
-            if self.machine.phase not in (mm.Phase.ALONE, mm.Phase.PRIM):
-                continue
-            for v in self.vip_list:
-                if not await asyncio.to_thread(self._present, v):
-                    self._record(
-                        f"{self.name}: VIP {v} is no longer present {v.where}: stopstart", "error"
-                    )
-                    self.queue.put_nowait(Pending(mm.Command(mm.Cmd.STOPSTART)))
-                    break
+    # --- split brain ---------------------------------------------------------------------------
+
+    async def _fence(self) -> tuple[bool, str]:
+        """`bin/fence PEER`: make sure the peer no longer runs the application (IPMI power-off,
+        cloud API, hypervisor…) before taking over from it."""
+        peer = self.machine.peer_name
+        env = self.script_env("fence", "SECOND", "ALONE", "fence")
+        r = await self.env.scripts.run(
+            "fence",
+            self.module.bin / "fence",
+            [peer],
+            env,
+            self.cfg.split_brain.fence_timeout,
+            self.log_dir / "scripts",
+        )
+        self._record(f"{self.name}: fencing {peer}: {r.reason}", "warning" if r.ok else "error")
+        return r.ok, r.reason
+
+    # --- checkers --------------------------------------------------------------------------
+
+    def checker_recover(self, r: ck.Recover) -> None:
+        self.queue.put_nowait(Pending(mm.Recover(r.action, r.message)))
+
+    def checker_holds(self, reasons: tuple[str, ...]) -> None:
+        self.queue.put_nowait(Pending(mm.Holds(reasons)))
 
 
 class Replication:
@@ -372,14 +439,23 @@ class Replication:
         self.pid_file = runner.var / "replication" / "replicator.pid"
         self._last_connect = 0.0
         self.last_sync: dict[str, Any] | None = None
+        self.preserved_path = runner.var / "split-brain" / "last.json"
+        self.preserved: dict[str, Any] | None = read_json(self.preserved_path)
         self.verifying: asyncio.Future[dict[str, Any]] | None = None
 
     # --- process lifecycle ---------------------------------------------------------------------
 
-    def _init(self, role: str) -> dict[str, Any]:
+    def _init(self, role: str, preserve: str = "") -> dict[str, Any]:
         m = self.runner.machine
         base = (m.before_promotion or m.data).gen_id if role == "primary" else ""
+        folder = ""
+        if preserve:
+            stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(self.runner.env.now()))
+            name = f"{stamp}-gen{m.data.gen}-{m.data.gen_id or 'none'}"
+            folder = str(self.runner.var / "split-brain" / name)
         return {
+            "preserve": folder,
+            "preserve_why": preserve,
             "role": role,
             "module": self.runner.name,
             "key": self.runner.env.replication_key.hex(),
@@ -393,9 +469,10 @@ class Replication:
             "base": base,
         }
 
-    async def _start(self, role: str) -> tuple[bool, str]:
+    async def _start(self, role: str, preserve: str = "") -> tuple[bool, str]:
         await self.stop_link()
-        link = ReplicationLink(self._init(role), self.pid_file, self._event)
+        init = self._init(role, preserve)
+        link = ReplicationLink(init, self.pid_file, self._event)
         ok, detail = await link.start()
         if not ok:
             return False, f"replication ({role}): {detail}"
@@ -409,15 +486,21 @@ class Replication:
                 f"replication: {dirs} read-only here; receiving on "
                 f"{self.local_address}:{self.cfg.port} ({self.cfg.mode})"
             )
+        if init["preserve"]:
+            self.runner._record(
+                f"{self.runner.name}: {preserve}; what the resynchronisation overwrites or "
+                f"removes here is kept first in {init['preserve']}",
+                "warning",
+            )
         return True, ""
 
     async def start_primary(self) -> tuple[bool, str]:
         return await self._start("primary")
 
-    async def start_secondary(self) -> tuple[bool, str]:
+    async def start_secondary(self, preserve: str = "") -> tuple[bool, str]:
         if not self.local_address:
             return False, f"this node has no address on replication network {self.network!r}"
-        return await self._start("secondary")
+        return await self._start("secondary", preserve)
 
     async def stop_link(self) -> None:
         link, self.link = self.link, None
@@ -481,6 +564,22 @@ class Replication:
                 f"{r.machine.peer_name} synchronised: {_size(ev['bytes_sent'])} sent, "
                 f"{ev.get('files_total')} files compared, {ev.get('entries_fixed')} entries "
                 f"fixed, {ev.get('elapsed')} s"
+            )
+        elif kind == "preserved":
+            self.preserved = {
+                "folder": ev.get("folder"),
+                "entries": ev.get("kept"),
+                "at": ev.get("at") or r.env.now(),
+            }
+            self.preserved_path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(self.preserved_path, self.preserved)
+            errors = ev.get("errors") or []
+            r._record(
+                f"{r.name}: diverged copy of {r.env.local}: {ev.get('kept')} entries kept in "
+                f"{ev.get('folder')} before the resynchronisation changed them (list and how to "
+                f"restore: {ev.get('folder')}/REPORT.txt)"
+                + (f"; could not keep: {'; '.join(errors)}" if errors else ""),
+                "warning",
             )
         elif kind == "resync-failed":
             r._record(f"{r.name}: resynchronisation failed: {ev.get('reason')}", "warning")
@@ -572,6 +671,7 @@ class Replication:
             "role": link.role if link is not None else None,
             "state": link.state if link is not None else "stopped",
             "progress": progress,
+            "diverged_copy_kept": self.preserved,
             "last_sync": {
                 k: self.last_sync.get(k)
                 for k in ("at", "bytes_sent", "files_total", "entries_fixed", "elapsed")

@@ -15,9 +15,13 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from hakit.adapters.farm import FarmPathPort, NftFarmPath
+from hakit.adapters.probes import ProbeContext, ProbePort, RealProbes
 from hakit.adapters.scripts import ScriptResult, ScriptRunner
 from hakit.adapters.vip import Vip, VipError, VipPort, release_all
+from hakit.adapters.witness import WitnessClient, WitnessPort
 from hakit.config.module import ModuleFile, VirtualIp
+from hakit.core import checks as ck
+from hakit.daemon.checkers import CheckerSet, effective_checkers
 from hakit.daemon.logs import Event
 from hakit.paths import Paths
 
@@ -41,6 +45,12 @@ class Environment:
     heartbeat_timeout: float = 1.0
     now: Callable[[], float] = time.time
     farm_path: FarmPathPort = field(default_factory=NftFarmPath)
+    probes: ProbePort = field(default_factory=RealProbes)
+    cluster_secret: bytes = b""
+    # (cluster, node, secret, addresses) -> the witness client of a mirror module
+    witness_client: Callable[[str, str, bytes, list[tuple[str, int]]], WitnessPort] = WitnessClient
+    # module -> {node: (state, status)} as this node knows it (module checkers); None: unknown
+    module_states: Callable[[str], dict[str, tuple[str, str]] | None] = lambda _: None
 
 
 def vips_here(vips: tuple[VirtualIp, ...], local_addresses: dict[str, str]) -> list[Vip]:
@@ -75,6 +85,21 @@ class ModuleRunner:
         self.var.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.vip_list = vips_here(self.module.config.vips, self.env.local_addresses)
         self._transitions = asyncio.Lock()
+        cfg = self.module.config
+        self.checks = CheckerSet(
+            module=self.name,
+            kind=cfg.kind,
+            configs=effective_checkers(cfg.kind, cfg.checkers, bool(self.vip_list)),
+            recovery=cfg.recovery,
+            probes=self.env.probes,
+            context=self._probe_context,
+            state_path=self.var / "checkers.json",
+            record=self._record,
+            on_recover=self.checker_recover,
+            on_holds=self.checker_holds,
+            on_ready=self.checker_ready,
+            now=self.env.now,
+        )
 
     @property
     def stopped(self) -> bool:
@@ -87,6 +112,36 @@ class ModuleRunner:
                 return False
             await asyncio.sleep(0.1)
         return True
+
+    # --- checkers --------------------------------------------------------------------------------
+
+    def checker_recover(self, r: ck.Recover) -> None:
+        """A checker asks for a recovery: an event of this kind's machine."""
+        raise NotImplementedError
+
+    def checker_holds(self, reasons: tuple[str, ...]) -> None:
+        raise NotImplementedError
+
+    def checker_ready(self, ok: bool, detail: str) -> None:
+        """Whether the checkers guarding the application pass (farm membership)."""
+
+    def _probe_context(self) -> ProbeContext:
+        return ProbeContext(
+            bin_dir=self.module.bin,
+            env=self.script_env("checker", "", "", "check"),
+            missing_vips=self._missing_vips,
+            module_states=self.env.module_states,
+            log_dir=self.log_dir,
+        )
+
+    def _missing_vips(self) -> list[str]:
+        return [str(v) for v in self.vip_list if not self._present(v)]
+
+    async def switch_checker(self, name: str | None, on: bool) -> str:
+        """Maintenance switch (`hakit checker on|off`); KeyError for an unknown checker."""
+        message = self.checks.switch(name, on)
+        self._record(message, "info" if on else "warning")
+        return message
 
     # --- timeline --------------------------------------------------------------------------------
 

@@ -86,6 +86,8 @@ class ModuleManager:
             },
             replication_key=channel_key(self.cluster.secret, cfg.cluster),
             heartbeat_timeout=cfg.heartbeat.timeout,
+            module_states=self.module_states,
+            cluster_secret=self.cluster.secret,
         )
 
     # --- the module folder ---------------------------------------------------------------------
@@ -233,6 +235,14 @@ class ModuleManager:
             return "mirror"
         farm = any(ln.split("#")[0].strip() == "kind: farm" for ln in text.splitlines())
         return "farm" if farm else "mirror"
+
+    def module_states(self, name: str) -> dict[str, tuple[str, str]] | None:
+        """Each node's (state, status) of a module installed here, as this node knows it."""
+        e = self.entries.get(name)
+        if e is None:
+            return None
+        nodes = e.runner.status()["nodes"]
+        return {n: (str(v.get("state")), str(v.get("status"))) for n, v in nodes.items()}
 
     def runner(self, name: str) -> Runner:
         e = self.entries.get(name)

@@ -33,6 +33,7 @@ from typing import Any
 from hakit.core.filters import PathFilter
 from hakit.replication.apply import Applier, parent_of
 from hakit.replication.channel import ChannelError, Mode, Receiver, Sender
+from hakit.replication.preserve import Keeper
 from hakit.replication.primary import Replicated, Replicator, State
 from hakit.replication.resync import Resync, ResyncError
 from hakit.replication.scan import SUM_BLOCK, block_sums, walk
@@ -72,6 +73,8 @@ class Init:
     bandwidth: int
     listen: tuple[str, int] | None
     base: str  # primary: generation to track from if no journal exists
+    preserve: str  # secondary: folder to keep the diverged entries in ("" = none)
+    preserve_why: str
 
     @classmethod
     def parse(cls, raw: dict[str, Any]) -> Init:
@@ -87,6 +90,8 @@ class Init:
             bandwidth=int(raw.get("bandwidth", 0)),
             listen=(listen[0], int(listen[1])) if listen else None,
             base=str(raw.get("base", "")),
+            preserve=str(raw.get("preserve") or ""),
+            preserve_why=str(raw.get("preserve_why") or ""),
         )
 
 
@@ -391,6 +396,11 @@ class Secondary:
         self.roots = [os.open(d["path"], os.O_RDONLY | os.O_DIRECTORY) for d in init.dirs]
         self.filters = [_filter(d) for d in init.dirs]
         self.applier = Applier(self.roots)
+        self.keeper: Keeper | None = None
+        if init.preserve:
+            paths = [d["path"] for d in init.dirs]
+            self.keeper = Keeper(self.roots, paths, Path(init.preserve), init.preserve_why)
+            self.applier.keeper = self.keeper
         self.stop_event = threading.Event()
         self.conn: socket.socket | None = None
         self.listener = socket.socket(socket.AF_INET6 if ":" in init.listen[0] else socket.AF_INET)
@@ -481,6 +491,8 @@ class Secondary:
             except Exception as e:  # FrameError, OSError: the stream is unusable
                 why = f"replication stream broken: {e!r}"
             self.applier.forget()
+            if self.keeper is not None:
+                self.keeper.save()  # what was kept so far, if the resynchronisation stopped
             with contextlib.suppress(OSError):
                 conn.close()
             if receiver.fatal:
@@ -490,6 +502,16 @@ class Secondary:
                 emit("lost", reason=why, fatal=False)
 
     def _synced(self) -> None:
+        keeper, self.keeper = self.keeper, None
+        if keeper is not None:
+            self.applier.keeper = None
+            keeper.save()
+            emit(
+                "preserved",
+                folder=str(keeper.dest),
+                kept=len(keeper.kept),
+                errors=keeper.errors[:5],
+            )
         for fd in self.roots:
             os.fsync(fd)
         self.unclean = False

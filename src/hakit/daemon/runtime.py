@@ -36,6 +36,10 @@ log = logging.getLogger(LOGGER)
 SHUTDOWN_TIMEOUT = 300.0  # stop scripts have their own limits; this bounds the whole stop
 
 
+class UnknownChecker(HakitError):
+    exit_code = 4
+
+
 class IdentityError(HakitError):
     exit_code = 2
 
@@ -225,6 +229,12 @@ class NodeDaemon:
     async def command(self, module: str, command: str) -> tuple[bool, str]:
         answer = await self.modules.command(module, Cmd(command))
         return isinstance(answer, Accepted), answer.message
+
+    async def switch_checker(self, module: str, checker: str | None, on: bool) -> str:
+        try:
+            return await self.modules.runner(module).switch_checker(checker, on)
+        except KeyError as e:
+            raise UnknownChecker(str(e.args[0])) from None
 
     async def verify(self, module: str) -> dict[str, Any]:
         runner = self.modules.runner(module)

@@ -16,6 +16,7 @@ import errno as E
 import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from typing import Protocol
 
 from hakit.wire.replication import Kind, Op, unpack_pairs
 
@@ -34,6 +35,10 @@ _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
 
 class PathRefused(OSError):
     pass
+
+
+class Keeper(Protocol):
+    def before(self, op: Op) -> None: ...
 
 
 def _components(path: bytes) -> list[bytes]:
@@ -91,6 +96,7 @@ class Applier:
 
     def __init__(self, roots: list[int]) -> None:
         self.roots = roots
+        self.keeper: Keeper | None = None  # keeps a diverged copy's entries (split brain)
         self._fds: dict[bytes, int] = {}  # path -> O_RDWR descriptor of a regular file
         self._ops: dict[Kind, Callable[[Op], None]] = {
             Kind.WRITE: self._write,
@@ -122,6 +128,8 @@ class Applier:
             return E.EINVAL
         if op.kind not in _KEEPS_NAMES:
             self.forget()
+        if self.keeper is not None:
+            self.keeper.before(op)
         try:
             handler(op)
         except OSError as e:

@@ -1,21 +1,26 @@
 """In-memory fakes of the side-effect ports, held to the same contract tests as the real adapters.
 
 `FakeVips` is a node's interfaces and their addresses (`VipPort`); `FakeScriptRunner` runs no
-process and answers with scripted outcomes (`ScriptRunner`). Both record what they were asked
-to do, so tests of the daemon can assert the actions and their order.
+process and answers with scripted outcomes (`ScriptRunner`); `FakeProbes` answers checkers'
+probes as the test says (`ProbePort`). They record what they were asked to do, so tests of the
+daemon can assert the actions and their order.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from hakit.adapters.farm import FarmPath, FarmPathError
+from hakit.adapters.probes import ProbeContext, ProbeResult
 from hakit.adapters.scripts import ScriptResult
 from hakit.adapters.vip import IFNAMSIZ, Vip, VipError
+from hakit.config.checkers import CheckerBase, CustomChecker, VipChecker
 
 # -- virtual IPs -----------------------------------------------------------------------------
 
@@ -272,3 +277,31 @@ class FakeFarmPath:
     def remove(self, fp: FarmPath) -> bool:
         self.calls.append(("remove", fp.module))
         return self.tables.pop(fp.module, None) is not None
+
+
+class FakeProbes:
+    """Probe results chosen by the test, per checker name (default: up). A `vip` checker with
+    no result set looks at the module's VIPs through the context, like the real probe."""
+
+    def __init__(self) -> None:
+        self.results: dict[str, ProbeResult] = {}
+        self.calls: Counter[str] = Counter()
+
+    def set(self, name: str, ok: bool, detail: str = "") -> None:
+        self.results[name] = (ok, detail or ("fake: up" if ok else "fake: down"))
+
+    async def probe(self, checker: CheckerBase, ctx: ProbeContext) -> ProbeResult:
+        self.calls[checker.name] += 1
+        await asyncio.sleep(0)
+        if checker.name not in self.results and isinstance(checker, VipChecker):
+            missing = ctx.missing_vips()
+            return (not missing, f"missing: {missing}" if missing else "every VIP present")
+        return self.results.get(checker.name, (True, "fake: up"))
+
+    async def stream(
+        self, checker: CustomChecker, ctx: ProbeContext
+    ) -> AsyncGenerator[ProbeResult, None]:
+        while True:
+            self.calls[checker.name] += 1
+            yield self.results.get(checker.name, (True, "fake: up"))
+            await asyncio.sleep(checker.interval)

@@ -29,11 +29,24 @@ class SimNode:
     seen_peer: mm.PeerInfo | None = None
     log: list[str] = field(default_factory=list)
     answers: list[mm.Action] = field(default_factory=list)
+    preserved: list[str] = field(default_factory=list)  # why each join kept the diverged files
 
 
 class MirrorSim:
-    def __init__(self, a: str = "node1", b: str = "node2", default_primary: str = "alone") -> None:
+    def __init__(
+        self,
+        a: str = "node1",
+        b: str = "node2",
+        default_primary: str = "alone",
+        keep: str = "first-primary",
+        witness: bool = False,
+    ) -> None:
         self.default_primary = default_primary
+        self.keep = keep
+        # a witness, if any: which nodes reach it, who holds its lease
+        self.witness = witness
+        self.reaches: dict[str, bool] = {a: True, b: True}
+        self.holder: str | None = None
         self.nodes = {a: self._fresh(a, b, mm.Data(), True), b: self._fresh(b, a, mm.Data(), True)}
         self.partitioned = False
         self.now = 0.0
@@ -41,7 +54,16 @@ class MirrorSim:
         self.double_vip = False
 
     def _fresh(self, name: str, peer: str, data: mm.Data, failover: bool) -> SimNode:
-        machine = mm.Mirror("app", name, peer, self.default_primary, data=data, failover=failover)
+        machine = mm.Mirror(
+            "app",
+            name,
+            peer,
+            self.default_primary,
+            self.keep,
+            data=data,
+            failover=failover,
+            arbitrated=self.witness,
+        )
         return SimNode(name, machine, persisted=data, failover=failover)
 
     def peer_of(self, name: str) -> SimNode:
@@ -52,7 +74,8 @@ class MirrorSim:
         if not other.up or self.partitioned:
             return mm.PeerInfo(alive=False)
         m = other.machine
-        return mm.PeerInfo(True, True, m.phase, m.data, m.want, m.handover)
+        since = m.primary_since if m.phase in mm.PRIMARYISH else 0.0
+        return mm.PeerInfo(True, True, m.phase, m.data, m.want, m.handover, since)
 
     # --- driving ---------------------------------------------------------------------------
 
@@ -65,6 +88,8 @@ class MirrorSim:
             if isinstance(a, mm.RunOp):
                 if a.op is mm.Op.BECOME_PRIMARY:
                     node.holds_vip = True
+                if a.preserve:
+                    node.preserved.append(a.preserve)
                 ok = a.op not in node.fail
                 node.queue.append(mm.OpDone(a.op, ok, "" if ok else f"{a.op.value} failed"))
             elif isinstance(a, mm.Persist):
@@ -75,8 +100,8 @@ class MirrorSim:
                 node.answers.append(a)
         if isinstance(ev, mm.OpDone) and ev.op is mm.Op.STOP_PRIMARY:
             node.holds_vip = False
-        if all(n.holds_vip for n in self.nodes.values()) and not self.partitioned:
-            self.double_vip = True
+        if all(n.holds_vip for n in self.nodes.values()) and (self.witness or not self.partitioned):
+            self.double_vip = True  # with a witness: never, even across a partition
 
     def settle(self, limit: int = 500) -> None:
         for _ in range(limit):
@@ -92,9 +117,41 @@ class MirrorSim:
                 if node.queue:
                     self._apply(node, node.queue.popleft())
                     progressed = True
+                if self.witness and self._arbitrate(node):
+                    progressed = True
             if not progressed:
                 return
         raise AssertionError("the two machines did not settle")
+
+    def _arbitrate(self, node: SimNode) -> bool:
+        """The lease keeper of `node` and a witness, without time: a lease is granted to a node
+        only once its previous holder knows it lost it and no longer holds the VIPs (what the
+        lease's ttl and grace guarantee in real time)."""
+        m = node.machine
+        wants = m.asking or m.phase in mm.PRIMARYISH
+        other = self.peer_of(node.name)
+        if not self.reaches[node.name]:
+            granted, detail = False, "witness unreachable"
+        elif not wants:
+            if self.holder == node.name:
+                self.holder = None  # released
+            granted, detail = False, "released"
+        elif self.holder in (None, node.name) or (
+            other.machine.lease is False and not other.holds_vip
+        ):
+            self.holder = node.name
+            granted, detail = True, f"lease held by {node.name}"
+        else:
+            granted, detail = False, f"lease held by {self.holder}"
+        if granted == m.lease and (detail == m.arbiter_note or not m.asking):
+            return False
+        self._apply(node, mm.Arbiter(granted, detail))
+        return True
+
+    def set_witness(self, **reaches: bool) -> None:
+        """Which nodes reach the witness (`node1=False`: node1 cannot)."""
+        self.reaches.update(reaches)
+        self.settle()
 
     def command(self, name: str, cmd: mm.Cmd) -> mm.Action:
         node = self.nodes[name]
@@ -121,6 +178,7 @@ class MirrorSim:
         old = self.nodes[name]
         node = self._fresh(name, old.machine.peer_name, old.persisted, old.failover)
         node.log = old.log
+        node.preserved = old.preserved
         self.nodes[name] = node
         if start:  # the daemon starts the module before it publishes anything
             node.answers.clear()
@@ -128,6 +186,9 @@ class MirrorSim:
             self._apply(node, mm.PeerChanged(node.seen_peer))
             self._apply(node, mm.Command(mm.Cmd.START))
         self.settle()
+
+    def log(self, name: str) -> list[str]:
+        return self.nodes[name].log
 
     def state(self, name: str) -> str:
         s, status = self.nodes[name].machine.display()

@@ -27,6 +27,7 @@ class ReplicatorProcess:
     mode: str = "sync"
     listen: tuple[str, int] | None = None
     base: str = ""
+    preserve: str = ""  # secondary: keep the entries the resync changes in this folder
     ack_timeout: float = 0.8
     bandwidth: int = 0
     module: str = "m"
@@ -55,6 +56,8 @@ class ReplicatorProcess:
             "bandwidth": self.bandwidth,
             "listen": list(self.listen) if self.listen else None,
             "base": self.base,
+            "preserve": self.preserve,
+            "preserve_why": "test: diverged copy" if self.preserve else "",
         }
         self._write(init)
         self._readers = [
