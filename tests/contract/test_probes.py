@@ -314,3 +314,37 @@ def test_contract_a_probe_answers_a_sentence_within_its_timeout(
         assert isinstance(ok, bool)
         assert detail
         assert took < 0.5 + 0.5
+
+
+@pytest.mark.skipif(not ROOT, reason="ICMP needs a raw socket (root)")
+def test_ping_alone_is_bounded_by_its_limit() -> None:
+    """`ping()` is also called without the checker's timeout around it (the ping witness)."""
+    from hakit.adapters.probes import ping
+
+    ns = f"hk-probe-pl-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        for args in (
+            ["link", "add", "a0", "type", "veth", "peer", "name", "b0"],
+            ["addr", "add", "10.254.0.1/24", "dev", "a0"],
+            ["link", "set", "a0", "up"],
+            ["link", "set", "b0", "up"],
+        ):
+            subprocess.run(["ip", "-n", ns, *args], check=True, capture_output=True)
+        # 10.254.0.2 is on the link but nobody has it: the echo leaves, no answer ever comes
+        code = (
+            "import asyncio,time; from hakit.adapters.probes import ping; t=time.monotonic(); "
+            "ok, d = asyncio.run(ping('10.254.0.2', 0.3)); print(ok, round(time.monotonic()-t, 1))"
+        )
+        r = subprocess.run(
+            ["ip", "netns", "exec", ns, sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        ok, took = r.stdout.split()
+        assert ok == "False"
+        assert 0.2 <= float(took) < 2.0
+    finally:
+        subprocess.run(["ip", "netns", "delete", ns], check=False)
+    assert asyncio.run(ping("127.0.0.1", 1.0))[0]

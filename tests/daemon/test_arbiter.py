@@ -125,10 +125,20 @@ def test_another_holder_is_named_in_the_refusal() -> None:
 def test_the_ping_witness_allows_while_an_address_answers() -> None:
     async def main() -> None:
         r = Rig({"ping": ["10.0.0.254", "10.1.0.254"]})
-        r.be(asking=True, phase=mm.Phase.WAITING)
+        alive = mm.PeerInfo(alive=True, installed=True)
+        r.be(asking=True, phase=mm.Phase.WAITING, peer=alive)
         await r.arb.round()
         assert r.last == mm.Arbiter(False, "no ping witness answers (10.0.0.254, 10.1.0.254)")
         r.pings["10.1.0.254"] = True
+        await r.arb.round()
+        assert r.last == mm.Arbiter(True, "ping witness 10.1.0.254 answers")
+        # a takeover from a lost peer waits until an isolated primary has seen its pings fail
+        r.be(asking=False, phase=mm.Phase.SECOND)
+        await r.arb.round()
+        r.be(asking=True, peer=mm.PeerInfo(alive=False))
+        await r.arb.round()
+        assert r.last == mm.Arbiter(False, "ping witness 10.1.0.254 answers; taking over in 1.25 s")
+        r.arb.asked_at -= 1.25
         await r.arb.round()
         assert r.last == mm.Arbiter(True, "ping witness 10.1.0.254 answers")
 

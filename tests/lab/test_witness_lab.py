@@ -241,3 +241,28 @@ def test_fencing_runs_before_a_takeover_and_a_failure_holds_it(make: Any) -> Non
     assert calls[0] == f"fence node1 module={m.name}"
     assert len(calls) >= 2
     assert "fencing node1: fence exited 0" in m.log("node2")
+
+
+PINGED = f"""\
+split_brain:
+  ping: [{WITNESS}]
+  ping_timeout: 0.3
+"""
+
+
+def test_a_ping_witness_lets_only_the_side_that_reaches_it_be_primary(make: Any) -> None:
+    m = make(extra=PINGED)
+    m.first_start()
+    obs = Observer(m)
+    try:
+        m.lab.cut("node1", "node2")
+        m.lab.cut("node1", "client1")  # node1 cannot reach the "router" any more
+        m.pair("WAIT not-ready", "ALONE ready", 20)
+        assert m.served_by() == "node2"
+        assert "no ping witness answers" in m.log("node1")
+        m.lab.heal("node1")
+        m.pair("SECOND ready", "PRIM ready", 60)
+    finally:
+        obs.stop()
+    assert obs.samples > 20
+    assert obs.both == [], obs.both

@@ -15,6 +15,7 @@ import contextlib
 import ipaddress
 import os
 import re
+import secrets
 import signal
 import socket
 import struct
@@ -38,6 +39,7 @@ from hakit.config.checkers import (
     TcpChecker,
     VipChecker,
 )
+from hakit.wire.apiauth import api_key, sign
 
 ProbeResult = tuple[bool, str]
 BODY_LIMIT = 65536
@@ -100,6 +102,8 @@ class RealProbes:
             if c.unit is not None:
                 return await unit(c.unit, c.timeout)
             return await asyncio.to_thread(processes, self.proc, c)
+        if isinstance(c, ModuleChecker) and c.cluster is not None:
+            return await remote_module(c)
         if isinstance(c, ModuleChecker):
             return module_state(c, ctx.module_states(c.module))
         if isinstance(c, CustomChecker):
@@ -190,8 +194,11 @@ async def ping(address: str, limit: float) -> ProbeResult:
         sock.setblocking(False)
         try:
             await loop.sock_sendto(sock, packet, (address, 0))
-            while time.monotonic() - start < limit:
-                data, src = await loop.sock_recvfrom(sock, 2048)
+            while (left := limit - (time.monotonic() - start)) > 0:
+                try:
+                    data, src = await asyncio.wait_for(loop.sock_recvfrom(sock, 2048), left)
+                except TimeoutError:
+                    break
                 icmp = data if v6 else data[(data[0] & 0x0F) * 4 :]
                 if len(icmp) < 8 or src[0] != address:
                     continue
@@ -287,6 +294,41 @@ def module_state(c: ModuleChecker, states: dict[str, tuple[str, str]] | None) ->
             return True, f"module {c.module} is {state} ready on {n}"
         seen.append(f"{state} {status} on {n}")
     return False, f"module {c.module} is {', '.join(seen) or 'not running anywhere'}"
+
+
+async def remote_module(c: ModuleChecker) -> ProbeResult:
+    """The module's state in another cluster: `GET /v1/state` of one of its nodes, signed with
+    that cluster's secret (each address in turn)."""
+    rc = c.cluster
+    assert rc is not None
+    try:
+        secret = (await asyncio.to_thread(Path(rc.secret_file).read_bytes)).strip()
+    except OSError as e:
+        return False, f"cannot read {rc.secret_file}: {e.strerror}"
+    key = api_key(secret, rc.name)
+    errors = []
+    for addr in rc.addresses:
+        host = f"[{addr}]" if addr.version == 6 else str(addr)
+        target = "/v1/state"
+        headers = sign(key, "checker", "GET", target, b"", time.time(), secrets.token_hex(12))
+        try:
+            async with httpx.AsyncClient(
+                base_url=f"http://{host}:{rc.port}", timeout=c.timeout, trust_env=False
+            ) as client:
+                r = await client.get(target, headers=headers)
+        except httpx.HTTPError as e:
+            errors.append(f"{addr}: {type(e).__name__}")
+            continue
+        if r.status_code != 200:
+            errors.append(f"{addr}: HTTP {r.status_code}")
+            continue
+        mod = r.json().get("modules", {}).get(c.module)
+        if mod is None:
+            return False, f"module {c.module} is not installed on {addr} (cluster {rc.name})"
+        states = {n: (v.get("state", "STOP"), v.get("status", "")) for n, v in mod["nodes"].items()}
+        ok, detail = module_state(c, states)
+        return ok, f"{detail} (cluster {rc.name})"
+    return False, f"cluster {rc.name} does not answer ({'; '.join(errors)})"
 
 
 # --- programs ----------------------------------------------------------------------------------

@@ -245,11 +245,31 @@ class CustomChecker(CheckerBase):
         return f"program {' '.join(self.command)}"
 
 
+class RemoteCluster(Frozen):
+    """Another hakit cluster, read through the signed API of its nodes (`GET /v1/state`)."""
+
+    name: Name = Field(description="Its cluster name (`cluster` in its cluster.yaml).")
+    addresses: tuple[IPvAnyAddress, ...] = Field(
+        min_length=1, description="Addresses of its nodes' APIs, tried in turn."
+    )
+    port: int = Field(7351, ge=1, le=65535, description="Its `api.port`.")
+    secret_file: str = Field(
+        pattern=r"^/\S+$",
+        description="Absolute path of a copy of its `cluster.key` (mode 0600).",
+    )
+
+
 class ModuleChecker(CheckerBase):
-    """Another module of this cluster is in an expected state (a dependency)."""
+    """Another module of this cluster, or of another cluster, is in an expected state (a
+    dependency)."""
 
     type: Literal["module"] = Field(description="`module`.")
-    module: Name = Field(description="The module depended on (installed on this node).")
+    module: Name = Field(
+        description="The module depended on (installed on this node, or in `cluster`)."
+    )
+    cluster: RemoteCluster | None = Field(
+        None, description="The other cluster it runs in (none: this cluster)."
+    )
     node: Name | None = Field(
         None,
         description="Node it must be in that state on (none: on any of its nodes).",
@@ -263,7 +283,8 @@ class ModuleChecker(CheckerBase):
 
     def describe(self) -> str:
         where = f" on {self.node}" if self.node else ""
-        return f"module {self.module}{where} {'/'.join(self.states)}"
+        of = f" of cluster {self.cluster.name}" if self.cluster else ""
+        return f"module {self.module}{of}{where} {'/'.join(self.states)}"
 
 
 Checker = Annotated[

@@ -514,7 +514,7 @@ def check_checkers(m: ModuleConfig, cluster: Cluster) -> list[Problem]:
                     )
                 )
         if isinstance(c, ModuleChecker):
-            if c.node is not None and c.node not in cluster.nodes:
+            if c.node is not None and c.cluster is None and c.node not in cluster.nodes:
                 out.append(
                     Problem(
                         ("checkers", i, "node"),

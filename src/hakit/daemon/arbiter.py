@@ -7,7 +7,8 @@ Three mechanisms, configured in `split_brain:` of the module (see docs/mirror.md
   last granted request (the send time + `ttl`: earlier than the witness's own), so a node never
   believes it holds a lease the witness may already give away;
 - a **ping witness**: at least one of the addresses answers a ping (checked every round while
-  primary or asking);
+  primary or asking); a takeover from a lost peer is allowed only `ping_timeout` + one round
+  after it was first asked, the time an isolated primary needs to see its own pings fail;
 - **fencing**: the module's `bin/fence` script, run once before taking over from a peer that
   is not alive; the takeover happens only if it exits 0 within `fence_timeout` (a failing
   script is tried again every 10 s while the takeover waits).
@@ -49,6 +50,7 @@ class Arbitration:
     fenced: bool = field(init=False, default=False)  # fenced for the current request
     fence_failed: float = field(init=False, default=0.0)  # monotonic time of the last failure
     fence_said: str = field(init=False, default="")
+    asked_at: float = field(init=False, default=0.0)  # a takeover first asked (ping witness)
     last: tuple[bool, str] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
@@ -94,6 +96,14 @@ class Arbitration:
             ok, detail = await self._lease(wants)
         elif self.cfg.ping:
             ok, detail = await self._ping() if wants else (False, "not asked")
+            if ok and m.asking and not m.peer.alive:
+                # an isolated primary notices its own ping failing within ping_timeout plus a
+                # round: give it that long to step down before taking over
+                now = time.monotonic()
+                self.asked_at = self.asked_at or now
+                wait = self.cfg.ping_timeout + self.period
+                if now - self.asked_at < wait:
+                    ok, detail = False, f"{detail}; taking over in {wait:g} s"
         else:  # fencing only: a primary stays, a takeover from a lost peer fences it first
             ok = m.phase in mm.PRIMARYISH or (m.asking and m.peer.alive)
             if ok or m.peer.alive:
@@ -114,6 +124,7 @@ class Arbitration:
             ok = allowed and self.fenced
         if not m.asking:
             self.fenced, self.fence_failed, self.fence_said = False, 0.0, ""
+            self.asked_at = 0.0
         self._say(ok, detail)
 
     def _say(self, ok: bool, detail: str) -> None:
