@@ -6,11 +6,18 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
+from hakit.adapters.scripts import ProcessScriptRunner
+from hakit.config.load import ClusterFile
+from hakit.config.model import Cluster
 from hakit.config.module import SplitBrain
 from hakit.core import mirror as mm
 from hakit.daemon.arbiter import Arbitration
+from hakit.daemon.modules import ModuleManager
+from hakit.paths import Paths
+from hakit.testing.fakes import FakeVips
 from hakit.testing.witness import FakeWitness
 
 WITNESS = {"addresses": ["10.0.0.5"], "ttl": 0.4, "grace": 0.2}
@@ -168,3 +175,34 @@ def test_fencing_runs_once_before_a_takeover_and_a_failure_is_retried_later() ->
         assert r.last.granted  # a primary is never fenced out of its role
 
     asyncio.run(main())
+
+
+def test_every_module_of_a_node_shares_one_witness_client(tmp_path: Path) -> None:
+    """The witness refuses an older boot of a node: two clients of one node (two boot ids)
+    would keep refusing each other, so the daemon keeps one per witness."""
+    cluster = Cluster.model_validate(
+        {
+            "cluster": "c",
+            "networks": {"lan": {}},
+            "nodes": {
+                "node1": {"addresses": {"lan": "10.0.0.1"}},
+                "node2": {"addresses": {"lan": "10.0.0.2"}},
+            },
+        }
+    )
+    mgr = ModuleManager(
+        paths=Paths(tmp_path / "etc", tmp_path / "var", tmp_path / "log"),
+        cluster=ClusterFile(tmp_path / "cluster.yaml", cluster, b"s" * 32),
+        local="node1",
+        vips=FakeVips(),
+        scripts=ProcessScriptRunner(),
+        record=lambda ev: None,
+        publish=lambda payload: None,
+        hold=lambda vips: None,
+    )
+    env = mgr._env()
+    a = env.witness_client("c", "node1", b"s" * 32, [("10.0.0.5", 7355), ("10.1.0.5", 7355)])
+    b = env.witness_client("c", "node1", b"s" * 32, [("10.1.0.5", 7355), ("10.0.0.5", 7355)])
+    other = env.witness_client("c", "node1", b"s" * 32, [("10.9.0.5", 7355)])
+    assert a is b
+    assert other is not a

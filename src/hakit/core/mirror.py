@@ -855,15 +855,21 @@ def _peer_primary(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
             return m2, ()  # decided when it was first seen
         return _split_brain(m2, now)
     m2 = replace(m2, split_seen=False)
-    if (
-        m.keep == "manual"
-        and not m.peer.present
-        and m2.peer.present
-        and compare(m2.data, m2.peer.data) is Cmp.DIVERGED
-    ):
-        # It comes back with diverged data, already out of the primary role: with the manual
-        # policy this side steps down too, whatever it saw first.
-        return _split_brain(m2, now)
+    if not m.peer.present and m2.peer.present and compare(m2.data, m2.peer.data) is Cmp.DIVERGED:
+        # It comes back with diverged data, already out of the primary role (it saw this node
+        # first and stepped down): with the manual policy this side steps down too; else the
+        # split brain is reported here as well.
+        if m.keep == "manual":
+            return _split_brain(m2, now)
+        return m2, (
+            Explain(
+                f"SPLIT BRAIN on {m.module}: {peer} was primary too during the split "
+                f"({m2.peer.data.label()} there, {m2.data.label()} here); {m.local} stays "
+                f"primary (policy keep: {m.keep}); {peer} rejoins as secondary and keeps its "
+                "changes in a dated folder",
+                "error",
+            ),
+        )
     if is_ready and not was_ready:
         data = replace(m2.data, alone_ok=False)
         m3 = _go(m2, Phase.PRIM, now, data=data)

@@ -19,6 +19,7 @@ from typing import Any
 
 from hakit.adapters.scripts import ScriptRunner
 from hakit.adapters.vip import Vip, VipPort
+from hakit.adapters.witness import WitnessClient, WitnessPort
 from hakit.config.load import ClusterFile
 from hakit.config.module import MODULE_FILE, MODULE_NAME, FarmModule, load_module
 from hakit.core import mirror as mm
@@ -66,6 +67,7 @@ class ModuleManager:
     crashed: dict[str, float] = field(default_factory=dict)  # module -> mtime when it crashed
     elsewhere: dict[str, float] = field(default_factory=dict)  # installed, runs on other nodes
     _why: dict[str, str] = field(default_factory=dict)  # peer -> last membership sentence
+    _witnesses: dict[tuple[tuple[str, int], ...], WitnessPort] = field(default_factory=dict)
 
     def _env(self) -> Environment:
         cfg = self.cluster.config
@@ -88,7 +90,20 @@ class ModuleManager:
             heartbeat_timeout=cfg.heartbeat.timeout,
             module_states=self.module_states,
             cluster_secret=self.cluster.secret,
+            witness_client=self._witness_client,
         )
+
+    def _witness_client(
+        self, cluster: str, node: str, secret: bytes, addresses: list[tuple[str, int]]
+    ) -> WitnessPort:
+        """One client (one boot id, one sequence) per witness for every module of this daemon:
+        the witness refuses requests from an older boot of a node, so two clients of one node
+        would keep refusing each other."""
+        key = tuple(sorted(addresses))
+        client = self._witnesses.get(key)
+        if client is None:
+            client = self._witnesses[key] = WitnessClient(cluster, node, secret, addresses)
+        return client
 
     # --- the module folder ---------------------------------------------------------------------
 

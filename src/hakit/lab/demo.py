@@ -363,6 +363,32 @@ class Demo:
         out.print("buckets now: " + ", ".join(f"{n} {b.get(n, 0)}" for n in nodes), highlight=False)
         self.webclient(300)
 
+        self.step("10. A checker at work: nginx dies on node2")
+        out.print(
+            "farm-web has a tcp checker on port 80 (every 0.5 s, 2 failures in a row): node2 "
+            "leaves the farm (its share goes to the others), restarts nginx, and rejoins once "
+            "the checker passes again (docs/checkers.md)."
+        )
+        since = time.time()
+        lab.exec(
+            "node2",
+            ["nginx", "-c", "/srv/farm-web/nginx.conf", "-s", "stop"],
+            capture=True,
+            check=False,
+        )
+        wait_until(
+            lambda: any(
+                "checkers pass" in e["message"] and e["at"] > since for e in self.events("node2")
+            ),
+            STEP_TIMEOUT,
+            "node2 to restart nginx and rejoin",
+        )
+        wait_until(partial(self.farm_settled, nodes), 30, "the farm to settle again")
+        for e in self.events("node2"):
+            if e.get("module") == "farm-web" and e["at"] > since and "exited 0" not in e["message"]:
+                out.print(f"node2: “{e['message']}”", highlight=False)
+        self.webclient(300)
+
 
 def run_demo(name: str, *, keep: bool, console: Console | None = None) -> None:
     out = console or Console()
