@@ -362,3 +362,14 @@ def test_unexpected_events_are_errors() -> None:
         fm.step(farm(phase=fm.Phase.UP), fm.OpDone(fm.Op.STOP, True), 1.0)
     with pytest.raises(UnexpectedEvent):
         fm.step(farm(), fm.OpDone(fm.Op.START, True), 1.0)
+
+
+def test_a_start_held_for_checkers_that_hold_nothing_starts_at_the_first_holds_event() -> None:
+    """A before-start `wait` checker switched off holds nothing: the start goes on as soon as
+    the runner says so (it always sends the holds when the module starts)."""
+    f = fm.Farm(module="web", local="a", waits_first=True)
+    f, _ = fm.step(f, fm.Command(fm.Cmd.START), 1.0)
+    assert f.phase is fm.Phase.HELD
+    f, acts = fm.step(f, fm.Holds(()), 1.1)
+    assert f.phase is fm.Phase.STARTING
+    assert ops(acts) == [fm.Op.START]

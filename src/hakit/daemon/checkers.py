@@ -161,9 +161,9 @@ class CheckerSet:
                 self.record(reaction.message, reaction.level)
         self._publish()
 
-    def _publish(self) -> None:
+    def _publish(self, starting: bool = False) -> None:
         holds = ck.holds(self.checkers.values())
-        if holds != self.holds:
+        if holds != self.holds or starting:  # a start always hears whether anything holds it
             self.holds = holds
             self.on_holds(holds)
         ready = ck.ready(self.checkers.values())
@@ -179,6 +179,7 @@ class CheckerSet:
 
     def follow(self, role: ck.Role) -> None:
         """The module's role changed: activate or idle each checker accordingly."""
+        starting = self.role is ck.Role.STOPPED and role is not ck.Role.STOPPED
         self.role = role
         for name in self.checkers:
             c = self.checkers[name]
@@ -188,7 +189,7 @@ class CheckerSet:
                 self.epoch[name] += 1
                 if c2.health is not ck.Health.IDLE:
                     self.wake[name].set()
-        self._publish()
+        self._publish(starting)
 
     def reset(self) -> None:
         """An operator command: the loop protection starts counting again."""

@@ -244,7 +244,7 @@ class FarmRunner(ModuleRunner):
             self.checks.reset()
         elif isinstance(ev, fm.Recover):
             self.cause = "checker"
-        elif isinstance(ev, fm.Holds):
+        elif isinstance(ev, fm.Holds) and ev.reasons:
             self.cause = "hold"
         before = self.machine.display(self.assignment.settled)[0]
         m, actions = fm.step(self.machine, ev, self.env.now())

@@ -239,7 +239,7 @@ class MirrorRunner(ModuleRunner):
             self.cause = "replication"
         elif isinstance(ev, mm.Recover):
             self.cause = "checker"
-        elif isinstance(ev, mm.Holds):
+        elif isinstance(ev, mm.Holds) and ev.reasons:
             self.cause = "hold"
         before = self.machine.display()
         m, actions = mm.step(self.machine, ev, self.env.now(), secrets.token_hex(4))
