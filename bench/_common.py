@@ -247,15 +247,31 @@ def hakit_processes(lab: Lab, node: str) -> list[int]:
 # -- keepalived ------------------------------------------------------------------------------
 
 
-def ensure_keepalived() -> bool:
-    """Install the Debian package `keepalived` if missing; whether this run installed it."""
-    if shutil.which("keepalived"):
+def stats(values: Sequence[float]) -> dict[str, Any]:
+    """Median, min, max, mean and standard deviation of a series (`n` 0: no sample)."""
+    if not values:
+        return {"n": 0}
+    return {
+        "n": len(values),
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "mean": statistics.fmean(values),
+        "stdev": statistics.stdev(values) if len(values) > 1 else 0.0,
+    }
+
+
+def ensure_package(command: str, package: str | None = None) -> bool:
+    """Install the Debian package providing `command` if it is missing; whether this run
+    installed it."""
+    package = package or command
+    if shutil.which(command):
         return False
-    print("keepalived is missing: installing the Debian package (apt-get install keepalived)")
+    print(f"{command} is missing: installing the Debian package (apt-get install {package})")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for argv in (
         ["apt-get", "update", "-qq"],
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "keepalived"],
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", package],
     ):
         try:
             r = subprocess.run(
@@ -265,8 +281,8 @@ def ensure_keepalived() -> bool:
             raise MeasureError(f"`{' '.join(argv)}` failed: {e}") from e
         if r.returncode != 0:
             raise MeasureError(f"`{' '.join(argv)}` exited {r.returncode}: {r.stderr.strip()}")
-    if not shutil.which("keepalived"):
-        raise MeasureError("keepalived is still not on PATH after installing it")
+    if not shutil.which(command):
+        raise MeasureError(f"{command} is still not on PATH after installing {package}")
     return True
 
 

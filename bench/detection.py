@@ -56,7 +56,7 @@ from _common import (
     KA_DIR,
     Keepalived,
     MeasureError,
-    ensure_keepalived,
+    ensure_package,
     events_since,
     freeze,
     hakit_processes,
@@ -401,7 +401,7 @@ def measure_memory(lab: Lab, ka: Keepalived, node: str) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
-    result["keepalived_installed_by_this_run"] = ensure_keepalived()
+    result["keepalived_installed_by_this_run"] = ensure_package("keepalived")
     result["settings"]["keepalived"]["version"] = keepalived_version()
     lab = Lab(args.lab)
     if lab.status() != "absent":

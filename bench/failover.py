@@ -69,7 +69,7 @@ from _common import (
     Keepalived,
     MeasureError,
     Proc,
-    ensure_keepalived,
+    ensure_package,
     events_since,
     freeze,
     hakit_state,
@@ -907,7 +907,7 @@ def print_report(result: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
-    result["keepalived_installed_by_this_run"] = ensure_keepalived()
+    result["keepalived_installed_by_this_run"] = ensure_package("keepalived")
     result["settings"]["keepalived"]["version"] = keepalived_version()
     lab = Lab(args.lab)
     if lab.status() != "absent":

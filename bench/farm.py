@@ -72,20 +72,20 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
-    APT_TIMEOUT,
     EXEC_TIMEOUT,
     KA_DIR,
     Keepalived,
     MeasureError,
     Proc,
     children_of,
-    ensure_keepalived,
+    ensure_package,
     events_since,
     hakit_state,
     keepalived_version,
     result_header,
     run_and_record,
     sleep_until,
+    stats,
     stratified,
     wait_for,
 )
@@ -152,44 +152,8 @@ def say(text: str = "") -> None:
     print(text, flush=True)
 
 
-def stats(values: Sequence[float]) -> dict[str, Any]:
-    if not values:
-        return {"n": 0}
-    return {
-        "n": len(values),
-        "median": statistics.median(values),
-        "min": min(values),
-        "max": max(values),
-        "mean": statistics.fmean(values),
-        "stdev": statistics.stdev(values) if len(values) > 1 else 0.0,
-    }
-
-
 def loadavg() -> list[str]:
     return Path("/proc/loadavg").read_text().split()[:3]
-
-
-def ensure_wrk() -> bool:
-    """Install the Debian package `wrk` if missing; whether this run installed it."""
-    if shutil.which("wrk"):
-        return False
-    say("wrk is missing: installing the Debian package (apt-get install wrk)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for argv in (
-        ["apt-get", "update", "-qq"],
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "wrk"],
-    ):
-        try:
-            r = subprocess.run(
-                argv, env=env, capture_output=True, text=True, timeout=APT_TIMEOUT, check=False
-            )
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise MeasureError(f"`{' '.join(argv)}` failed: {e}") from e
-        if r.returncode != 0:
-            raise MeasureError(f"`{' '.join(argv)}` exited {r.returncode}: {r.stderr.strip()}")
-    if not shutil.which("wrk"):
-        raise MeasureError("wrk is still not on PATH after installing it")
-    return True
 
 
 # -- the client in client1 ----------------------------------------------------------------------
@@ -1388,8 +1352,8 @@ def report_comparison(f: dict[str, Any], st: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
-    result["wrk_installed_by_this_run"] = ensure_wrk()
-    result["keepalived_installed_by_this_run"] = ensure_keepalived()
+    result["wrk_installed_by_this_run"] = ensure_package("wrk")
+    result["keepalived_installed_by_this_run"] = ensure_package("keepalived")
     result["settings"]["keepalived"]["version"] = keepalived_version()
     lab = Lab(args.lab)
     if lab.status() != "absent":

@@ -62,7 +62,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import MeasureError, result_header, run_and_record
+from _common import MeasureError, result_header, run_and_record, stats
 
 from hakit.testing.replication import ReplicatorProcess
 
@@ -92,19 +92,6 @@ def say(text: str) -> None:
 
 
 # -- small helpers --------------------------------------------------------------------------------
-
-
-def stats(values: Sequence[float]) -> dict[str, Any]:
-    if not values:
-        return {"n": 0}
-    return {
-        "n": len(values),
-        "median": statistics.median(values),
-        "min": min(values),
-        "max": max(values),
-        "mean": statistics.fmean(values),
-        "stdev": statistics.stdev(values) if len(values) > 1 else 0.0,
-    }
 
 
 def percentile(sorted_values: Sequence[float], p: float) -> float:
