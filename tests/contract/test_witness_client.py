@@ -33,6 +33,7 @@ from hakit.testing.witness import FakeWitness
 from hakit.waiting import wait_until
 from hakit.wire.heartbeat import make_boot_id
 from hakit.wire.witness import Op, Request, decode_reply, derive_key, encode_request
+from tests.daemon.conftest import free_udp_port
 
 TTL = 0.6
 GRACE = 0.3
@@ -44,12 +45,6 @@ NODES = ("node1", "node2")
 
 T = TypeVar("T")
 _modules = itertools.count(1)
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- the real witness -----------------------------------------------------------------------

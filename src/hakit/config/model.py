@@ -8,15 +8,35 @@ with the path of the field to blame.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyAddress,
+    StringConstraints,
+)
 
 DEFAULT_PORT = 7350
 DEFAULT_API_PORT = 7351
 DEFAULT_INTERVAL = 0.2
 DEFAULT_TIMEOUT = 1.0
 MIN_PULSES_PER_TIMEOUT = 3
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as e:
+        raise ValueError(f"not a valid regular expression: {e}") from None
+    return value
+
+
+Regex = Annotated[str, StringConstraints(max_length=1000), AfterValidator(_regex)]
+"""A regular expression (Python syntax), compiled when the configuration is loaded."""
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,31}$"
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]

@@ -24,7 +24,7 @@ from pydantic import (
 
 from hakit.config.checkers import Checker, ModuleChecker, Recovery, VipChecker
 from hakit.config.load import Marks, dotted, parse_yaml, read_text, validate
-from hakit.config.model import Cluster, Frozen, Name
+from hakit.config.model import Cluster, Frozen, Name, Regex
 from hakit.config.rules import Problem
 from hakit.errors import ConfigError, ConfigIssue
 
@@ -102,17 +102,6 @@ def _absolute(value: str) -> str:
 
 RelPath = Annotated[str, StringConstraints(max_length=4096), AfterValidator(_relative)]
 AbsPath = Annotated[str, StringConstraints(max_length=4096), AfterValidator(_absolute)]
-
-
-def _regex(value: str) -> str:
-    try:
-        re.compile(value)
-    except re.error as e:
-        raise ValueError(f"not a valid regular expression: {e}") from None
-    return value
-
-
-Regex = Annotated[str, AfterValidator(_regex)]
 
 
 class ReplicatedDir(Frozen):
