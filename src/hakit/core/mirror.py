@@ -19,596 +19,90 @@ Safety rules enforced here:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from enum import StrEnum
+from dataclasses import replace
 
+from hakit.core.mirror_decide import (
+    _decide,
+    _go,
+    _holds_text,
+    _name,
+    _secondary_alone,
+    _start_op,
+    _stop_now,
+    _then_pending,
+    _wait_transient,
+)
+from hakit.core.mirror_model import (
+    OP_OF_PHASE,
+    PRIMARYISH,
+    Action,
+    Arbiter,
+    Cmd,
+    Cmp,
+    Command,
+    Data,
+    Event,
+    Handler,
+    Holds,
+    Mirror,
+    Op,
+    OpDone,
+    PeerChanged,
+    PeerInfo,
+    Persist,
+    Phase,
+    Publish,
+    Recover,
+    ReplicaLost,
+    Result,
+    RunOp,
+    Then,
+    Want,
+    compare,
+    event_kind,
+    peer_from_wire,
+    to_wire,
+)
+from hakit.core.mirror_split import (
+    _arbiter_noted,
+    _arbiter_primary,
+    _arbiter_second,
+    _arbiter_waiting,
+    _lost_arbiter,
+    _split_brain,
+)
 from hakit.core.outcomes import Accepted, Explain, Refused, UnexpectedEvent
 
-HISTORY_KEPT = 64
-
-
-class Phase(StrEnum):
-    STOPPED = "stopped"
-    STARTING = "starting"  # prestart
-    WAITING = "waiting"  # started, no role yet (deciding, or blocked)
-    PROMOTING = "promoting"  # [stop_second], add VIPs, start_prim
-    ALONE = "alone"  # primary, no secondary
-    PRIM = "prim"  # primary with a ready secondary
-    RESTARTING = "restarting"  # stop_prim, start_prim (no failover)
-    DEMOTING = "demoting"  # stop_prim, remove VIPs
-    JOINING = "joining"  # start_second
-    SYNCING = "syncing"  # secondary catching up with the primary
-    SECOND = "second"  # secondary, up to date
-    LEAVING = "leaving"  # stop_second
-    STOPPING = "stopping"  # poststop
-
-
-PRIMARYISH = frozenset({Phase.PROMOTING, Phase.ALONE, Phase.PRIM, Phase.RESTARTING, Phase.DEMOTING})
-"""Phases in which a node holds (or may hold) the VIPs and the application."""
-
-
-class Op(StrEnum):
-    PRESTART = "prestart"
-    BECOME_PRIMARY = "become-primary"
-    RESTART_PRIMARY = "restart-primary"
-    STOP_PRIMARY = "stop-primary"
-    START_SECOND = "start-second"
-    SYNC = "sync"
-    STOP_SECOND = "stop-second"
-    POSTSTOP = "poststop"
-
-
-OP_OF_PHASE: dict[Phase, Op] = {
-    Phase.STARTING: Op.PRESTART,
-    Phase.PROMOTING: Op.BECOME_PRIMARY,
-    Phase.RESTARTING: Op.RESTART_PRIMARY,
-    Phase.DEMOTING: Op.STOP_PRIMARY,
-    Phase.JOINING: Op.START_SECOND,
-    Phase.SYNCING: Op.SYNC,
-    Phase.LEAVING: Op.STOP_SECOND,
-    Phase.STOPPING: Op.POSTSTOP,
-}
-
-
-class Cmd(StrEnum):
-    START = "start"
-    STOP = "stop"
-    RESTART = "restart"
-    STOPSTART = "stopstart"
-    SWAP = "swap"
-    PRIM = "prim"
-    SECOND = "second"
-    PRIMFORCE = "primforce"
-    FAILOVER_ON = "failover-on"
-    FAILOVER_OFF = "failover-off"
-
-
-class Want(StrEnum):
-    NONE = "none"
-    PRIM = "prim"  # operator asked this node to be primary
-    FORCE = "force"  # primforce
-    SECOND = "second"  # operator (or a swap) asked this node to be secondary
-
-
-class Then(StrEnum):
-    """What to do once the running operation ends."""
-
-    NOTHING = "nothing"
-    STOP = "stop"
-    STOPSTART = "stopstart"
-    SWAP = "swap"
-    HOLD = "hold"  # once the role is left, wait in WAITING until the checkers release it
-
-
-# --- data freshness ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Data:
-    """What a node knows, persistently, about the freshness of its copy of the data."""
-
-    gen: int = 0
-    gen_id: str = ""  # "" = never initialised (first start)
-    history: tuple[tuple[int, str], ...] = ()  # ancestors of this generation, newest last
-    alone_ok: bool = False  # may become primary without hearing from the peer
-    consistent: bool = True  # False while a resynchronisation is incomplete
-    last_role: str = "none"  # primary | secondary | none
-
-    def label(self) -> str:
-        return f"generation {self.gen}" if self.gen_id else "no data generation yet"
-
-    def next_generation(self, fresh_id: str) -> Data:
-        hist = (*self.history, (self.gen, self.gen_id)) if self.gen_id else self.history
-        return replace(self, gen=self.gen + 1, gen_id=fresh_id, history=hist[-HISTORY_KEPT:])
-
-
-class Cmp(StrEnum):
-    SAME = "same"
-    NEWER = "newer"  # local data descends from the peer's
-    OLDER = "older"
-    DIVERGED = "diverged"
-
-
-def compare(local: Data, peer: Data) -> Cmp:
-    if local.gen_id == peer.gen_id:
-        return Cmp.SAME
-    if not peer.gen_id or (peer.gen, peer.gen_id) in local.history:
-        return Cmp.NEWER
-    if not local.gen_id or (local.gen, local.gen_id) in peer.history:
-        return Cmp.OLDER
-    return Cmp.DIVERGED
-
-
-# --- the peer, as published in its heartbeats ------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PeerInfo:
-    alive: bool = False  # the node is alive (membership)
-    installed: bool = False  # it runs this module and published its state
-    phase: Phase = Phase.STOPPED
-    data: Data = field(default_factory=Data)
-    want: Want = Want.NONE
-    handover: bool = False  # it is giving the primary role away (swap)
-    since: float = 0.0  # primary since (its wall clock), 0 when not primary
-
-    @property
-    def present(self) -> bool:
-        return self.alive and self.installed
-
-    @property
-    def primary(self) -> bool:
-        return self.present and self.phase in PRIMARYISH
-
-    def describe(self) -> str:
-        if not self.alive:
-            return "lost"
-        if not self.installed:
-            return "alive, module not running there"
-        return f"{self.phase.value}"
-
-
-# --- the machine -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Mirror:
-    module: str
-    local: str
-    peer_name: str
-    default_primary: str = "alone"
-    keep: str = "first-primary"  # split-brain policy: who stays primary when both were
-    phase: Phase = Phase.STOPPED
-    data: Data = field(default_factory=Data)
-    peer: PeerInfo = field(default_factory=PeerInfo)
-    failover: bool = True
-    want: Want = Want.NONE
-    then: Then = Then.NOTHING
-    handover: bool = False
-    blocked: str = ""  # why WAITING is stuck (not-ready); "" while deciding
-    join_failed: str = ""  # last attempt to become secondary failed: no automatic retry
-    before_promotion: Data | None = None  # data state to restore if the promotion fails
-    holds: tuple[str, ...] = ()  # why `wait` checkers hold the module (core/checks.py)
-    failed: str = ""  # why a checker stopped the module (shown until the next start)
-    primary_since: float = 0.0  # when this node last became primary (split-brain policy)
-    split_note: str = ""  # a split brain was resolved against this node: why (for the report)
-    split_seen: bool = False  # both primary: decided (stays True while the peer is primary)
-    arbitrated: bool = False  # a witness, a ping witness or fencing must allow the primary role
-    lease: bool = False  # the arbiter allows this node to be primary (witness lease held)
-    asking: bool = False  # waiting for the arbiter before becoming primary
-    arbiter_note: str = ""  # the arbiter's last word (who holds the lease, why it refused)
-    reason: str = ""  # the last explanation
-    since: float = 0.0
-
-    def display(self) -> tuple[str, str]:
-        """(state, status) of the interface contract."""
-        p = self.phase
-        if p is Phase.STOPPED:
-            return "STOP", "not-ready"
-        if p is Phase.WAITING:
-            return "WAIT", "not-ready" if self.blocked else "transient"
-        if p in (Phase.STARTING, Phase.DEMOTING, Phase.LEAVING, Phase.STOPPING):
-            return "WAIT", "transient"
-        if p is Phase.PROMOTING:
-            return "ALONE", "transient"
-        if p is Phase.RESTARTING:
-            return ("PRIM" if self.peer_second_ready() else "ALONE"), "transient"
-        if p is Phase.ALONE:
-            return "ALONE", "ready"
-        if p is Phase.PRIM:
-            return "PRIM", "ready"
-        if p in (Phase.JOINING, Phase.SYNCING) or self.asking:
-            return "SECOND", "transient"  # (asking: its primary is lost, the arbiter decides)
-        return "SECOND", "ready"
-
-    def peer_second_ready(self) -> bool:
-        return self.peer.present and self.peer.phase is Phase.SECOND
-
-
-# events
-
-
-@dataclass(frozen=True)
-class Command:
-    cmd: Cmd
-
-
-@dataclass(frozen=True)
-class PeerChanged:
-    peer: PeerInfo
-    why: str = ""  # e.g. membership's sentence: "node1 lost: no heartbeat on net1 for 1.00 s"
-
-
-@dataclass(frozen=True)
-class OpDone:
-    op: Op
-    ok: bool
-    detail: str = ""  # e.g. "start_prim exited 3 after 0.41 s (log: …)"
-
-
-@dataclass(frozen=True)
-class ReplicaLost:
-    """The replication stream ended outside any operation (primary: the secondary stopped
-    acknowledging; secondary: the stream broke, or `fatal`: its disk refused a write)."""
-
-    detail: str
-    fatal: bool = False
-
-
-@dataclass(frozen=True)
-class Recover:
-    """A checker failed and asks for `action` (restart, stopstart or stop), with the sentence
-    (loop protection already applied: see core/checks.py)."""
-
-    action: str
-    message: str
-
-
-@dataclass(frozen=True)
-class Holds:
-    """The reasons `wait` checkers hold the module (empty: nothing holds it any more)."""
-
-    reasons: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Arbiter:
-    """What the arbiter says (the runner asks the witness, pings the ping witness, runs the
-    fencing script): `granted` = this node may be primary without seeing its peer."""
-
-    granted: bool
-    detail: str = ""
-
-
-Event = Command | PeerChanged | OpDone | ReplicaLost | Recover | Holds | Arbiter
-
-
-def event_kind(ev: Event) -> str:
-    if isinstance(ev, Command):
-        return f"cmd:{ev.cmd.value}"
-    if isinstance(ev, OpDone):
-        return f"done:{ev.op.value}"
-    if isinstance(ev, ReplicaLost):
-        return "replica-lost"
-    if isinstance(ev, Recover):
-        return f"recover:{ev.action}"
-    if isinstance(ev, Holds):
-        return "holds"
-    if isinstance(ev, Arbiter):
-        return "arbiter"
-    return "peer"
-
-
-# actions
-
-
-@dataclass(frozen=True)
-class RunOp:
-    op: Op
-    force: bool = False  # stop scripts: skip the graceful call
-    from_second: bool = False  # become-primary: stop the secondary side first
-    action: str = ""  # why, for scripts' third argument: start, stop, swap, failover, ...
-    preserve: str = ""  # start-second: keep the entries the resync changes, and why
-    vips_first: bool = False  # stop-primary: release the VIPs before stop_prim (fencing itself)
-
-
-@dataclass(frozen=True)
-class Persist:
-    data: Data
-    failover: bool
-
-
-@dataclass(frozen=True)
-class Publish:
-    """The state to put in our heartbeats changed (phase, data, want, handover)."""
-
-
-Action = RunOp | Persist | Publish | Explain | Accepted | Refused
-
-
-Result = tuple[Mirror, tuple[Action, ...]]
-Handler = Callable[[Mirror, Event, float, str], Result]
-
-
-# --- helpers -----------------------------------------------------------------------------------
-
-
-def _go(m: Mirror, phase: Phase, now: float, **kw: object) -> Mirror:
-    return replace(m, phase=phase, since=now if phase is not m.phase else m.since, **kw)  # type: ignore[arg-type]
-
-
-def _start_op(
-    m: Mirror,
-    phase: Phase,
-    now: float,
-    why: str,
-    *,
-    force: bool = False,
-    preserve: str = "",
-    vips_first: bool = False,
-    **kw: object,
-) -> Result:
-    m2 = _go(m, phase, now, blocked="", reason=why, asking=False, **kw)
-    run = RunOp(OP_OF_PHASE[phase], force=force, preserve=preserve, vips_first=vips_first)
-    return m2, (Explain(why), Publish(), run)
-
-
-def _name(m: Mirror) -> str:
-    return f"{m.module} on {m.local}"
-
-
-def _promote(
-    m: Mirror, now: float, fresh_id: str, why: str, *, from_second: bool = False
-) -> Result:
-    """Persist a new generation first, then become primary (once the arbiter allows it)."""
-    if m.arbitrated and not m.lease and m.want is not Want.FORCE:
-        return _ask(m, now, why)
-    data = replace(
-        m.data.next_generation(fresh_id),
-        alone_ok=not m.peer_second_ready(),
-        consistent=True,
-        last_role="primary",
-    )
-    m2 = _go(
-        m,
-        Phase.PROMOTING,
-        now,
-        data=data,
-        want=Want.NONE,
-        blocked="",
-        reason=why,
-        handover=False,
-        before_promotion=m.data,
-        primary_since=now,
-        asking=False,
-        split_note="",
-    )
-    steps = "stopping the secondary side, " if from_second else ""
-    msg = (
-        f"{_name(m)} becoming primary: {why}; {data.label()}; {steps}"
-        "taking the VIPs, starting the application"
-    )
-    run = RunOp(Op.BECOME_PRIMARY, from_second=from_second)
-    return m2, (Persist(data, m.failover), Explain(msg), Publish(), run)
-
-
-def _ask(m: Mirror, now: float, why: str) -> Result:
-    """Ready to become primary ({why}), but the arbiter has not allowed it (yet)."""
-    note = m.arbiter_note or "no answer yet"
-    text = f"{why}; waiting for the arbiter (witness, ping witness or fencing): {note}"
-    if m.phase is Phase.SECOND:
-        m2 = replace(m, asking=True, reason=text)
-        if m.asking and m.reason == text:
-            return m2, ()
-        return m2, (Explain(f"{_name(m)} stays secondary: {text}", "warning"), Publish())
-    m2, acts = _block(replace(m, asking=True), now, text)
-    return m2, acts
-
-
-def _block(m: Mirror, now: float, why: str) -> Result:
-    m2 = _go(m, Phase.WAITING, now, blocked=why, reason=why)
-    if m.phase is Phase.WAITING and m.blocked == why:
-        return m2, ()
-    return m2, (Explain(f"{_name(m)} waiting: {why}", "warning"), Publish())
-
-
-def _wait_transient(m: Mirror, now: float, why: str) -> Result:
-    m2 = _go(m, Phase.WAITING, now, blocked="", reason=why)
-    if m.phase is Phase.WAITING and not m.blocked and m.reason == why:
-        return m2, ()
-    return m2, (Explain(f"{_name(m)} waiting: {why}"), Publish())
-
-
-def _then_pending(
-    m: Mirror, now: float, acts: tuple[Action, ...], leave: Phase, during: str
-) -> Result:
-    """An operation ended in a stable phase while a stop waited for it, or while a checker
-    holds the module: leave the role now."""
-    if m.then is Then.NOTHING and m.holds:
-        m2, more = _start_op(
-            replace(m, then=Then.HOLD),
-            leave,
-            now,
-            f"{_name(m)}: held ({_holds_text(m)}) when {during} ended; leaving the role",
-        )
-        return m2, acts + more
-    if m.then is Then.NOTHING:
-        return m, acts
-    m2, more = _start_op(m, leave, now, f"{_name(m)}: {m.then.value} requested during {during}")
-    return m2, acts + more
-
-
-def _holds_text(m: Mirror) -> str:
-    return "; ".join(m.holds)
-
-
-def _decide(m: Mirror, now: float, fresh_id: str) -> Result:
-    """In WAITING: become primary, join as secondary, or keep waiting (and say why)."""
-    p, d, peer = m.peer, m.data, m.peer_name
-    if m.holds:
-        return _block(m, now, f"held: {_holds_text(m)}; resumes by itself when it is back")
-    if m.want is Want.FORCE:
-        return _promote(m, now, fresh_id, "forced by `primforce`")
-    if p.primary:
-        if p.phase is not Phase.ALONE and p.phase is not Phase.PRIM:
-            return _wait_transient(
-                m, now, f"{peer} is {p.phase.value}; joining it when it is primary"
-            )
-        cmp = compare(d, p.data)
-        if cmp in (Cmp.DIVERGED, Cmp.NEWER) and m.want is not Want.SECOND and not m.split_note:
-            how = "neither descends from the other" if cmp is Cmp.DIVERGED else "this one is newer"
-            return _block(
-                m,
-                now,
-                f"{peer} is primary but the data differ ({d.label()} here, {p.data.label()} on "
-                f"{peer}: {how}); joining would discard this node's changes: `hakit second` here "
-                f"accepts that, or stop {peer} and `hakit prim` here to keep them",
-            )
-        if m.join_failed and m.want is not Want.SECOND:
-            return _block(
-                m,
-                now,
-                f"becoming secondary of {peer} failed ({m.join_failed}); "
-                f"`hakit second {m.module}` retries",
-            )
-        keep = ""
-        if cmp in (Cmp.DIVERGED, Cmp.NEWER):
-            keep = (
-                f"{m.local} had changes {peer} does not have ({d.label()} here, "
-                f"{p.data.label()} on {peer}: "
-                + ("diverged" if cmp is Cmp.DIVERGED else "this copy newer")
-                + f"); {m.local} joins {peer} as secondary"
-                + (f" ({m.split_note})" if m.split_note else " (`hakit second`)")
-            )
-        return _join(m, now, f"{peer} is primary ({p.phase.value})", keep)
-    if m.want is Want.SECOND:
-        if not (m.handover and (not p.present or p.phase is Phase.STOPPED)):
-            return _wait_transient(m, now, f"waiting for {peer} to become primary")
-        # The handover failed: the peer stopped instead of becoming primary.
-        m = replace(m, want=Want.NONE, handover=False)
-    if m.want is Want.PRIM:
-        if not d.consistent:
-            return _block(
-                m, now, "data inconsistent (resynchronisation interrupted); `hakit primforce`"
-            )
-        return _promote(m, now, fresh_id, "requested by `prim`")
-    if not d.gen_id:
-        return _block(
-            m,
-            now,
-            "first start: run `hakit prim` on the node holding the good data, then "
-            "`hakit second` on the other",
-        )
-    if not d.consistent:
-        return _block(
-            m,
-            now,
-            "data inconsistent: its resynchronisation was interrupted; it can only become "
-            f"secondary of {peer}, or primary with `hakit primforce` (loses {peer}'s changes)",
-        )
-    if p.present:
-        cmp = compare(d, p.data)
-        if cmp is Cmp.DIVERGED:
-            return _block(
-                m,
-                now,
-                f"data diverged from {peer}'s ({d.label()} vs {p.data.label()}); choose the "
-                f"side to keep with `hakit prim` on it",
-            )
-        if cmp is Cmp.OLDER:
-            if p.phase in (Phase.STOPPED,):
-                return _block(
-                    m,
-                    now,
-                    f"{peer} has newer data ({p.data.label()} vs {d.label()}): start the module "
-                    f"on {peer} first, or `hakit prim` here to discard {peer}'s changes",
-                )
-            return _wait_transient(
-                m, now, f"{peer} has newer data; waiting for it to become primary"
-            )
-        if p.phase in (Phase.JOINING, Phase.SYNCING, Phase.SECOND, Phase.LEAVING):
-            return _wait_transient(m, now, f"{peer} is {p.phase.value}; waiting for it to settle")
-        if cmp is Cmp.NEWER:
-            return _promote(m, now, fresh_id, f"data newer than {peer}'s ({d.label()})")
-        # same data on both sides
-        if p.phase is Phase.STOPPED or p.want is Want.SECOND:
-            return _promote(
-                m, now, fresh_id, f"data as new as {peer}'s, which is not starting as primary"
-            )
-        if d.last_role == "primary" and p.data.last_role != "primary":
-            return _promote(m, now, fresh_id, "this node was primary last")
-        if p.data.last_role == "primary" and d.last_role != "primary":
-            return _wait_transient(m, now, f"{peer} was primary last; waiting for it")
-        preferred = (
-            m.default_primary if m.default_primary in (m.local, peer) else min(m.local, peer)
-        )
-        if preferred == m.local:
-            return _promote(m, now, fresh_id, f"same data on both nodes; {m.local} preferred")
-        return _wait_transient(m, now, f"same data on both nodes; {peer} preferred")
-    if not m.failover and not d.alone_ok:
-        return _block(
-            m,
-            now,
-            f"failover is off and {peer} {p.describe()}: waiting for an operator "
-            f"(`hakit prim {m.module}` to take over here)",
-        )
-    if d.alone_ok:
-        why = "was primary alone last" if p.alive is False else f"{peer} does not run the module"
-        return _promote(
-            m,
-            now,
-            fresh_id,
-            f"{peer} {p.describe()}; this node {why}, data up to date ({d.label()})",
-        )
-    return _block(
-        m,
-        now,
-        f"data may not be up to date: this node was {d.last_role} last and {peer} may have been "
-        f"primary since ({peer} {p.describe()}); waiting for {peer}, or `hakit prim` if you are "
-        "sure this node has the good data",
-    )
-
-
-def _join(m: Mirror, now: float, why: str, keep: str = "") -> Result:
-    kept = "; the entries its resynchronisation changes are kept first" if keep else ""
-    return _start_op(
-        m,
-        Phase.JOINING,
-        now,
-        f"{_name(m)} joining as secondary: {why}; starting secondary{kept}",
-        want=Want.NONE,
-        join_failed="",
-        split_note="",
-        preserve=keep,
-    )
-
-
-def _stop_now(m: Mirror, now: float, why: str) -> Result:
-    """From a phase without a role: run poststop, then STOP."""
-    return _start_op(m, Phase.STOPPING, now, f"{_name(m)} stopping: {why}", then=Then.NOTHING)
-
-
-def _takeover(m: Mirror, now: float, fresh_id: str, why: str) -> Result:
-    return _promote(m, now, fresh_id, why, from_second=True)
-
-
-def _secondary_alone(m: Mirror, now: float, fresh_id: str, ev: PeerChanged) -> Result:
-    """A secondary whose primary stopped being primary (lost, stopped, handing over)."""
-    p, peer = m.peer, m.peer_name
-    what = ev.why or f"{peer} {p.describe()}"
-    if p.present and p.handover:
-        return _takeover(m, now, fresh_id, f"{peer} hands the primary role over (swap)")
-    if not m.failover:
-        m2 = replace(m, then=Then.NOTHING)
-        return _start_op(
-            m2,
-            Phase.LEAVING,
-            now,
-            f"{_name(m)}: {what}; failover is off: stopping the secondary side and waiting for "
-            f"an operator (`hakit prim {m.module}` to take over)",
-        )
-    return _takeover(m, now, fresh_id, f"failover: {what}")
+__all__ = [
+    "OP_OF_PHASE",
+    "PRIMARYISH",
+    "TRANSITIONS",
+    "Action",
+    "Arbiter",
+    "Cmd",
+    "Cmp",
+    "Command",
+    "Data",
+    "Event",
+    "Holds",
+    "Mirror",
+    "Op",
+    "OpDone",
+    "PeerChanged",
+    "PeerInfo",
+    "Persist",
+    "Phase",
+    "Publish",
+    "Recover",
+    "ReplicaLost",
+    "RunOp",
+    "Then",
+    "compare",
+    "peer_from_wire",
+    "step",
+    "targets",
+    "to_wire",
+]
 
 
 # --- handlers ----------------------------------------------------------------------------------
@@ -901,58 +395,6 @@ def _peer_primary(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
             Publish(),
         )
     return m2, ()
-
-
-def survivor(m: Mirror) -> str:
-    """Who stays primary when both nodes are primary: the same answer on both nodes (each
-    publishes since when it is primary). "" = nobody (policy `manual`)."""
-    me, peer = m.local, m.peer_name
-    if m.keep in (me, peer):
-        return m.keep
-    if m.keep == "manual":
-        return ""
-    mine, theirs = (m.primary_since, me), (m.peer.since, peer)
-    first = min(mine, theirs)
-    if m.keep == "last-primary":
-        return max(mine, theirs)[1]
-    return first[1]
-
-
-def _split_brain(m: Mirror, now: float) -> Result:
-    peer = m.peer_name
-    keeper = survivor(m)
-    head = (
-        f"SPLIT BRAIN on {m.module}: {m.local} and {peer} are both primary (after a network "
-        f"split: {m.data.label()} here, {m.peer.data.label()} on {peer})"
-    )
-    m = replace(m, split_seen=True)
-    if keeper == m.local:
-        return m, (
-            Explain(
-                f"{head}; policy keep: {m.keep}: {m.local} stays primary, {peer} becomes "
-                "secondary and its changes are kept in a dated folder there",
-                "error",
-            ),
-        )
-    if keeper == peer:
-        note = f"split brain resolved by policy keep: {m.keep} in favour of {peer}"
-        return _start_op(
-            replace(m, want=Want.SECOND, split_note=note),
-            Phase.DEMOTING,
-            now,
-            f"{head}; policy keep: {m.keep}: {peer} stays primary; {m.local} leaves the primary "
-            "role and rejoins as secondary, its changes kept in a dated folder",
-            then=Then.HOLD,
-        )
-    return _start_op(
-        m,
-        Phase.DEMOTING,
-        now,
-        f"{head}; policy keep: manual: {m.local} leaves the primary role; choose the copy to "
-        f"keep with `hakit prim {m.module}` on its node (the other one's changes are kept when "
-        "it rejoins)",
-        then=Then.HOLD,
-    )
 
 
 def _peer_second(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
@@ -1280,68 +722,6 @@ def _recover_late(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
 
 
 # arbitration (split-brain protection)
-
-
-def _lost_arbiter(m: Mirror, now: float, why: str) -> Result:
-    """A primary that can no longer prove it may be the only one: it leaves the role (its peer,
-    or whoever the witness grants, takes over) and waits for the arbiter or its peer."""
-    note = f"{m.local} stepped down ({why}) and {m.peer_name} became primary"
-    return _start_op(
-        replace(m, lease=False, split_note=note),
-        Phase.DEMOTING,
-        now,
-        f"{_name(m)} leaving the primary role: {why}; it may be primary on the other side: "
-        "VIPs released first",
-        vips_first=True,
-        then=Then.HOLD,
-    )
-
-
-def _arbiter_primary(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
-    assert isinstance(ev, Arbiter)
-    m2 = replace(m, lease=ev.granted, arbiter_note=ev.detail)
-    if ev.granted or not m.lease:
-        return m2, ()
-    if m.peer.present:
-        return m2, (
-            Explain(
-                f"{_name(m)}: the arbiter no longer grants the primary role ({ev.detail}); "
-                f"still primary while {m.peer_name} sees it",
-                "warning",
-            ),
-        )
-    return _lost_arbiter(
-        m2,
-        now,
-        f"the arbiter no longer grants the role ({ev.detail}) and "
-        f"{m.peer_name} {m.peer.describe()}",
-    )
-
-
-def _arbiter_second(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
-    assert isinstance(ev, Arbiter)
-    m2 = replace(m, lease=ev.granted, arbiter_note=ev.detail)
-    if m.asking and ev.granted and not m.peer.primary:
-        return _takeover(m2, now, fresh_id, f"failover allowed by the arbiter ({ev.detail})")
-    if m.asking and ev.detail != m.arbiter_note:
-        return _ask(m2, now, f"{m.peer_name} {m.peer.describe()}")
-    return m2, ()
-
-
-def _arbiter_waiting(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
-    assert isinstance(ev, Arbiter)
-    m2 = replace(m, lease=ev.granted, arbiter_note=ev.detail)
-    if m.asking and (ev.granted or ev.detail != m.arbiter_note):
-        return _decide(replace(m2, asking=False), now, fresh_id)
-    return m2, ()
-
-
-def _arbiter_noted(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
-    """Remembered; used by the next decision."""
-    assert isinstance(ev, Arbiter)
-    return replace(m, lease=ev.granted, arbiter_note=ev.detail), ()
-
-
 # --- the table ---------------------------------------------------------------------------------
 
 
@@ -1519,46 +899,3 @@ def step(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
             f"{new.phase.value}, which its table entry does not allow"
         )
     return new, actions
-
-
-# --- what a node publishes in its heartbeats ---------------------------------------------------
-
-PUBLISHED_HISTORY = 16
-
-
-def to_wire(m: Mirror) -> dict[str, object]:
-    """The compact form of our state carried in every heartbeat."""
-    d = m.data
-    return {
-        "p": m.phase.value,
-        "g": d.gen,
-        "i": d.gen_id,
-        "h": [list(x) for x in d.history[-PUBLISHED_HISTORY:]],
-        "a": int(d.alone_ok),
-        "c": int(d.consistent),
-        "r": d.last_role,
-        "w": m.want.value,
-        "o": int(m.handover),
-        "t": m.primary_since if m.phase in PRIMARYISH else 0.0,
-    }
-
-
-def peer_from_wire(alive: bool, obj: object) -> PeerInfo:
-    """The peer as seen from its heartbeat payload; malformed or absent means not running."""
-    if not alive:
-        return PeerInfo(alive=False)
-    if not isinstance(obj, dict):
-        return PeerInfo(alive=True, installed=False)
-    try:
-        data = Data(
-            gen=int(obj["g"]),
-            gen_id=str(obj["i"]),
-            history=tuple((int(g), str(i)) for g, i in obj["h"]),
-            alone_ok=bool(obj["a"]),
-            consistent=bool(obj["c"]),
-            last_role=str(obj["r"]),
-        )
-        since = float(obj.get("t", 0.0))
-        return PeerInfo(True, True, Phase(obj["p"]), data, Want(obj["w"]), bool(obj["o"]), since)
-    except (KeyError, TypeError, ValueError):
-        return PeerInfo(alive=True, installed=False)
