@@ -206,3 +206,27 @@ def test_every_module_of_a_node_shares_one_witness_client(tmp_path: Path) -> Non
     other = env.witness_client("c", "node1", b"s" * 32, [("10.9.0.5", 7355)])
     assert a is b
     assert other is not a
+
+
+def test_held_writes_are_confirmed_only_by_a_grant_asked_after_the_break() -> None:
+    """Issue 12 A: while the machine holds writes (`confirm_after`), a lease that is merely
+    still running confirms nothing; the next real grant, asked after the break, is posted."""
+
+    async def main() -> None:
+        r = Rig({"witness": WITNESS})
+        await quarantine_over()
+        r.be(phase=mm.Phase.ALONE)
+        await r.arb.round()
+        assert r.last.granted
+        posted = len(r.posted)
+        r.witness.unreachable("node1")
+        r.be(confirm_after=time.time())
+        await r.arb.round()  # the witness is silent: the lease runs, nothing is confirmed
+        assert all(not (a.granted and a.asked > r.machine.confirm_after) for a in r.posted)
+        r.witness.unreachable("node1", on=False)
+        await r.arb.round()
+        assert len(r.posted) > posted
+        assert r.last.granted
+        assert r.last.asked > r.machine.confirm_after
+
+    asyncio.run(main())

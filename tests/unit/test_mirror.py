@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -546,7 +548,7 @@ def test_asymmetric_the_secondary_sees_only_the_witness() -> None:
     sim = witnessed()
     sim.set_witness(node1=False)  # the primary loses the witness, still sees node2
     assert sim.states() == ("PRIM ready", "SECOND ready")
-    assert any("still primary while node2 sees it" in ln for ln in sim.log("node1"))
+    assert any("still primary while node2 vouches for it" in ln for ln in sim.log("node1"))
     sim.set_partition(True)  # and now node2 too: node1 can prove nothing, it steps down
     assert sim.states() == ("WAIT not-ready", "ALONE ready")
     assert not sim.double_vip
@@ -575,13 +577,17 @@ def test_primforce_overrides_a_missing_witness() -> None:
     assert sim.state("node1") == "ALONE ready"
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(
     st.lists(
         st.sampled_from(
             [
                 "cut",
                 "heal",
+                "cut12",  # node2 no longer hears node1
+                "cut21",
+                "heal12",
+                "heal21",
                 "w1-off",
                 "w1-on",
                 "w2-off",
@@ -594,19 +600,25 @@ def test_primforce_overrides_a_missing_witness() -> None:
                 "stop2",
                 "start1",
                 "start2",
+                "write",
             ]
         ),
-        max_size=25,
+        max_size=30,
     )
 )
 def test_with_a_witness_never_two_primaries_whatever_fails(steps: list[str]) -> None:
+    """One-way cuts, witness cuts, crashes and restarts in any order: never two VIP holders, and
+    no write acknowledged by the secondary is missing from whoever serves."""
     sim = witnessed()
+    replicated: set[int] = set()
     for step in steps:
         n = f"node{step[-1]}"
         if step == "cut":
             sim.set_partition(True)
         elif step == "heal":
             sim.set_partition(False)
+        elif step.startswith(("cut", "heal")):
+            sim.cut(f"node{step[-2]}", f"node{step[-1]}", on=step.startswith("cut"))
         elif step.startswith("w"):
             sim.set_witness(**{f"node{step[1]}": step.endswith("on")})
         elif step.startswith("crash") and sim.nodes[n].up:
@@ -615,4 +627,84 @@ def test_with_a_witness_never_two_primaries_whatever_fails(steps: list[str]) -> 
             sim.boot(n)
         elif step.startswith(("stop", "start")) and sim.nodes[n].up:
             sim.command(n, C.STOP if step.startswith("stop") else C.START)
+        elif step == "write":
+            w = sim.write()
+            if w is not None and all(w in node.data for node in sim.nodes.values()):
+                replicated.add(w)
         assert not sim.double_vip, (steps, sim.states())
+        assert not (sim.lost_writes() & replicated), (steps, sim.states())
+        assert not (sim.acked & sim.refused)
+
+
+# --- one-way partitions and the replication's acknowledgements (issue 12, A and B) -------------
+
+
+def test_a_primary_without_lease_steps_down_when_its_peer_stops_hearing_it() -> None:
+    """B: node1 cut from the witness, then node1 -> node2 dropped (node1 still hears node2).
+    node2 stops vouching for node1 and asks; node1 leaves the role, VIPs first, before the
+    witness grants node2: never two primaries."""
+    sim = witnessed()
+    sim.set_witness(node1=False)
+    assert sim.states() == ("PRIM ready", "SECOND ready")
+    sim.cut("node1", "node2")
+    assert not sim.double_vip
+    assert sim.state("node2") == "ALONE ready"
+    assert not sim.nodes["node1"].holds_vip
+    assert any("no longer vouches" in ln for ln in sim.log("node1"))
+    sim.cut("node1", "node2", on=False)  # healed: it converges without an operator
+    sim.set_witness(node1=True)
+    assert sim.states() == ("SECOND ready", "PRIM ready")
+    assert not sim.double_vip
+
+
+def test_an_isolated_primary_acknowledges_nothing_after_the_replication_broke() -> None:
+    """A: node1 isolated while the application writes. The writes after the replication broke
+    are held; node1 cannot renew its lease, refuses them (EIO) and steps down; node2 takes over
+    with every acknowledged write."""
+    sim = witnessed()
+    before = [sim.write() for _ in range(3)]
+    sim.reaches["node1"] = False
+    sim.cuts = {("node1", "node2"), ("node2", "node1")}
+    after = sim.write()  # the secondary no longer acknowledges: held
+    assert after is not None
+    assert after in sim.refused
+    assert after not in sim.acked
+    assert sim.states() == ("WAIT not-ready", "ALONE ready")
+    assert set(before) <= sim.nodes["node2"].data
+    assert not sim.lost_writes()
+    assert any("held writes refused" in ln for ln in sim.log("node1"))
+
+
+def test_a_primary_confirmed_by_the_witness_releases_the_held_writes() -> None:
+    """A, the other side: the link between the nodes breaks, node1 still reaches the witness,
+    which renews its lease after the break: the held write is acknowledged, node2 is refused."""
+    sim = witnessed()
+    sim.cuts = {("node1", "node2"), ("node2", "node1")}
+    w = sim.write()
+    assert w is not None
+    assert w in sim.acked
+    assert sim.states() == ("ALONE ready", "SECOND transient")
+    assert any("held writes released" in ln for ln in sim.log("node1"))
+    assert not sim.double_vip
+
+
+def test_a_held_write_waits_for_a_grant_asked_after_the_break() -> None:
+    m = mm.Mirror("app", "node1", "node2", arbitrated=True, lease=True, phase=mm.Phase.PRIM)
+    m = replace(m, peer=mm.PeerInfo(True, True, mm.Phase.SECOND, fresh=True))
+    m, acts = mm.step(m, mm.ReplicaLost("no acknowledgement"), 10.0, "g1")
+    assert m.display() == ("ALONE", "transient")
+    assert m.confirm_after == 10.0
+    m, acts = mm.step(m, mm.Arbiter(True, "lease held", asked=9.9), 10.1, "g2")
+    assert not any(isinstance(a, mm.HeldWrites) for a in acts)  # asked before the break
+    m, acts = mm.step(m, mm.Arbiter(True, "lease held again", asked=10.05), 10.2, "g3")
+    assert mm.HeldWrites(release=True) in acts
+    assert m.display() == ("ALONE", "ready")
+
+
+def test_without_a_witness_a_one_way_split_converges_after_the_heal() -> None:
+    sim = MirrorSim()
+    first_start(sim)
+    sim.cut("node1", "node2")  # node2 takes over; node1 still hears it: both primary
+    assert sim.states() == ("ALONE ready", "ALONE ready")
+    sim.cut("node1", "node2", on=False)
+    assert sim.states() == ("PRIM ready", "SECOND ready")  # first-primary stays

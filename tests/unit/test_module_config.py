@@ -247,3 +247,17 @@ def test_checker_names_are_unique_and_farms_have_no_primary(tmp_path: Path) -> N
         "{name: web, type: tcp, port: 80}", "{name: web, type: tcp, port: 80, when: primary}"
     )
     assert any("a farm has no primary" in m for m in errors(tmp_path, farm))
+
+
+def test_a_witness_grace_too_short_for_the_vouching_window_is_refused(tmp_path: Path) -> None:
+    """With 0.5 s heartbeats and a 1.5 s timeout, a 0.9 s grace passes the old rule (1.5 ×
+    interval + 0.1) but not timeout + grace >= 6 × interval + 0.1 (issue 12 B)."""
+    slow = Cluster.model_validate(
+        CLUSTER.model_dump(mode="json") | {"heartbeat": {"interval": 0.5, "timeout": 1.5}}
+    )
+    text = GOOD + "split_brain:\n  witness: {addresses: [10.0.0.5], ttl: 1.5, grace: 0.9}\n"
+    with pytest.raises(ConfigError) as e:
+        load_module(module(tmp_path, text), slow)
+    (msg,) = [str(i) for i in e.value.issues]
+    assert "grace" in msg
+    assert "6 × heartbeat.interval" in msg

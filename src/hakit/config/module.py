@@ -565,6 +565,18 @@ def check_mirror(m: MirrorModule, cluster: Cluster) -> list[Problem]:
                 "must have released its VIPs before the other is granted the role",
             )
         )
+    if w is not None and hb.timeout + w.grace < 6 * hb.interval + 0.1:
+        out.append(
+            Problem(
+                ("split_brain", "witness", "grace"),
+                f"{w.grace:g}",
+                f"heartbeat.timeout + grace must be at least 6 × heartbeat.interval + 0.1 s = "
+                f"{6 * hb.interval + 0.1:g} s (timeout {hb.timeout:g} s): a primary whose "
+                "witness does not answer stays primary while its peer vouches for it, and a "
+                "peer that stops hearing it withdraws that within 2 intervals (+1 to hear it), "
+                "long enough before it may be granted the role (docs/mirror.md#split-brain)",
+            )
+        )
     if m.default_primary not in ("alone", "lastprim", *m.nodes):
         out.append(
             Problem(

@@ -43,6 +43,7 @@ from hakit.core.mirror_model import (
     Data,
     Event,
     Handler,
+    HeldWrites,
     Holds,
     Mirror,
     Op,
@@ -62,6 +63,7 @@ from hakit.core.mirror_model import (
     event_kind,
     peer_from_wire,
     to_wire,
+    vouching,
 )
 from hakit.core.mirror_split import (
     _arbiter_noted,
@@ -70,6 +72,8 @@ from hakit.core.mirror_split import (
     _arbiter_waiting,
     _lost_arbiter,
     _split_brain,
+    no_vouch,
+    unproven,
 )
 from hakit.core.outcomes import Accepted, Explain, Refused, UnexpectedEvent
 
@@ -84,6 +88,7 @@ __all__ = [
     "Command",
     "Data",
     "Event",
+    "HeldWrites",
     "Holds",
     "Mirror",
     "Op",
@@ -102,6 +107,7 @@ __all__ = [
     "step",
     "targets",
     "to_wire",
+    "vouching",
 ]
 
 
@@ -340,13 +346,15 @@ def _peer_primary(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
     was_ready = m.peer_second_ready()
     is_ready = m2.peer_second_ready()
     peer = m.peer_name
-    if m.arbitrated and not m.lease and m.peer.alive and not m2.peer.alive:
-        why = ev.why if isinstance(ev, PeerChanged) and ev.why else f"{peer} lost"
+    if unproven(m2):
+        why = ev.why if isinstance(ev, PeerChanged) and ev.why else no_vouch(m2)
         note = m.arbiter_note or "no answer"
         return _lost_arbiter(m2, now, f"{why}, and the arbiter does not grant the role ({note})")
     if m2.peer.primary:
-        if m.split_seen:
-            return m2, ()  # decided when it was first seen
+        if was_ready:  # it took over without this node: its copy is stale from then on
+            m3, acts0 = _alone(m2, now, fresh_id, f"{peer} took over ({m2.peer.phase.value})")
+            m4, more = _split_brain(m3, now)
+            return m4, acts0 + more
         return _split_brain(m2, now)
     m2 = replace(m2, split_seen=False)
     if not m.peer.present and m2.peer.present and compare(m2.data, m2.peer.data) is Cmp.DIVERGED:
@@ -383,18 +391,23 @@ def _peer_primary(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
             return m4, acts + more
         return m3, acts
     if was_ready and not is_ready:
-        data = replace(m2.data.next_generation(fresh_id), alone_ok=True)
         why = ev.why if isinstance(ev, PeerChanged) and ev.why else f"{peer} {m2.peer.describe()}"
-        m3 = _go(m2, Phase.ALONE, now, data=data)
-        return m3, (
-            Persist(data, m.failover),
-            Explain(
-                f"{_name(m)} ALONE: {why}; {peer}'s copy is stale from now ({data.label()})",
-                "warning",
-            ),
-            Publish(),
-        )
+        return _alone(m2, now, fresh_id, why)
     return m2, ()
+
+
+def _alone(m: Mirror, now: float, fresh_id: str, why: str) -> Result:
+    """The primary lost its ready secondary: a new generation, the peer's copy is stale."""
+    data = replace(m.data.next_generation(fresh_id), alone_ok=True)
+    m2 = _go(m, Phase.ALONE, now, data=data)
+    return m2, (
+        Persist(data, m.failover),
+        Explain(
+            f"{_name(m)} ALONE: {why}; {m.peer_name}'s copy is stale from now ({data.label()})",
+            "warning",
+        ),
+        Publish(),
+    )
 
 
 def _peer_second(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
@@ -450,6 +463,9 @@ def _after_become_primary(m: Mirror, ev: Event, now: float, fresh_id: str) -> Re
     if m2.peer.primary and m2.then is Then.NOTHING:  # met the peer while promoting
         m3, more = _split_brain(m2, now)
         return m3, acts2 + more
+    if unproven(m2) and m2.then is Then.NOTHING:  # lost the arbiter while promoting
+        m3, more = _lost_arbiter(m2, now, f"the arbiter does not grant the role and {no_vouch(m2)}")
+        return m3, acts2 + more
     return _then_pending(m2, now, acts2, Phase.DEMOTING, "start")
 
 
@@ -463,6 +479,9 @@ def _after_restart(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
     phase = Phase.PRIM if m.peer_second_ready() else Phase.ALONE
     m2 = _go(m, phase, now)
     restarted = (Explain(f"{_name(m)} application restarted"), Publish())
+    if unproven(m2) and m2.then is Then.NOTHING:  # lost the arbiter while restarting
+        m3, more = _lost_arbiter(m2, now, f"the arbiter does not grant the role and {no_vouch(m2)}")
+        return m3, restarted + more
     return _then_pending(m2, now, restarted, Phase.DEMOTING, "restart")
 
 
@@ -616,20 +635,62 @@ def _replica_lost_second(m: Mirror, ev: Event, now: float, fresh_id: str) -> Res
     return m2, (Explain(f"{_name(m)} replication FAILED: {ev.detail}", "error"), *acts)
 
 
+def _hold_writes(m: Mirror, now: float) -> Result:
+    """The replication to a ready secondary broke: with an arbiter, the replication process
+    holds the application's writes until the arbiter confirms (`mirror_split._confirmed`);
+    a forced primary releases them at once (the operator vouched for this node)."""
+    if not m.arbitrated:
+        return m, ()
+    if m.forced:
+        return m, (HeldWrites(release=True),)
+    if m.confirm_after:
+        return m, ()
+    return replace(m, confirm_after=now), (
+        Explain(
+            f"{_name(m)}: writes held until the arbiter confirms this node may go on alone "
+            "(the other node must not take over without them)",
+            "warning",
+        ),
+    )
+
+
 def _replica_lost_prim(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
     """The secondary stopped acknowledging: continue alone, its copy is stale from now."""
     assert isinstance(ev, ReplicaLost)
     data = replace(m.data.next_generation(fresh_id), alone_ok=True)
     m2 = _go(m, Phase.ALONE, now, data=data, reason=f"alone: {ev.detail}")
-    return m2, (
+    m3, held = _hold_writes(m2, now)
+    return m3, (
         Persist(data, m.failover),
         Explain(
             f"{_name(m)} ALONE: replication to {m.peer_name} ended ({ev.detail}); its copy is "
             f"stale from now ({data.label()})",
             "warning",
         ),
+        *held,
         Publish(),
     )
+
+
+def _replica_lost_primaryish(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
+    """Alone already (the peer was lost first), restarting or leaving the role: the secondary's
+    copy is stale from now if it was not already, and held writes wait for the arbiter."""
+    assert isinstance(ev, ReplicaLost)
+    acts: tuple[Action, ...] = ()
+    if m.data.alone_ok is False:
+        data = replace(m.data.next_generation(fresh_id), alone_ok=True)
+        m = replace(m, data=data)
+        acts = (
+            Persist(data, m.failover),
+            Explain(
+                f"{_name(m)} ({m.phase.value}): replication to {m.peer_name} ended "
+                f"({ev.detail}); its copy is stale from now ({data.label()})",
+                "warning",
+            ),
+            Publish(),
+        )
+    m2, held = _hold_writes(m, now)
+    return m2, acts + held
 
 
 def _replica_lost_ignored(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
@@ -755,6 +816,7 @@ TARGETS: dict[Handler, frozenset[Phase]] = {
     _after_poststop: frozenset({P.STARTING, P.STOPPED}),
     _replica_lost_second: frozenset({P.LEAVING}),  # or stays SECOND
     _replica_lost_prim: frozenset({P.ALONE}),
+    _replica_lost_primaryish: _SAME,
     _replica_lost_ignored: _SAME,
     _holds_noted: _SAME,
     _holds_primary: frozenset({P.DEMOTING}),
@@ -849,6 +911,9 @@ def _table() -> dict[tuple[Phase, str], Handler]:
         t[(phase, "replica-lost")] = {
             Phase.SECOND: _replica_lost_second,
             Phase.PRIM: _replica_lost_prim,
+            Phase.ALONE: _replica_lost_primaryish,
+            Phase.RESTARTING: _replica_lost_primaryish,
+            Phase.DEMOTING: _replica_lost_primaryish,
         }.get(phase, _replica_lost_ignored)
         for cmd in Cmd:
             t[(phase, f"cmd:{cmd.value}")] = _command_handler(phase, cmd)
@@ -898,4 +963,28 @@ def step(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
             f"{m.module} on {m.local}: {event_kind(ev)} in {m.phase.value} led to "
             f"{new.phase.value}, which its table entry does not allow"
         )
-    return new, actions
+    return _invariants(m, new, actions)
+
+
+def _invariants(old: Mirror, new: Mirror, actions: tuple[Action, ...]) -> Result:
+    """What holds after every step, whichever handler ran:
+    - leaving the primary role refuses the writes still held (never acknowledged, so never
+      lost: the application sees EIO);
+    - a change of this node's vouch for its peer is published at once (the primary relies on
+      it when its arbiter does not answer)."""
+    more: tuple[Action, ...] = ()
+    if new.confirm_after and (new.phase is Phase.DEMOTING or new.phase not in PRIMARYISH):
+        new = replace(new, confirm_after=0.0)
+        more += (
+            HeldWrites(release=False),
+            Explain(
+                f"{_name(new)}: held writes refused (EIO): leaving the primary role before the "
+                "arbiter confirmed them",
+                "warning",
+            ),
+        )
+    if new.phase not in PRIMARYISH and new.forced:
+        new = replace(new, forced=False)
+    if vouching(new) != vouching(old) and not any(isinstance(a, Publish) for a in actions):
+        more += (Publish(),)
+    return new, actions + more

@@ -76,6 +76,8 @@ def _promote(
         primary_since=now,
         asking=False,
         split_note="",
+        forced=m.want is Want.FORCE and not m.lease,
+        confirm_after=0.0,
     )
     steps = "stopping the secondary side, " if from_second else ""
     msg = (

@@ -139,6 +139,9 @@ class PeerInfo:
     want: Want = Want.NONE
     handover: bool = False  # it is giving the primary role away (swap)
     since: float = 0.0  # primary since (its wall clock), 0 when not primary
+    fresh: bool = False  # this node heard it within the vouching window (see `vouching`)
+    vouches: bool = False  # it publishes that it sees this node as primary and will not take
+    # over (see `vouching`)
 
     @property
     def present(self) -> bool:
@@ -185,6 +188,9 @@ class Mirror:
     lease: bool = False  # the arbiter allows this node to be primary (witness lease held)
     asking: bool = False  # waiting for the arbiter before becoming primary
     arbiter_note: str = ""  # the arbiter's last word (who holds the lease, why it refused)
+    forced: bool = False  # primary by `primforce`: the operator, not the arbiter, allowed it
+    confirm_after: float = 0.0  # > 0: the replication to the secondary broke at this time and
+    # the application's writes since are held until the arbiter grants a request asked after it
     reason: str = ""  # the last explanation
     since: float = 0.0
 
@@ -202,7 +208,7 @@ class Mirror:
         if p is Phase.RESTARTING:
             return ("PRIM" if self.peer_second_ready() else "ALONE"), "transient"
         if p is Phase.ALONE:
-            return "ALONE", "ready"
+            return "ALONE", "transient" if self.confirm_after else "ready"
         if p is Phase.PRIM:
             return "PRIM", "ready"
         if p in (Phase.JOINING, Phase.SYNCING) or self.asking:
@@ -266,6 +272,9 @@ class Arbiter:
 
     granted: bool
     detail: str = ""
+    # when the request (or ping round) that gave this answer started; 0: not a fresh answer
+    # (not part of what the answer says: two answers with the same word are equal)
+    asked: float = field(default=0.0, compare=False)
 
 
 Event = Command | PeerChanged | OpDone | ReplicaLost | Recover | Holds | Arbiter
@@ -311,7 +320,16 @@ class Publish:
     """The state to put in our heartbeats changed (phase, data, want, handover)."""
 
 
-Action = RunOp | Persist | Publish | Explain | Accepted | Refused
+@dataclass(frozen=True)
+class HeldWrites:
+    """The application's writes held since the replication broke (`Mirror.confirm_after`):
+    release them (the arbiter confirmed that this node may go on alone, so the other node will
+    not take over without them), or refuse them (EIO: they were never acknowledged)."""
+
+    release: bool
+
+
+Action = RunOp | Persist | Publish | HeldWrites | Explain | Accepted | Refused
 
 
 Result = tuple[Mirror, tuple[Action, ...]]
@@ -321,6 +339,14 @@ Handler = Callable[[Mirror, Event, float, str], Result]
 # --- what a node publishes in its heartbeats ---------------------------------------------------
 
 PUBLISHED_HISTORY = 16
+
+
+def vouching(m: Mirror) -> bool:
+    """This node sees its peer as primary, heard it recently, and will not take the role over:
+    published in its heartbeats, it lets a primary whose arbiter no longer answers stay primary
+    (see `core/mirror_split.py`). A node that stops hearing its primary withdraws it within the
+    vouching window, long before it declares the primary lost and asks for the role."""
+    return m.phase not in PRIMARYISH and not m.asking and m.peer.primary and m.peer.fresh
 
 
 def to_wire(m: Mirror) -> dict[str, object]:
@@ -337,11 +363,13 @@ def to_wire(m: Mirror) -> dict[str, object]:
         "w": m.want.value,
         "o": int(m.handover),
         "t": m.primary_since if m.phase in PRIMARYISH else 0.0,
+        "v": int(vouching(m)),
     }
 
 
-def peer_from_wire(alive: bool, obj: object) -> PeerInfo:
-    """The peer as seen from its heartbeat payload; malformed or absent means not running."""
+def peer_from_wire(alive: bool, obj: object, fresh: bool = True) -> PeerInfo:
+    """The peer as seen from its heartbeat payload; malformed or absent means not running.
+    `fresh`: heard within the vouching window."""
     if not alive:
         return PeerInfo(alive=False)
     if not isinstance(obj, dict):
@@ -356,6 +384,9 @@ def peer_from_wire(alive: bool, obj: object) -> PeerInfo:
             last_role=str(obj["r"]),
         )
         since = float(obj.get("t", 0.0))
-        return PeerInfo(True, True, Phase(obj["p"]), data, Want(obj["w"]), bool(obj["o"]), since)
+        vouches = bool(obj.get("v", 0))
+        return PeerInfo(
+            True, True, Phase(obj["p"]), data, Want(obj["w"]), bool(obj["o"]), since, fresh, vouches
+        )
     except (KeyError, TypeError, ValueError):
         return PeerInfo(alive=True, installed=False)

@@ -45,6 +45,7 @@ class Arbitration:
     fence: Fence | None  # None: no bin/fence script
     machine: Callable[[], mm.Mirror]
     post: Callable[[mm.Arbiter], None]
+    clock: Callable[[], float] = time.time  # the machine's clock (`asked` of its events)
     held: bool = field(init=False, default=False)  # witness lease
     deadline: float = field(init=False, default=0.0)  # monotonic end of the lease
     fenced: bool = field(init=False, default=False)  # fenced for the current request
@@ -52,6 +53,7 @@ class Arbitration:
     fence_said: str = field(init=False, default="")
     asked_at: float = field(init=False, default=0.0)  # a takeover first asked (ping witness)
     last: tuple[bool, str] | None = field(init=False, default=None)
+    answered: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         self._wake = asyncio.Event()
@@ -72,8 +74,8 @@ class Arbitration:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._expiry())
             while True:
+                self._wake.clear()  # a wake during the round asks for another one at once
                 await self.round()
-                self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.period)
 
@@ -90,12 +92,15 @@ class Arbitration:
 
     async def round(self) -> None:
         m = self.machine()
+        asked = self.clock()  # every request or ping of this round starts after this
+        self.answered = False  # set by a real grant (not a lease merely still running)
         wants = m.asking or m.phase in mm.PRIMARYISH
         witnessed = self.witness is not None or bool(self.cfg.ping)
         if self.witness is not None:
             ok, detail = await self._lease(wants)
         elif self.cfg.ping:
             ok, detail = await self._ping() if wants else (False, "not asked")
+            self.answered = ok
             if ok and m.asking and not m.peer.alive:
                 # an isolated primary notices its own ping failing within ping_timeout plus a
                 # round: give it that long to step down before taking over
@@ -106,6 +111,7 @@ class Arbitration:
                     ok, detail = False, f"{detail}; taking over in {wait:g} s"
         else:  # fencing only: a primary stays, a takeover from a lost peer fences it first
             ok = m.phase in mm.PRIMARYISH or (m.asking and m.peer.alive)
+            self.answered = ok
             if ok or m.peer.alive:
                 detail = "allowed" if ok else "not asked"
             else:
@@ -125,12 +131,15 @@ class Arbitration:
         if not m.asking:
             self.fenced, self.fence_failed, self.fence_said = False, 0.0, ""
             self.asked_at = 0.0
-        self._say(ok, detail)
+        self._say(ok, detail, asked if self.answered else 0.0)
 
-    def _say(self, ok: bool, detail: str) -> None:
-        if (ok, detail) != self.last:
+    def _say(self, ok: bool, detail: str, asked: float = 0.0) -> None:
+        """Tell the machine what changed — and every grant while it holds writes, so the first
+        grant asked after the replication broke releases them."""
+        confirms = ok and 0 < self.machine().confirm_after < asked
+        if (ok, detail) != self.last or confirms:
             self.last = (ok, detail)
-            self.post(mm.Arbiter(ok, detail))
+            self.post(mm.Arbiter(ok, detail, asked))
 
     async def _lease(self, wants: bool) -> tuple[bool, str]:
         w, cfg = self.witness, self.cfg.witness
@@ -151,6 +160,7 @@ class Arbitration:
             return False, "witness unreachable"
         if reply.granted:
             self.held, self.deadline = True, reply.deadline
+            self.answered = True
             return True, "lease held"
         self.held = False
         if reply.holder:

@@ -91,6 +91,7 @@ class MirrorRunner(ModuleRunner):
             fence=self._fence if fence.is_file() and os.access(fence, os.X_OK) else None,
             machine=lambda: self.machine,
             post=lambda ev: self.queue.put_nowait(Pending(ev)),
+            clock=self.env.now,
         )
         self.machine = replace(self.machine, keep=sb.keep, arbitrated=self.arbitration.configured)
         self.replication = Replication(self) if cfg.replication is not None else None
@@ -125,16 +126,24 @@ class MirrorRunner(ModuleRunner):
             return  # not heard yet, and not yet past the timeout: nothing to decide on
         nets = cfg.heartbeat_networks or tuple(p["networks"])
         alive = bool(p) and any(p["networks"].get(n, False) for n in nets)
+        heard = [t for n in nets if (t := (p.get("last_heard") or {}).get(n)) is not None]
+        fresh = alive and bool(heard) and self.env.now() - max(heard) <= self.vouch_window
         payload: Any = None
         if alive and p.get("payload"):
             try:
                 payload = json.loads(bytes.fromhex(p["payload"])).get("m", {}).get(self.name)
             except (ValueError, AttributeError):
                 payload = None
-        info = mm.peer_from_wire(alive, payload)
+        info = mm.peer_from_wire(alive, payload, fresh)
         if self._last_peer != info:
             self._last_peer = info
             self.peer_changed(info, "" if alive else why.get(peer, f"{peer} lost"))
+
+    @property
+    def vouch_window(self) -> float:
+        """How recently the peer must have been heard for its vouch to count (and for ours to be
+        given): two heartbeat intervals, one lost heartbeat tolerated (docs/mirror.md)."""
+        return 2 * self.env.heartbeat_interval + 0.05
 
     def peer_changed(self, info: mm.PeerInfo, why: str = "") -> None:
         ev = mm.PeerChanged(info, why)
@@ -258,6 +267,9 @@ class MirrorRunner(ModuleRunner):
                 await asyncio.to_thread(self._save, m.data, m.failover)
                 if self.ready:
                     self.env.published()
+            elif isinstance(a, mm.HeldWrites):
+                if self.replication is not None:
+                    self.replication.held_writes(a.release)
             elif isinstance(a, Explain):
                 self._record(a.message, a.level)
             elif isinstance(a, Accepted | Refused):
@@ -465,6 +477,8 @@ class Replication:
             # an application write never blocks longer than the heartbeat timeout
             "ack_timeout": max(0.2, self.runner.env.heartbeat_timeout * 0.8),
             "bandwidth": int(self.cfg.resync_bandwidth * 1_000_000),
+            # with an arbiter, writes after a break wait for its word (docs/mirror.md)
+            "hold": self.runner.arbitration.configured,
             "listen": [self.local_address, self.cfg.port] if role == "secondary" else None,
             "base": base,
         }
@@ -510,6 +524,12 @@ class Replication:
         self.runner._record(
             f"{self.runner.name}: replication stopped ({detail})", "info" if ok else "error"
         )
+
+    def held_writes(self, release: bool) -> None:
+        """The machine's word on the writes held since the replication broke."""
+        link = self.link
+        if link is not None and link.role == "primary":
+            link.command(cmd="release" if release else "refuse")
 
     def release_leftovers(self) -> list[str]:
         """What a dead daemon left: its replication process, and mounts over our dirs."""

@@ -43,6 +43,7 @@ class Environment:
     node_addresses: dict[str, dict[str, str]] = field(default_factory=dict)  # node -> net -> ip
     replication_key: bytes = b""
     heartbeat_timeout: float = 1.0
+    heartbeat_interval: float = 0.2
     now: Callable[[], float] = time.time
     farm_path: FarmPathPort = field(default_factory=NftFarmPath)
     probes: ProbePort = field(default_factory=RealProbes)

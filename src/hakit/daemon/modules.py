@@ -88,6 +88,7 @@ class ModuleManager:
             },
             replication_key=channel_key(self.cluster.secret, cfg.cluster),
             heartbeat_timeout=cfg.heartbeat.timeout,
+            heartbeat_interval=cfg.heartbeat.interval,
             module_states=self.module_states,
             cluster_secret=self.cluster.secret,
             witness_client=self._witness_client,

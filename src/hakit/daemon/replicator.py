@@ -75,6 +75,7 @@ class Init:
     base: str  # primary: generation to track from if no journal exists
     preserve: str  # secondary: folder to keep the diverged entries in ("" = none)
     preserve_why: str
+    hold: bool = False  # primary: hold writes after a break until the daemon's word
 
     @classmethod
     def parse(cls, raw: dict[str, Any]) -> Init:
@@ -92,6 +93,7 @@ class Init:
             base=str(raw.get("base", "")),
             preserve=str(raw.get("preserve") or ""),
             preserve_why=str(raw.get("preserve_why") or ""),
+            hold=bool(raw.get("hold", False)),
         )
 
 
@@ -219,6 +221,7 @@ class Primary:
         self.rep = Replicator(self.dirs, self.tracker, lambda ev: emit(**ev))  # type: ignore[arg-type]
         self.rep.activity = self.activity
         self.rep.on_diverged = self._repair_soon
+        self.rep.hold_on_loss = init.hold
         self.threads: list[threading.Thread] = []
         self._connecting = threading.Lock()
         self._target: dict[str, Any] | None = None
@@ -365,6 +368,7 @@ class Primary:
         threading.Thread(target=run, daemon=True).start()
 
     def stop(self) -> None:
+        self.rep.answer_held(False)  # never acknowledged: the application gets EIO
         done = self.unmount_all()  # returns once the application's operations are finished
         clean = self.rep.state is not State.ALONE or self.rep.sender is None
         self.rep.detach("the primary stops")
@@ -610,6 +614,8 @@ def main() -> int:
                 node.connect(cmd)
             elif what == "disconnect":
                 node.rep.detach(str(cmd.get("reason", "asked by the daemon")))
+            elif what in ("release", "refuse"):
+                node.rep.answer_held(what == "release")
             elif what == "verify":
                 node.verify()
     # end of file: the daemon died

@@ -14,6 +14,12 @@ When the channel breaks (silence longer than the acknowledgement timeout, which 
 heartbeat timeout), every operation in flight is marked and the replicator is alone: the
 application's call returns — its change is local and tracked, never reported as replicated
 when it was not (the daemon is told at once and the module shows ALONE).
+
+With an arbiter (`hold_on_loss`), a break of a *ready* secondary does not return at once: the
+operations in flight, and every one after them, are applied and tracked but their callers wait
+(`Held`) until the daemon answers — released once the arbiter confirmed that this node may go on
+alone, refused (EIO) if it steps down instead (or after `HOLD_LIMIT`). So no write is
+acknowledged that the node taking over might not have.
 """
 
 from __future__ import annotations
@@ -67,6 +73,40 @@ class Fenced(OSError):
     pass
 
 
+HOLD_LIMIT = 60.0
+"""Longest a write is held waiting for the daemon's word (it answers within the arbiter's
+lease; this bounds a daemon that never does): then it is refused."""
+
+
+class Held:
+    """The writes held since one break: waiting, then released (True) or refused (False)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.verdict: bool | None = None
+
+    def answer(self, release: bool) -> None:
+        with self._cond:
+            if self.verdict is None:
+                self.verdict = release
+                self._cond.notify_all()
+
+    def wait(self, limit: float = HOLD_LIMIT) -> None:
+        """Return once released; raise EIO if refused or past `limit`."""
+        deadline = time.monotonic() + limit
+        with self._cond:
+            while self.verdict is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.verdict = False
+                    break
+                self._cond.wait(min(left, 0.5))
+        if not self.verdict:
+            raise Fenced(
+                E.EIO, "not acknowledged: the replication broke and this node stepped down"
+            )
+
+
 class Replicator:
     def __init__(self, dirs: list[Replicated], tracker: Tracker, notify: Notify) -> None:
         self.dirs = dirs
@@ -86,6 +126,9 @@ class Replicator:
         self.activity: ActivityLog | None = None
         self._in_flight = 0  # operations sent whose answer is not handled yet
         self._settled = threading.Condition()
+        self.hold_on_loss = False  # hold writes after a break of a ready secondary (see above)
+        self.held: Held | None = None  # the writes held since the last break, if undecided
+        self._next_held: Held | None = None  # what the writes in flight wait on if it breaks
 
     # --- the application's operations ----------------------------------------------------------
 
@@ -110,30 +153,41 @@ class Replicator:
             sender = self.sender
             if sender is None or self.state is State.ALONE:
                 self.tracker.mark(op)  # durable before the change it describes
-                return local()
-            if self.activity is not None:
-                self.activity.mark(op)  # durable before the change: a crash now is covered
-            result = local()
-            frame = resolve(result) if resolve is not None else op
-            if self.state is State.RESYNCING and frame.kind in _MOVES_MARKS:
-                self._follow(frame)
-            try:
-                seq = sender.submit(frame)
-            except ChannelError:
-                self.tracker.mark(frame)
-                return result
-            self._unsettled(+1)
+                held = self.held
+                result = local()
+                sender = None
+            else:
+                held = self._gate()
+                if self.activity is not None:
+                    self.activity.mark(op)  # durable before the change: a crash now is covered
+                result = local()
+                frame = resolve(result) if resolve is not None else op
+                if self.state is State.RESYNCING and frame.kind in _MOVES_MARKS:
+                    self._follow(frame)
+                try:
+                    seq = sender.submit(frame)
+                    self._unsettled(+1)
+                except ChannelError:
+                    self.tracker.mark(frame)
+                    sender = None
+        if sender is None:  # alone: returns once the daemon released what a break holds
+            if held is not None:
+                held.wait()
+            return result
         try:
             reply = sender.wait(seq)
         except ChannelError:
             self.tracker.mark(frame)  # also marked by `_lost`; marking twice costs nothing
-            return result
+            broke = True
         else:
+            broke = False
             if reply.ints[0]:
                 self.diverged(frame, int(reply.ints[0]))
-            return result
         finally:
             self._unsettled(-1)
+        if broke and held is not None:
+            held.wait()  # not acknowledged by the secondary: the daemon's word decides
+        return result
 
     def _follow(self, op: Op) -> None:
         """While resynchronising, a rename or removal (applied here, sent as it happens; under
@@ -159,6 +213,7 @@ class Replicator:
             raise Fenced(E.EIO, self.fenced)
         with self.order:
             sender = self.sender if self.state is not State.ALONE else None
+            held = self.held if sender is None else self._gate()
             seq = 0
             if sender is not None:
                 try:
@@ -168,7 +223,10 @@ class Replicator:
                     sender = None
         if sender is None:
             local()
+            if held is not None:
+                held.wait()  # alone: returns once the daemon released what a break holds
             return
+        broke = False
         try:
             started = time.monotonic()
             local()
@@ -182,11 +240,32 @@ class Replicator:
                     sender.close(
                         f"the secondary's fsync took more than {limit:.2f} s (ours {took:.2f} s)"
                     )
-                return  # alone now: the data is durable here, what may not be there is tracked
-            if reply.ints[0]:
+                broke = True  # alone now: durable here, what may not be there is tracked
+            elif reply.ints[0]:
                 self.diverged(op, int(reply.ints[0]))
         finally:
             self._unsettled(-1)
+        if broke and held is not None:
+            held.wait()  # not confirmed by the secondary: the daemon's word decides
+
+    def _gate(self) -> Held | None:
+        """Under `order`: what a caller waits on if the channel breaks under it — the writes of
+        a ready secondary are held after a break (`hold_on_loss`). The same object becomes
+        `held` at the break (see `_lost`)."""
+        if not self.hold_on_loss or self.state is not State.READY:
+            return None
+        if self._next_held is None:
+            self._next_held = Held()
+        return self._next_held
+
+    def answer_held(self, release: bool) -> None:
+        """The daemon's word on the writes held since the last break."""
+        with self.order:
+            held, self.held = self.held, None
+            pending, self._next_held = self._next_held, None
+        for h in (held, pending):
+            if h is not None and (h is held or not release):
+                h.answer(release)
 
     def _unsettled(self, n: int) -> None:
         with self._settled:
@@ -236,6 +315,9 @@ class Replicator:
             was = self.state
             self.sender = None
             self.state = State.ALONE
+            if was is State.READY and self.hold_on_loss:
+                self.held = self._next_held or Held()
+                self._next_held = None
         if was is not State.ALONE:
             self.notify({"event": "alone", "reason": why, "was": was.value})
 

@@ -3,8 +3,19 @@
 Operations complete one event at a time (optionally failing), every published change reaches
 the peer as a `PeerChanged`, and persisted data survives a simulated crash, like the state file
 on disk. The simulator keeps a pessimistic "holds the VIP" flag per node (set when a promotion
-starts, cleared when a demotion ends or the node crashes) so tests can check that two nodes
-never hold it at once.
+starts, cleared when a demotion ends — at its start when it releases the VIPs first — or the
+node crashes) so tests can check that two nodes never hold it at once.
+
+The network can drop each direction on its own (`cut("node1", "node2")`: node2 no longer hears
+node1). The witness, if any, follows the real lease rules without time: a holder that cannot
+reach it loses its lease, and the lease goes to another node only once the previous holder has
+taken in everything it can know (its view of its peer and the loss of its lease) — the grace
+of the real witness — never by looking at what the holder decided.
+
+Writes (`write`) model the application on the VIP holder: acknowledged when replicated to a
+ready secondary, or when the primary is alone and holds nothing (`Mirror.confirm_after`); held
+writes are acknowledged or refused by `HeldWrites`. `acked` lists the acknowledged writes and
+each node's `data` the writes its copy holds.
 """
 
 from __future__ import annotations
@@ -30,6 +41,8 @@ class SimNode:
     log: list[str] = field(default_factory=list)
     answers: list[mm.Action] = field(default_factory=list)
     preserved: list[str] = field(default_factory=list)  # why each join kept the diverged files
+    data: set[int] = field(default_factory=set)  # the writes this node's copy holds
+    held: list[int] = field(default_factory=list)  # writes held by its replication layer
 
 
 class MirrorSim:
@@ -48,7 +61,11 @@ class MirrorSim:
         self.reaches: dict[str, bool] = {a: True, b: True}
         self.holder: str | None = None
         self.nodes = {a: self._fresh(a, b, mm.Data(), True), b: self._fresh(b, a, mm.Data(), True)}
-        self.partitioned = False
+        self.cuts: set[tuple[str, str]] = set()  # (sender, receiver) pairs that are dropped
+        self.lapsed: str | None = None  # the holder whose lease ended (its grace runs)
+        self.acked: set[int] = set()
+        self.refused: set[int] = set()
+        self._writes = 0
         self.now = 0.0
         self._ids = 0
         self.double_vip = False
@@ -69,13 +86,18 @@ class MirrorSim:
     def peer_of(self, name: str) -> SimNode:
         return next(n for k, n in self.nodes.items() if k != name)
 
+    @property
+    def partitioned(self) -> bool:
+        return bool(self.cuts)
+
     def view_of(self, name: str) -> mm.PeerInfo:
         other = self.peer_of(name)
-        if not other.up or self.partitioned:
+        if not other.up or (other.name, name) in self.cuts:
             return mm.PeerInfo(alive=False)
         m = other.machine
         since = m.primary_since if m.phase in mm.PRIMARYISH else 0.0
-        return mm.PeerInfo(True, True, m.phase, m.data, m.want, m.handover, since)
+        vouches = mm.vouching(m)
+        return mm.PeerInfo(True, True, m.phase, m.data, m.want, m.handover, since, True, vouches)
 
     # --- driving ---------------------------------------------------------------------------
 
@@ -88,6 +110,8 @@ class MirrorSim:
             if isinstance(a, mm.RunOp):
                 if a.op is mm.Op.BECOME_PRIMARY:
                     node.holds_vip = True
+                if a.vips_first:
+                    node.holds_vip = False
                 if a.preserve:
                     node.preserved.append(a.preserve)
                 ok = a.op not in node.fail
@@ -98,8 +122,15 @@ class MirrorSim:
                 node.log.append(a.message)
             elif isinstance(a, Accepted | Refused):
                 node.answers.append(a)
+            elif isinstance(a, mm.HeldWrites):
+                (self.acked if a.release else self.refused).update(node.held)
+                if not a.release:
+                    node.data.difference_update(node.held)
+                node.held.clear()
         if isinstance(ev, mm.OpDone) and ev.op is mm.Op.STOP_PRIMARY:
             node.holds_vip = False
+        if isinstance(ev, mm.OpDone) and ev.op is mm.Op.SYNC and ev.ok:
+            node.data = set(self.peer_of(node.name).data)  # resynchronised
         if all(n.holds_vip for n in self.nodes.values()) and (self.witness or not self.partitioned):
             self.double_vip = True  # with a witness: never, even across a partition
 
@@ -123,29 +154,35 @@ class MirrorSim:
                 return
         raise AssertionError("the two machines did not settle")
 
+    def _settled(self, name: str) -> bool:
+        """The previous holder has taken in all it can know: the real witness's grace."""
+        n = self.nodes[name]
+        return not n.up or (n.seen_peer == self.view_of(name) and not n.machine.lease)
+
     def _arbitrate(self, node: SimNode) -> bool:
-        """The lease keeper of `node` and a witness, without time: a lease is granted to a node
-        only once its previous holder knows it lost it and no longer holds the VIPs (what the
-        lease's ttl and grace guarantee in real time)."""
+        """The lease keeper of `node` and a witness, without time (see the module docstring)."""
         m = node.machine
         wants = m.asking or m.phase in mm.PRIMARYISH
-        other = self.peer_of(node.name)
         if not self.reaches[node.name]:
+            if self.holder == node.name:
+                self.holder, self.lapsed = None, node.name  # not renewed: it ends
             granted, detail = False, "witness unreachable"
         elif not wants:
             if self.holder == node.name:
                 self.holder = None  # released
             granted, detail = False, "released"
-        elif self.holder in (None, node.name) or (
-            other.machine.lease is False and not other.holds_vip
+        elif self.holder == node.name or (
+            self.holder is None and (self.lapsed in (None, node.name) or self._settled(self.lapsed))
         ):
-            self.holder = node.name
+            self.holder, self.lapsed = node.name, None
             granted, detail = True, f"lease held by {node.name}"
         else:
-            granted, detail = False, f"lease held by {self.holder}"
-        if granted == m.lease and (detail == m.arbiter_note or not m.asking):
+            granted, detail = False, f"lease held by {self.holder or self.lapsed}"
+        confirms = granted and m.confirm_after > 0
+        if granted == m.lease and (detail == m.arbiter_note or not m.asking) and not confirms:
             return False
-        self._apply(node, mm.Arbiter(granted, detail))
+        self.now += 0.01  # the request is asked after everything handled so far
+        self._apply(node, mm.Arbiter(granted, detail, asked=self.now))
         return True
 
     def set_witness(self, **reaches: bool) -> None:
@@ -171,6 +208,8 @@ class MirrorSim:
         node.up = False
         node.holds_vip = False  # the heartbeat process releases the VIPs when the daemon dies
         node.queue.clear()
+        self.refused.update(node.held)  # the application died waiting: never acknowledged
+        node.held.clear()
         self.settle()
 
     def boot(self, name: str, *, start: bool = True) -> None:
@@ -179,6 +218,7 @@ class MirrorSim:
         node = self._fresh(name, old.machine.peer_name, old.persisted, old.failover)
         node.log = old.log
         node.preserved = old.preserved
+        node.data = old.data
         self.nodes[name] = node
         if start:  # the daemon starts the module before it publishes anything
             node.answers.clear()
@@ -198,8 +238,49 @@ class MirrorSim:
         return tuple(self.state(n) for n in self.nodes)
 
     def set_partition(self, on: bool) -> None:
-        self.partitioned = on
+        """Both directions cut (or healed)."""
+        a, b = self.nodes
+        self.cuts = {(a, b), (b, a)} if on else set()
         self.settle()
+
+    def cut(self, sender: str, receiver: str, on: bool = True) -> None:
+        """`receiver` no longer hears `sender` (one direction only)."""
+        if on:
+            self.cuts.add((sender, receiver))
+        else:
+            self.cuts.discard((sender, receiver))
+        self.settle()
+
+    def write(self) -> int | None:
+        """The application writes one record on the node holding the VIP (None: none does).
+        Returns its number; see `acked` and `refused` for its fate."""
+        node = next((n for n in self.nodes.values() if n.up and n.holds_vip), None)
+        if node is None or node.machine.phase not in (mm.Phase.ALONE, mm.Phase.PRIM):
+            return None
+        self._writes += 1
+        w = self._writes
+        node.data.add(w)
+        peer = self.peer_of(node.name)
+        linked = not {(node.name, peer.name), (peer.name, node.name)} & self.cuts
+        if node.machine.phase is mm.Phase.PRIM and peer.up and linked:
+            peer.data.add(w)  # replicated, then acknowledged
+            self.acked.add(w)
+            return w
+        if node.machine.phase is mm.Phase.PRIM:  # the secondary stops acknowledging
+            self._apply(node, mm.ReplicaLost("no acknowledgement within the timeout"))
+            node.held.append(w) if node.machine.arbitrated else self.acked.add(w)
+            self.settle()
+            return w
+        if node.machine.confirm_after:
+            node.held.append(w)
+        else:
+            self.acked.add(w)
+        return w
+
+    def lost_writes(self) -> set[int]:
+        """Acknowledged writes missing from the copy of the node holding the VIP."""
+        node = next((n for n in self.nodes.values() if n.up and n.holds_vip), None)
+        return set() if node is None else self.acked - node.data
 
     def fail(self, name: str, op: mm.Op, on: bool = True) -> None:
         node = self.nodes[name]
