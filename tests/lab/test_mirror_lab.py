@@ -76,6 +76,7 @@ class Module(LabModule):
         super().__init__(lab, f"web{n}")
         self.vip = f"10.100.1.{150 + n}"
         self.port = 8000 + n
+        self.port_repl = 7450 + n
         self.root = f"/srv/{self.name}"
         folder = tmp / self.name
         (folder / "bin").mkdir(parents=True)
@@ -102,6 +103,8 @@ class Module(LabModule):
             (folder / "bin" / s).chmod(0o755)
         for node in ("node1", "node2"):
             lab.exec(node, ["mkdir", "-p", self.root])
+            for d in options.get("mkdirs", ()):  # e.g. a replicated directory
+                lab.exec(node, ["mkdir", "-p", f"{self.root}/{d}"])
         # one command installs it on both nodes (signed API)
         lab.exec("node1", ["hakit", "module", "install", str(folder), "--all"], capture=True)
         for node in ("node1", "node2"):

@@ -192,18 +192,30 @@ def test_an_isolated_primary_steps_down_and_the_other_takes_over(watched: Any) -
     assert m.served_by() == "node2"
     assert "it may be primary on the other side" in m.log("node1")
     m.lab.heal("node1")
-    m.pair("SECOND ready", "PRIM ready", 60)
+    try:
+        m.pair("SECOND ready", "PRIM ready", 60)
+    except Exception:
+        print("DIAG1", m.me("node1"), m.me("node2"))
+        print("DIAG2", "\n".join(m.log("node1").splitlines()[-25:]))
+        print("DIAG3", "\n".join(m.log("node2").splitlines()[-15:]))
+        raise
 
 
 def test_asymmetric_the_primary_loses_the_witness_first(watched: Any) -> None:
     m, _ = watched
     m.lab.cut("node1", "client1")  # the primary still sees node2: nothing happens
-    wait_until(lambda: "still primary while node2 sees it" in m.log("node1"), 15, "warning")
+    wait_until(lambda: "still primary while node2 vouches" in m.log("node1"), 15, "warning")
     assert (m.me("node1"), m.me("node2")) == ("PRIM ready", "SECOND ready")
     m.lab.cut("node1", "node2")  # now node2 sees only the witness: it takes over, node1 stops
     m.pair("WAIT not-ready", "ALONE ready", 20)
     m.lab.heal("node1")
-    m.pair("SECOND ready", "PRIM ready", 60)
+    try:
+        m.pair("SECOND ready", "PRIM ready", 60)
+    except Exception:
+        print("DIAG1", m.me("node1"), m.me("node2"))
+        print("DIAG2", "\n".join(m.log("node1").splitlines()[-25:]))
+        print("DIAG3", "\n".join(m.log("node2").splitlines()[-15:]))
+        raise
 
 
 def test_witness_down_then_peer_down_stops_rather_than_risk_two_primaries(watched: Any) -> None:
@@ -266,3 +278,139 @@ def test_a_ping_witness_lets_only_the_side_that_reaches_it_be_primary(make: Any)
         obs.stop()
     assert obs.samples > 20
     assert obs.both == [], obs.both
+
+
+# --- issue 12: one-way cuts, and no acknowledged write lost -----------------------------------
+
+REPLICATED = (
+    WITNESSED
+    + """\
+replication:
+  port: {m.port_repl}
+  dirs:
+    - path: {m.root}/data
+"""
+)
+
+WRITER = """\
+import os, sys, time
+data, acked, stop = sys.argv[1:4]
+fd = os.open(data, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+out = os.open(acked, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+end = time.monotonic() + 90
+i = 0
+while time.monotonic() < end and not os.path.exists(stop):
+    i += 1
+    try:
+        os.write(fd, b"record %d\\n" % i)
+        os.fsync(fd)
+    except OSError as e:
+        os.write(out, b"failed %d %s\\n" % (i, e.strerror.encode()))
+        break
+    os.write(out, b"%d\\n" % i)  # acknowledged to the application: fsync returned
+    time.sleep(0.01)
+"""
+
+
+class Writer:
+    """An application on node1 appending fsync'd records to the replicated directory; it
+    notes each record whose fsync returned (its acknowledgement) in node1's own /root."""
+
+    def __init__(self, m: Module, node: str = "node1") -> None:
+        self.m, self.node = m, node
+        self.acked = f"/root/{m.name}-acked"
+        self.stop = f"/root/{m.name}-stop"
+        script = m.lab.host_path(node, f"/root/{m.name}-writer.py")
+        script.write_text(WRITER)
+        argv = ["python3", f"/root/{m.name}-writer.py", f"{m.root}/data/log", self.acked, self.stop]
+        self.pid = m.lab.spawn(node, argv)
+        wait_until(lambda: len(self.lines()) > 20, 20, "the writer writing")
+
+    def lines(self) -> list[str]:
+        p = self.m.lab.host_path(self.node, self.acked)
+        return p.read_text().splitlines() if p.exists() else []
+
+    def acknowledged(self) -> set[int]:
+        return {int(x) for x in self.lines() if x.isdigit()}
+
+    def finish(self) -> None:
+        self.m.lab.host_path(self.node, self.stop).write_text("")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+
+
+def _records(m: Module, node: str) -> set[int]:
+    p = m.lab.host_path(node, f"{m.root}/data/log")
+    return {int(x.split()[1]) for x in p.read_text().splitlines() if x.startswith("record ")}
+
+
+@pytest.fixture
+def replicated(make: Any, witness: Witness) -> Iterator[Module]:
+    m = make(extra=REPLICATED, mkdirs=["data"])
+    m.first_start()
+    m.pair("PRIM ready", "SECOND ready", 60)
+    obs = Observer(m)
+    try:
+        yield m
+    finally:
+        obs.stop()
+    assert obs.both == [], obs.both
+
+
+def test_an_isolated_primary_loses_no_acknowledged_write(replicated: Module) -> None:
+    """A: node1 isolated while it writes; node2 takes over with every record whose fsync
+    returned on node1 (the writes after the break were held, then refused)."""
+    m = replicated
+    w = Writer(m)
+    try:
+        m.lab.isolate("node1")
+        m.wait("node2", "ALONE ready", 30)
+        wait_until(lambda: any(x.startswith("failed") for x in w.lines()), 30, "refused writes")
+    finally:
+        w.finish()
+    acked = w.acknowledged()
+    assert len(acked) > 20
+    missing = acked - _records(m, "node2")
+    assert not missing, f"{len(missing)} acknowledged records missing on node2: {sorted(missing)}"
+    assert "held writes refused" in m.log("node1")
+
+
+ONE_WAY = (
+    "add table inet hakit_test_oneway; "
+    "add chain inet hakit_test_oneway out {{ type filter hook output priority 0; }}; {rules}"
+)
+
+
+@contextlib.contextmanager
+def one_way_drop(lab: Lab, sender: str, receiver: str) -> Iterator[None]:
+    """`receiver` no longer hears `sender` (its packets to every address of `receiver` are
+    dropped in its own namespace); removed at the end."""
+    addrs = [lab.address(receiver, n) for n in (1, 2)]
+    rules = "; ".join(f"add rule inet hakit_test_oneway out ip daddr {a} drop" for a in addrs)
+    lab.exec(sender, ["nft", ONE_WAY.format(rules=rules)])
+    try:
+        yield
+    finally:
+        lab.exec(sender, ["nft", "delete table inet hakit_test_oneway"], check=False)
+
+
+def test_a_one_way_cut_after_the_witness_never_gives_two_primaries(watched: Any) -> None:
+    """B: node1 loses the witness, then only node1 -> node2 is dropped (node1 still hears
+    node2). node2 stops vouching for node1, node1 steps down before node2 is granted the role;
+    after the heal they converge without an operator."""
+    m, _ = watched
+    m.lab.cut("node1", "client1")
+    wait_until(lambda: "still primary while node2 vouches" in m.log("node1"), 15, "warning")
+    with one_way_drop(m.lab, "node1", "node2"):
+        m.wait("node2", "ALONE ready", 20)
+        wait_until(lambda: not m.has_vip("node1"), 10, "node1 without the VIP")
+        assert "no longer vouches" in m.log("node1")
+        assert m.served_by() == "node2"
+    m.lab.heal("node1")
+    try:
+        m.pair("SECOND ready", "PRIM ready", 60)
+    except Exception:
+        print("DIAG1", m.me("node1"), m.me("node2"))
+        print("DIAG2", "\n".join(m.log("node1").splitlines()[-25:]))
+        print("DIAG3", "\n".join(m.log("node2").splitlines()[-15:]))
+        raise
