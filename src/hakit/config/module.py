@@ -45,6 +45,29 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
 
 
+class VipProbe(Frozen):
+    """Duplicate address detection before a mirror module's primary takes the VIP (RFC 5227,
+    shortened for the failover path): ARP probes; an answer from a host that is not the peer
+    node refuses the VIP (the module's start fails with the MAC that answered)."""
+
+    count: int = Field(
+        2,
+        ge=0,
+        le=10,
+        description="ARP probes sent (0: no probe). IPv4 only: IPv6 VIPs are not probed.",
+    )
+    interval: float = Field(
+        0.05,
+        ge=0.005,
+        le=1.0,
+        description=(
+            "Seconds between two probes and after the last one: the probe adds "
+            "`count` × `interval` to every start as primary (0.1 s by default) when nobody "
+            "answers, and ends at the first answer."
+        ),
+    )
+
+
 class VirtualIp(Frozen):
     """A virtual IP address held by the primary only."""
 
@@ -62,6 +85,10 @@ class VirtualIp(Frozen):
         None,
         pattern=r"^[A-Za-z0-9_.:-]{1,15}$",
         description="Interface name carrying the VIP (same name on both nodes).",
+    )
+    probe: VipProbe = Field(
+        default_factory=VipProbe,
+        description="Probe for another host using the address before taking it (mirror).",
     )
 
     @model_validator(mode="after")
