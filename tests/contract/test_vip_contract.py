@@ -23,7 +23,9 @@ from typing import Protocol
 import pytest
 
 from hakit.adapters.vip import (
+    InUse,
     NetlinkVips,
+    Probe,
     Vip,
     VipError,
     VipPort,
@@ -58,6 +60,14 @@ class World(Protocol):
         """Run `action`; the announcements that the node's neighbours received."""
         ...
 
+    def occupy(self, address: str) -> str:
+        """Another host on va's link (the peer side) uses `address`; its MAC."""
+        ...
+
+    def know_peer(self) -> str:
+        """The node's neighbour table has the peer side's own address (10.200.0.2); its MAC."""
+        ...
+
 
 # -- the fake --------------------------------------------------------------------------------
 
@@ -79,6 +89,18 @@ class FakeWorld:
         before = len(self.vips.announced)
         action()
         return self.vips.announced[before:]
+
+    def occupy(self, address: str) -> str:
+        self.vips.occupy(address, PEER_MAC)
+        return PEER_MAC
+
+    def know_peer(self) -> str:
+        self.vips.neighbour(PEER_IP, PEER_MAC)
+        return PEER_MAC
+
+
+PEER_IP = "10.200.0.2"
+PEER_MAC = "02:99:00:00:00:02"
 
 
 # -- the real thing, in namespaces -----------------------------------------------------------
@@ -114,6 +136,10 @@ class InNamespace:
     def announce(self, vip: Vip, sender: bytes | None = None) -> None:
         with netns.inside(self.ns):
             self.inner.announce(vip, sender)
+
+    def probe(self, vip: Vip, probe: Probe) -> InUse | None:
+        with netns.inside(self.ns):
+            return self.inner.probe(vip, probe)
 
 
 def conforms(fake: FakeVips, real: NetlinkVips, ns: InNamespace) -> tuple[VipPort, ...]:
@@ -204,6 +230,18 @@ class RealWorld:
             return seen
         finally:
             sock.close()
+
+    def _peer_mac(self) -> str:
+        return str(netns.ip_json("link", "show", "dev", "vb", ns=self.peer)[0]["address"])
+
+    def occupy(self, address: str) -> str:
+        netns.ip("addr", "add", f"{address}/24", "dev", "vb", ns=self.peer)
+        return self._peer_mac()
+
+    def know_peer(self) -> str:
+        mac = self._peer_mac()
+        netns.ip("neigh", "replace", PEER_IP, "lladdr", mac, "dev", "va", ns=self.node)
+        return mac
 
     def peer_neighbour(self, address: str, interface: str) -> str | None:
         entries = netns.ip_json("neigh", "show", address, "dev", interface, ns=self.peer)
@@ -454,3 +492,34 @@ def test_vip_addresses_are_normalised() -> None:
         "fd00:200::200", 64, local_address="fd00:200::1"
     )
     assert str(V6) == "fd00:200::200/64"
+
+
+# -- probing before taking a VIP (RFC 5227 duplicate address detection) -------------------------
+
+
+def test_a_free_address_is_probed_and_found_free(world: World) -> None:
+    assert world.vips.probe(V4, Probe(count=2, interval=0.05)) is None
+
+
+def test_an_address_another_host_uses_is_found_with_its_mac(world: World) -> None:
+    mac = world.occupy(V4.address)
+    assert world.vips.probe(V4, Probe(count=2, interval=0.05, peers=(PEER_IP,))) == InUse(mac)
+    # the kernel of the node was not told anything by the probe (sender IP 0.0.0.0)
+    assert str(V4) not in world.addresses("va")
+
+
+def test_an_address_the_peer_node_holds_is_reported_as_the_peer(world: World) -> None:
+    mac = world.occupy(V4.address)
+    assert world.know_peer() == mac
+    found = world.vips.probe(V4, Probe(count=2, interval=0.05, peers=(PEER_IP,)))
+    assert found == InUse(mac, PEER_IP)
+
+
+def test_nothing_is_probed_when_off_for_ipv6_or_when_the_vip_is_already_here(
+    world: World,
+) -> None:
+    world.occupy(V4.address)
+    assert world.vips.probe(V4, Probe(count=0)) is None
+    assert world.vips.probe(V6, Probe()) is None
+    world.vips.add(V4)
+    assert world.vips.probe(V4, Probe()) is None

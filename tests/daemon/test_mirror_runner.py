@@ -64,6 +64,7 @@ class World:
             published=self._published,
             holding=lambda: None,
             peer_wait=1.0,
+            node_addresses={"node1": {"lan": "10.0.0.1"}, "node2": {"lan": "10.0.0.2"}},
         )
         return MirrorRunner(self.module, env)
 
@@ -142,6 +143,50 @@ def test_failing_start_prim_cleans_up_and_stops(tmp_path: Path) -> None:
     assert stop.args[2] == "force"  # the cleanup after a failed start is forced at once
     assert w.vips.addresses("eth0") == ["10.0.0.1/24"]
     assert any("start as primary FAILED: start_prim exited 3" in m for m in w.messages())
+
+
+def test_a_vip_another_host_uses_is_not_taken_and_the_start_fails(tmp_path: Path) -> None:
+    w = World(tmp_path)
+    w.vips.occupy("10.0.0.100", "02:99:00:00:00:07")  # a client's own address
+
+    async def body(r: MirrorRunner) -> None:
+        await r.command(mm.Cmd.PRIM)
+        await until(lambda: r.machine.phase is mm.Phase.STOPPED, "STOP")
+
+    run(body, w)
+    assert w.vips.addresses("eth0") == ["10.0.0.1/24"]
+    assert w.vips.announced == []
+    assert "start_prim" not in [c.name for c in w.scripts.calls]
+    [(vip, probe)] = w.vips.probed
+    assert (vip.address, probe.count, probe.interval, probe.peers) == (
+        "10.0.0.100",
+        2,
+        0.05,
+        ("10.0.0.2",),
+    )
+    assert any(
+        "VIP 10.0.0.100/24 in use by MAC 02:99:00:00:00:07 on the interface holding 10.0.0.1" in m
+        for m in w.messages()
+    ), w.messages()
+
+
+def test_a_vip_still_answered_by_the_peer_node_is_taken_over_with_a_warning(
+    tmp_path: Path,
+) -> None:
+    w = World(tmp_path)
+    w.vips.occupy("10.0.0.100", "02:99:00:00:00:02")
+    w.vips.neighbour("10.0.0.2", "02:99:00:00:00:02")  # node2's MAC, from its heartbeats
+
+    async def body(r: MirrorRunner) -> None:
+        await r.command(mm.Cmd.PRIM)
+        await until(lambda: r.machine.phase is mm.Phase.ALONE, "ALONE")
+
+    run(body, w)
+    assert w.vips.addresses("eth0") == ["10.0.0.1/24", "10.0.0.100/24"]
+    assert any(
+        "still answered by the peer node (10.0.0.2, MAC 02:99:00:00:00:02)" in m
+        for m in w.messages()
+    )
 
 
 def test_stop_scripts_get_a_graceful_then_a_forced_call(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from hakit.core import membership as m
+from hakit.core.heartbeat import NetworkHeard, NetworkSilent
 from hakit.testing.sim import FakeNetwork, SimCluster
 
 ALIVE, LOST = m.PeerState.ALIVE, m.PeerState.LOST
@@ -83,3 +84,45 @@ def test_a_new_peer_payload_is_flagged_for_immediate_report() -> None:
     sim.run_until(1.3)
     assert receiver.payload_changed
     assert receiver.peers["node1"].payload == b'{"m": {"web": {"p": "alone"}}}'
+
+
+def test_a_network_silent_from_every_peer_while_another_works_is_reported_once() -> None:
+    sim = SimCluster(NODES, ["net1", "net2"])
+    sim.run_until(1.0)
+    sim.net.cut("node1", "node2", "net1")
+    sim.net.cut("node1", "node3", "net1")
+    sim.run_until(5.0)
+    silent = [(t, a) for t, n, a in sim.network_log if n == "node1"]
+    assert [type(a) for _, a in silent] == [NetworkSilent]
+    assert silent[0][1].network == "net1"
+    assert "no heartbeat received on net1 from any peer for" in silent[0][1].reason
+    assert "while net2 works: check the interface/firewall" in silent[0][1].reason
+    assert sim.engines["node1"].silent_networks.keys() == {"net1"}
+    # node2 still hears node3 on net1: not a problem of node2's net1
+    assert not [a for _, n, a in sim.network_log if n == "node2"]
+    sim.net.heal("node1", "node3", "net1")
+    sim.run_until(6.0)
+    assert [type(a) for t, n, a in sim.network_log if n == "node1"] == [
+        NetworkSilent,
+        NetworkHeard,
+    ]
+    assert sim.engines["node1"].silent_networks == {}
+
+
+def test_a_dead_peer_is_not_a_silent_network() -> None:
+    sim = SimCluster(["node1", "node2"], ["net1", "net2"])
+    sim.run_until(1.0)
+    sim.power_off("node2")
+    sim.run_until(5.0)
+    assert sim.network_log == []
+
+
+def test_a_peer_on_networks_this_node_cannot_hear_on_stays_unknown_not_lost() -> None:
+    sim = SimCluster(["node1", "node2"], ["net1", "net2"])
+    sim.engines["node1"].deaf.update({"net1", "net2"})  # both ports taken: no socket
+    sim.net.cut("node1", "node2", "net1")
+    sim.net.cut("node1", "node2", "net2")
+    sim.run_until(10.0)
+    assert sim.view("node1") == {"node2": m.PeerState.UNKNOWN}
+    assert sim.first("node1", m.PeerLost, "node2") is None
+    assert sim.view("node2") == {"node1": LOST}

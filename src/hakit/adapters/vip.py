@@ -21,6 +21,14 @@ sender IP = target IP = VIP, sender MAC = the interface's MAC, to broadcast) and
 neighbour advertisement with the override flag for IPv6 (RFC 4861 §7.2.6, to all nodes).
 Neighbours update the entries they already have for the VIP; they create none. `announce` does
 not check that the VIP is configured: announce only what `add` put there.
+
+Before a VIP is taken, `probe` asks the link whether another host already uses the address:
+RFC 5227 duplicate address detection, shortened for the failover path (see docs/mirror.md,
+"VIP probe"): `count` ARP probes (sender IP 0.0.0.0, target IP = the VIP) `interval` seconds
+apart, and any ARP frame from another MAC with the VIP as sender (a reply, an announcement) or
+probing for the same VIP is a conflict. A MAC that the neighbour table gives for one of the
+`peers` addresses is the peer node (an old primary still releasing the VIP): reported as such,
+not as a foreign host. IPv6 VIPs are not probed (added with `nodad`, see above).
 """
 
 from __future__ import annotations
@@ -31,9 +39,11 @@ import fcntl
 import ipaddress
 import os
 import re
+import select
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -134,6 +144,26 @@ class Vip:
         return f"on the interface holding {self.local_address}"
 
 
+@dataclass(frozen=True)
+class Probe:
+    """How to probe for a VIP before taking it: `count` ARP probes `interval` s apart (the
+    whole probe lasts `count` × `interval`); `peers`: the cluster peers' addresses, whose MACs
+    are the peer node's, not a foreign host's."""
+
+    count: int = 2
+    interval: float = 0.05
+    peers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class InUse:
+    """The VIP answered from another MAC: `peer` is the peer's address that MAC belongs to
+    (the peer node still holds it), None for a foreign host."""
+
+    mac: str
+    peer: str | None = None
+
+
 class VipPort(Protocol):
     """Virtual IPs on this node. Blocking, short (milliseconds) and bounded."""
 
@@ -167,6 +197,12 @@ class VipPort(Protocol):
         own (a farm's virtual MAC); the frame still leaves from the interface's address."""
         ...
 
+    def probe(self, vip: Vip, probe: Probe) -> InUse | None:
+        """Does another host use `vip` on its link? Blocks `probe.count` × `probe.interval`.
+
+        None: nobody answered, or nothing to probe (`count` 0, IPv6, the VIP already here)."""
+        ...
+
 
 # -- frames --------------------------------------------------------------------------------
 
@@ -180,6 +216,26 @@ def gratuitous_arp(mac: bytes, ip: ipaddress.IPv4Address, sender: bytes | None =
     sha = sender or mac
     arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + sha + ip.packed + b"\x00" * 6 + ip.packed
     return (eth + arp).ljust(60, b"\x00")
+
+
+def arp_probe(mac: bytes, ip: ipaddress.IPv4Address) -> bytes:
+    """An ARP probe (RFC 5227 §2.1.1): request, sender IP 0.0.0.0, target IP `ip`; 60 bytes."""
+    eth = BROADCAST_MAC + mac + struct.pack("!H", ETH_P_ARP)
+    arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac + b"\x00" * 4 + b"\x00" * 6 + ip.packed
+    return (eth + arp).ljust(60, b"\x00")
+
+
+def conflict(frame: bytes, mac: bytes, ip: ipaddress.IPv4Address) -> bytes | None:
+    """The MAC of another host using `ip`, if ARP `frame` shows one (RFC 5227 §2.1.1: its sender
+    IP is `ip`, or it probes for `ip` too); None otherwise."""
+    if len(frame) < 42 or frame[12:14] != struct.pack("!H", ETH_P_ARP):
+        return None
+    sha, spa, tpa = frame[22:28], frame[28:32], frame[38:42]
+    if sha == mac:
+        return None
+    if spa == ip.packed or (spa == b"\x00" * 4 and tpa == ip.packed):
+        return sha
+    return None
 
 
 def unsolicited_na(mac: bytes, ip: ipaddress.IPv6Address) -> bytes:
@@ -228,6 +284,66 @@ def send_announcement(
         raise VipError(
             f"cannot announce VIP {vip} on {interface}: {_why(e)}{_hint(e.errno)}"
         ) from e
+
+
+def open_arp_socket(interface: str) -> socket.socket:
+    """A non-blocking AF_PACKET socket receiving the ARP frames of `interface` (for probes)."""
+    try:
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
+    except OSError as e:
+        raise VipError(
+            f"cannot open a packet socket to probe VIPs: {_why(e)}{_hint(e.errno)}"
+        ) from e
+    try:
+        sock.bind((interface, ETH_P_ARP))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        sock.setblocking(False)
+    except OSError as e:
+        sock.close()
+        raise VipError(f"cannot listen for ARP on {interface}: {_why(e)}{_hint(e.errno)}") from e
+    return sock
+
+
+def run_probe(
+    sock: socket.socket,
+    mac: bytes,
+    vip: Vip,
+    interface: str,
+    probe: Probe,
+    clock: Callable[[], float],
+) -> bytes | None:
+    """Send `probe.count` probes for `vip` on `sock` (bound to `interface`) and listen until
+    `count` × `interval` has passed; the MAC of the first conflict, or None."""
+    ip = vip.ip
+    assert isinstance(ip, ipaddress.IPv4Address)
+    for _ in range(10_000):  # drop what arrived before this probe (bounded)
+        try:
+            sock.recv(2048)
+        except (BlockingIOError, InterruptedError):
+            break
+    frame = arp_probe(mac, ip)
+    start = clock()
+    for k in range(probe.count):
+        try:
+            sock.sendto(frame, (interface, ETH_P_ARP))
+        except OSError as e:
+            raise VipError(f"cannot probe for VIP {vip} on {interface}: {_why(e)}") from e
+        until = start + (k + 1) * probe.interval
+        while (left := until - clock()) > 0:
+            ready, _, _ = select.select([sock], [], [], left)
+            if not ready:
+                continue
+            for _ in range(256):  # bounded batch per wake-up
+                try:
+                    data, addr = sock.recvfrom(2048)
+                except (BlockingIOError, InterruptedError):
+                    break
+                if addr[2] == socket.PACKET_OUTGOING:
+                    continue
+                other = conflict(data, mac, ip)
+                if other is not None:
+                    return other
+    return None
 
 
 def open_packet_socket() -> socket.socket:
@@ -444,6 +560,17 @@ def _announce(
     send_announcement(packets(), vip, name, sender)
 
 
+def _neighbour_macs(s: _Session, index: int, addresses: Iterable[str]) -> dict[bytes, str]:
+    """MAC -> address for those of `addresses` the neighbour table knows on interface `index`."""
+    wanted = {str(ipaddress.ip_address(a)) for a in addresses}
+    out: dict[bytes, str] = {}
+    for msg in s.ipr.neigh("dump", ifindex=index):
+        dst, lladdr = msg.get("NDA_DST"), msg.get("NDA_LLADDR")
+        if dst is not None and lladdr and str(ipaddress.ip_address(dst)) in wanted:
+            out[bytes.fromhex(lladdr.replace(":", ""))] = str(ipaddress.ip_address(dst))
+    return out
+
+
 def _bounded(what: str, timeout: float, fn: Callable[[_Session], T]) -> T:
     """Run `fn` with a fresh netlink session on a worker thread; at most `timeout` seconds."""
     box: list[tuple[bool, Any]] = []
@@ -485,6 +612,8 @@ class NetlinkVips:
         self.timeout = timeout
         self._lock = threading.Lock()
         self._packets: socket.socket | None = None
+        # one ARP listener per interface probed, kept open (closing one costs 10-20 ms)
+        self._arp: dict[str, socket.socket] = {}
 
     def __enter__(self) -> NetlinkVips:
         return self
@@ -497,12 +626,22 @@ class NetlinkVips:
             if self._packets is not None:
                 self._packets.close()
                 self._packets = None
+            for sock in self._arp.values():
+                sock.close()
+            self._arp.clear()
 
     def _packet_socket(self) -> socket.socket:
         with self._lock:
             if self._packets is None:
                 self._packets = open_packet_socket()
             return self._packets
+
+    def _arp_socket(self, interface: str) -> socket.socket:
+        with self._lock:
+            sock = self._arp.get(interface)
+            if sock is None:
+                sock = self._arp[interface] = open_arp_socket(interface)
+            return sock
 
     def interface_of(self, vip: Vip) -> str:
         return _bounded(f"VIP {vip}", self.timeout, lambda s: _resolve(s, vip)[1])
@@ -525,6 +664,27 @@ class NetlinkVips:
             self.timeout,
             lambda s: _announce(s, vip, self._packet_socket, sender),
         )
+
+    def probe(self, vip: Vip, probe: Probe) -> InUse | None:
+        if probe.count <= 0 or vip.version != 4:
+            return None
+
+        def work(s: _Session) -> InUse | None:
+            index, name = _resolve(s, vip)
+            if _present_on(s, vip, index):
+                return None  # ours already (a restarted daemon)
+            sock = self._arp_socket(name)
+            hatype, mac = interface_mac(sock, name)
+            if hatype != ARPHRD_ETHER:
+                return None  # no ARP on this link: nothing to probe
+            peers = _neighbour_macs(s, index, probe.peers)
+            other = run_probe(sock, mac, vip, name, probe, time.monotonic)
+            if other is None:
+                return None
+            return InUse(other.hex(":"), peers.get(other))
+
+        limit = self.timeout + probe.count * probe.interval
+        return _bounded(f"cannot probe for VIP {vip} {vip.where}", limit, work)
 
 
 def release_all(vips: Iterable[Vip], timeout: float = 2.0) -> list[str]:

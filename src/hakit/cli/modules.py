@@ -13,6 +13,7 @@ import click
 from rich.console import Console
 
 from hakit.cli.client import DaemonClient, RemoteClient, client_for
+from hakit.config.clashes import refuse_clashes
 from hakit.config.load import load_cluster
 from hakit.config.module import MODULE_FILE, FarmModule, load_module
 from hakit.daemon.packages import install, package, package_bytes, uninstall
@@ -218,6 +219,7 @@ def module_check(module: str) -> None:
     if not folder.is_dir():
         raise HakitError(f"no module folder {module!r} (installed modules are in {paths.modules})")
     mf = load_module(folder, cluster)
+    refuse_clashes(mf, paths.modules, cluster)  # against the modules installed on this node
     c = mf.config
     vips = ", ".join(str(v.address) for v in c.vips) or "none"
     if isinstance(c, FarmModule):

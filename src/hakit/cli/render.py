@@ -66,8 +66,8 @@ def render_state(st: dict[str, Any], console: Console) -> None:
     if rejected:
         parts = ", ".join(f"{k} {v}" for k, v in sorted(rejected.items()))
         console.print(Text(f"heartbeats rejected: {parts}", style="yellow"))
-    for net, err in (hb.get("bind_errors") or {}).items():
-        console.print(Text(f"network {net}: {err}", style="red"))
+    for net, err in (hb.get("network_problems") or {}).items():
+        console.print(Text(f"network {net}: {err}", style="bold red"))
     if not st["modules"]:
         console.print(Text("no modules installed", style="dim"))
         return

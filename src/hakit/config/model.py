@@ -17,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     IPvAnyAddress,
+    IPvAnyNetwork,
     StringConstraints,
 )
 
@@ -99,6 +100,14 @@ class Network(Frozen):
     """A network between the nodes (a LAN, a dedicated replication link, …)."""
 
     description: str = Field("", description="Free text shown by `hakit state`.")
+    subnet: IPvAnyNetwork | None = Field(
+        None,
+        description=(
+            "The network's subnet, e.g. `10.0.1.0/24` (optional). When given, the nodes' "
+            "addresses on this network and the VIPs placed on it (`vips[].network`) must be "
+            "inside it; when not, a VIP's own prefix must contain the nodes' addresses."
+        ),
+    )
 
 
 class Node(Frozen):

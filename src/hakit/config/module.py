@@ -8,6 +8,7 @@ and the loader. `kind` selects the model: `mirror` (two nodes, active/passive) o
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from hakit.config.checkers import Checker, ModuleChecker, Recovery, VipChecker
 from hakit.config.load import Marks, dotted, parse_yaml, read_text, validate
 from hakit.config.model import Cluster, Frozen, Name, Regex
 from hakit.config.rules import Problem
-from hakit.errors import ConfigError, ConfigIssue
+from hakit.errors import ConfigError, ConfigIssue, HakitError
 
 MODULE_FILE = "module.yaml"
 SCRIPTS = (
@@ -40,7 +41,31 @@ SCRIPTS = (
 )
 FARM_SCRIPTS = ("prestart", "start_both", "stop_both", "poststop", "transition")
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+
+
+class VipProbe(Frozen):
+    """Duplicate address detection before a mirror module's primary takes the VIP (RFC 5227,
+    shortened for the failover path): ARP probes; an answer from a host that is not the peer
+    node refuses the VIP (the module's start fails with the MAC that answered)."""
+
+    count: int = Field(
+        2,
+        ge=0,
+        le=10,
+        description="ARP probes sent (0: no probe). IPv4 only: IPv6 VIPs are not probed.",
+    )
+    interval: float = Field(
+        0.05,
+        ge=0.005,
+        le=1.0,
+        description=(
+            "Seconds between two probes and after the last one: the probe adds "
+            "`count` × `interval` to every start as primary (0.1 s by default) when nobody "
+            "answers, and ends at the first answer."
+        ),
+    )
 
 
 class VirtualIp(Frozen):
@@ -60,6 +85,10 @@ class VirtualIp(Frozen):
         None,
         pattern=r"^[A-Za-z0-9_.:-]{1,15}$",
         description="Interface name carrying the VIP (same name on both nodes).",
+    )
+    probe: VipProbe = Field(
+        default_factory=VipProbe,
+        description="Probe for another host using the address before taking it (mirror).",
     )
 
     @model_validator(mode="after")
@@ -438,6 +467,8 @@ def check_farm(m: FarmModule, cluster: Cluster) -> list[Problem]:
                     + (", ".join(everywhere) or "none"),
                 )
             )
+        if vip.network is not None and vip.network in everywhere:
+            out += _vip_in_subnet(i, vip, vip.network, m.nodes, cluster)
         if ip in node_addrs:
             out.append(Problem(("vips", i, "address"), str(vip.address), "is a node's own address"))
         if ip in seen:
@@ -555,6 +586,16 @@ def check_mirror(m: MirrorModule, cluster: Cluster) -> list[Problem]:
         )
     w = m.split_brain.witness
     hb = cluster.heartbeat
+    on_nodes = [a for a in w.addresses if a in _node_ips(cluster)] if w else []
+    if w is not None and on_nodes and w.port == hb.port:
+        out.append(
+            Problem(
+                ("split_brain", "witness", "port"),
+                str(w.port),
+                f"the witness runs on a cluster node ({on_nodes[0]}) whose heartbeat port "
+                f"(heartbeat.port, UDP) is {hb.port}: choose another witness port",
+            )
+        )
     if w is not None and w.grace < 1.5 * hb.interval + 0.1:
         out.append(
             Problem(
@@ -595,6 +636,15 @@ def check_mirror(m: MirrorModule, cluster: Cluster) -> list[Problem]:
                     f"not a network shared by {a} and {b}; shared: {', '.join(shared) or 'none'}",
                 )
             )
+        if r.port == cluster.api.port:
+            out.append(
+                Problem(
+                    ("replication", "port"),
+                    str(r.port),
+                    "is the cluster's API port (api.port, TCP on every node address): "
+                    "choose another port",
+                )
+            )
         paths = [d.path for d in r.dirs]
         for i, d in enumerate(r.dirs):
             for j, other in enumerate(paths):
@@ -618,12 +668,62 @@ def check_mirror(m: MirrorModule, cluster: Cluster) -> list[Problem]:
                     f"not a network shared by {a} and {b}; shared: {', '.join(shared) or 'none'}",
                 )
             )
+        if vip.network is not None and vip.network in shared:
+            out += _vip_in_subnet(i, vip, vip.network, m.nodes, cluster)
         if ip in node_addrs:
             out.append(Problem(("vips", i, "address"), str(vip.address), "is a node's own address"))
         if ip in seen:
             out.append(Problem(("vips", i, "address"), str(vip.address), "listed twice"))
         seen.add(ip)
     return out
+
+
+def _node_ips(cluster: Cluster) -> set[IPAddress]:
+    return {addr for spec in cluster.nodes.values() for addr in spec.addresses.values()}
+
+
+def _vip_in_subnet(
+    i: int, vip: VirtualIp, net: str, nodes: tuple[str, ...], cluster: Cluster
+) -> list[Problem]:
+    """A VIP placed by `network` must be reachable there: inside the network's `subnet` when
+    the cluster declares it, else its own prefix must hold both nodes' addresses on `net`
+    (a host prefix, /32 or /128, without a declared subnet cannot be checked). A VIP placed by
+    `interface` is not checked: the interface may carry any subnet."""
+    subnet = cluster.networks[net].subnet
+    fix = (
+        f"use an address of {net}'s subnet, or name the `interface` that carries the VIP's "
+        "subnet instead of `network`"
+    )
+    ip = vip.address.ip
+    if subnet is not None:
+        if ip.version != subnet.version or ip not in subnet:
+            return [
+                Problem(
+                    ("vips", i, "address"),
+                    str(vip.address),
+                    f"outside network {net}'s subnet {subnet}: clients on {net} cannot reach "
+                    f"it; {fix}",
+                )
+            ]
+        return []
+    own = vip.address.network
+    if own.prefixlen == own.max_prefixlen:
+        return []
+    for node in nodes:
+        addr = cluster.nodes[node].addresses.get(net) if node in cluster.nodes else None
+        if addr is None:
+            continue  # reported by the checks of `nodes` and `network`
+        if addr.version != own.version or addr not in own:
+            return [
+                Problem(
+                    ("vips", i, "address"),
+                    str(vip.address),
+                    f"outside network {net}'s subnet: {node}'s address on {net} is {addr}, "
+                    f"not in the VIP's subnet {own}; clients on {net} cannot reach it; {fix} "
+                    f"(or declare networks.{net}.subnet)",
+                )
+            ]
+    return []
 
 
 @dataclass(frozen=True)
@@ -689,6 +789,21 @@ def load_module(directory: Path, cluster: Cluster, name: str | None = None) -> M
                 )
     _raise(problems, file, marks)
     return ModuleFile(name=name, dir=directory, config=config)
+
+
+def load_installed(modules: Path, cluster: Cluster, exclude: str = "") -> list[ModuleFile]:
+    """The modules installed in `modules` that load (broken ones are reported elsewhere)."""
+    out: list[ModuleFile] = []
+    if not modules.is_dir():
+        return out
+    for d in sorted(modules.iterdir()):
+        if d.name == exclude or d.name.startswith(".") or not (d / MODULE_FILE).is_file():
+            continue
+        try:
+            out.append(load_module(d, cluster))
+        except (HakitError, OSError):
+            continue
+    return out
 
 
 def _raise(problems: list[Problem], file: str, marks: Marks) -> None:

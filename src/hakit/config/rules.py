@@ -51,6 +51,11 @@ def check_topology(config: Cluster) -> list[Problem]:
                         f"unknown network {net!r}; declared networks: {', '.join(config.networks)}",
                     )
                 )
+            subnet = config.networks[net].subnet if net in config.networks else None
+            if subnet is not None and (addr.version != subnet.version or addr not in subnet):
+                out.append(
+                    Problem(loc, str(addr), f"must be inside network {net}'s subnet {subnet}")
+                )
             key = str(addr)
             if key in owner:
                 other = owner[key]

@@ -45,6 +45,26 @@ class Rejected:
 
 
 @dataclass(frozen=True)
+class NetworkSilent:
+    """No heartbeat from any peer on `network` for the timeout while another network works:
+    a local problem (interface, firewall, the port taken) more likely than dead peers."""
+
+    network: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class NetworkHeard:
+    """Heartbeats arrive again on a network reported silent."""
+
+    network: str
+    reason: str
+
+
+NetworkAction = NetworkSilent | NetworkHeard
+
+
+@dataclass(frozen=True)
 class Statistics:
     sent: int
     received: int
@@ -67,6 +87,9 @@ class Engine:
     accepted: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     payload_changed: bool = False  # a peer published a new state: report it without delay
+    # local networks this node cannot hear on (no socket): their silence is no evidence
+    deaf: set[str] = field(default_factory=set)
+    silent_networks: dict[str, str] = field(default_factory=dict)  # network -> reason
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -113,12 +136,48 @@ class Engine:
             self.accepted += 1
         return list(actions)
 
-    def tick(self, now: float) -> list[m.Action]:
-        out: list[m.Action] = []
+    def tick(self, now: float) -> list[m.Action | NetworkAction]:
+        out: list[m.Action | NetworkAction] = []
         for name, peer in self.peers.items():
+            if peer.state is m.PeerState.UNKNOWN and set(peer.networks) <= self.deaf:
+                continue  # never heard, and cannot hear it: unknown, not lost
             new, actions = m.step(peer, m.Tick(), now, self.settings.timeout)
             self.peers[name] = new
             out.extend(actions)
+        out.extend(self._network_health(now))
+        return out
+
+    def _network_health(self, now: float) -> list[NetworkAction]:
+        """Report a network silent from every peer while another network still works."""
+        working: set[str] = set()
+        heard: dict[str, float] = {}
+        for p in self.peers.values():
+            for n in p.networks:
+                link = p.link(n)
+                if link.up:
+                    working.add(n)
+                if link.last_heard is not None:
+                    heard[n] = max(heard.get(n, link.last_heard), link.last_heard)
+        out: list[NetworkAction] = []
+        for n in self.settings.local_networks:
+            if n in self.deaf or not any(n in p.networks for p in self.peers.values()):
+                continue
+            if n in working:
+                if self.silent_networks.pop(n, None) is not None:
+                    out.append(NetworkHeard(n, f"heartbeats received again on {n}"))
+                continue
+            others = sorted(working - {n})
+            quiet = now - heard.get(n, self.now)
+            if others and quiet >= self.settings.timeout and n not in self.silent_networks:
+                since = f"for {quiet:.2f} s" if n in heard else f"since start ({quiet:.2f} s)"
+                verb = "works" if len(others) == 1 else "work"
+                reason = (
+                    f"no heartbeat received on {n} from any peer {since} while "
+                    f"{', '.join(others)} {verb}: check the interface/firewall, or another "
+                    "process took the port"
+                )
+                self.silent_networks[n] = reason
+                out.append(NetworkSilent(n, reason))
         return out
 
     def outgoing(self, wall: float) -> list[Outgoing]:

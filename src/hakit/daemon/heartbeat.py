@@ -26,30 +26,41 @@ import socket
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from hakit.adapters.realtime import make_realtime
 from hakit.adapters.udp import open_heartbeat_socket
 from hakit.core import membership as m
-from hakit.core.heartbeat import Engine, Rejected, Settings
+from hakit.core.heartbeat import (
+    Engine,
+    NetworkAction,
+    NetworkHeard,
+    NetworkSilent,
+    Rejected,
+    Settings,
+)
 
 MAX_PARENT_BUFFER = 4 * 1024 * 1024
 TICKS_PER_INTERVAL = 4
+BIND_RETRY = 2.0  # s between two attempts to bind a network whose port is taken
 
 
-def _event(action: m.Action, wall: float) -> dict[str, Any]:
+def _event(action: m.Action | NetworkAction, wall: float) -> dict[str, Any]:
     kind = {
         m.PeerUp: "peer-up",
         m.PeerLost: "peer-lost",
         m.PeerRestarted: "peer-restarted",
         m.LinkUp: "link-up",
         m.LinkDown: "link-down",
+        NetworkSilent: "network-silent",
+        NetworkHeard: "network-heard",
     }[type(action)]
     return {
         "at": wall,
         "kind": kind,
-        "peer": action.peer,
+        "peer": getattr(action, "peer", None),
         "network": getattr(action, "network", None),
         "message": action.reason,
     }
@@ -96,7 +107,7 @@ class Runner:
             return
         self.out.write(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
 
-    def handle(self, actions: list[m.Action | Rejected], wall: float) -> None:
+    def handle(self, actions: Sequence[m.Action | NetworkAction | Rejected], wall: float) -> None:
         for a in actions:
             if isinstance(a, Rejected | m.Dropped):
                 reason = str(a.reason)
@@ -125,6 +136,10 @@ class Runner:
             "local_networks": {
                 n: n in self.socks and self.send_ok.get(n, True) for n in self.addresses
             },
+            "network_problems": {
+                **self.engine.silent_networks,
+                **self.bind_errors,
+            },
             "stats": {
                 "sent": st.sent,
                 "received": st.received,
@@ -136,6 +151,47 @@ class Runner:
                 "parent_silent_for": round(time.monotonic() - self.last_parent, 3),
             },
         }
+
+    def bind(self, loop: asyncio.AbstractEventLoop, wall: float) -> None:
+        """Bind every network not bound yet; report each new failure and each recovery."""
+        for net, addr in self.addresses.items():
+            if net in self.socks:
+                continue
+            try:
+                sock = open_heartbeat_socket(addr, self.port)
+            except OSError as e:  # PortTaken names the holder; others: the kernel's reason
+                err = (
+                    str(e)
+                    if e.strerror is None
+                    else f"cannot bind {addr}:{self.port}/udp: {e.strerror}"
+                )
+                if self.bind_errors.get(net) != err:
+                    self.bind_errors[net] = err
+                    self.emit_event("network-error", net, f"network {net}: {err}", wall)
+                self.engine.deaf.add(net)
+                continue
+            self.socks[net] = sock
+            loop.add_reader(sock.fileno(), self.on_readable, net, sock)
+            self.engine.deaf.discard(net)
+            if self.bind_errors.pop(net, None) is not None:
+                self.dirty = True
+                self.emit_event(
+                    "network-bound", net, f"network {net}: {addr}:{self.port}/udp bound now", wall
+                )
+
+    def emit_event(self, kind: str, network: str, message: str, wall: float) -> None:
+        self.dirty = True
+        self.emit(
+            {
+                "event": {
+                    "at": wall,
+                    "kind": kind,
+                    "peer": None,
+                    "network": network,
+                    "message": message,
+                }
+            }
+        )
 
     def on_readable(self, network: str, sock: socket.socket) -> None:
         for _ in range(64):  # bounded batch per wake-up
@@ -190,14 +246,7 @@ async def run(init: dict[str, Any]) -> None:
         asyncio.Protocol, os.fdopen(1, "wb", buffering=0)
     )
     runner = Runner(engine, dict(init["addresses"]), int(init["port"]), w_transport)
-    for net, addr in runner.addresses.items():
-        try:
-            sock = open_heartbeat_socket(addr, runner.port)
-        except OSError as e:
-            runner.bind_errors[net] = f"cannot bind {addr}:{runner.port}: {e.strerror}"
-            continue
-        runner.socks[net] = sock
-        loop.add_reader(sock.fileno(), runner.on_readable, net, sock)
+    runner.bind(loop, time.time())
     sched = make_realtime() if init.get("realtime") else "normal scheduling (realtime: false)"
     gc.collect()
     gc.freeze()  # long-lived objects out of the collector's way: shorter, rarer pauses
@@ -229,8 +278,12 @@ async def run(init: dict[str, Any]) -> None:
         tick = interval / TICKS_PER_INTERVAL
         next_send = time.monotonic()
         last_snapshot = 0.0
+        next_bind = next_send + BIND_RETRY
         while True:
             now = time.monotonic()
+            if runner.bind_errors and now >= next_bind:
+                runner.bind(loop, time.time())
+                next_bind = now + BIND_RETRY
             if now >= next_send:
                 runner.send_round()
                 next_send += interval

@@ -71,7 +71,7 @@ class Timeline:
     def record(self, ev: Event) -> None:
         self._events.append(ev)
         level = logging.INFO
-        if ev.kind in ("peer-lost", "link-down", "module-warning"):
+        if ev.kind in ("peer-lost", "link-down", "network-silent", "module-warning"):
             level = logging.WARNING
         elif ev.kind.endswith("-error"):
             level = logging.ERROR

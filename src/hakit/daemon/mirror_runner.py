@@ -388,10 +388,27 @@ class MirrorRunner(ModuleRunner):
         return _outcome(await self._script("poststop", state, "STOP", action))
 
     def _add_vip(self, v: Vip) -> None:
+        probe = self.vip_probes[v]
+        started = time.monotonic()
+        found = self.env.vips.probe(v, probe)
+        probed = f"probed in {(time.monotonic() - started) * 1000:.0f} ms; " if probe.count else ""
+        if found is not None and found.peer is None:
+            raise VipError(
+                f"VIP {v} in use by MAC {found.mac} {v.where}: another host answers for this "
+                "address (ARP probe); not taken: free the address on that host or change the VIP"
+            )
+        if found is not None:  # the peer node still holds it (rule: docs/mirror.md, VIP probe)
+            self._record(
+                f"{self.name}: VIP {v} still answered by the peer node ({found.peer}, MAC "
+                f"{found.mac}): taking it over and announcing it",
+                "warning",
+            )
         added = self.env.vips.add(v)
         self._holds(v, True)
         self._announce(v)
-        self._note(f"VIP {v} {'added' if added else 'already present'} {v.where}; announced")
+        self._note(
+            f"VIP {v} {'added' if added else 'already present'} {v.where}; {probed}announced"
+        )
 
     def _announce(self, v: Vip) -> None:
         try:

@@ -17,7 +17,7 @@ from typing import ClassVar
 from hakit.adapters.farm import FarmPathPort, NftFarmPath
 from hakit.adapters.probes import ProbeContext, ProbePort, RealProbes
 from hakit.adapters.scripts import ScriptResult, ScriptRunner
-from hakit.adapters.vip import Vip, VipError, VipPort, release_all
+from hakit.adapters.vip import Probe, Vip, VipError, VipPort, release_all
 from hakit.adapters.witness import WitnessClient, WitnessPort
 from hakit.config.module import ModuleFile, VirtualIp
 from hakit.core import checks as ck
@@ -67,6 +67,17 @@ def vips_here(vips: tuple[VirtualIp, ...], local_addresses: dict[str, str]) -> l
     ]
 
 
+def vip_probes(
+    vips: tuple[VirtualIp, ...], here: list[Vip], node_addresses: dict[str, dict[str, str]]
+) -> dict[Vip, Probe]:
+    """How to probe each VIP placed here (`vips_here`): its settings, the peers' addresses."""
+    peers = tuple(a for nets in node_addresses.values() for a in nets.values())
+    return {
+        vip: Probe(v.probe.count, v.probe.interval, peers)
+        for v, vip in zip(vips, here, strict=True)
+    }
+
+
 @dataclass
 class ModuleRunner:
     module: ModuleFile
@@ -85,6 +96,8 @@ class ModuleRunner:
         self.state_path = self.var / "state.json"
         self.var.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.vip_list = vips_here(self.module.config.vips, self.env.local_addresses)
+        peers = {n: a for n, a in self.env.node_addresses.items() if n != self.env.local}
+        self.vip_probes = vip_probes(self.module.config.vips, self.vip_list, peers)
         self._transitions = asyncio.Lock()
         cfg = self.module.config
         self.checks = CheckerSet(

@@ -13,8 +13,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-import yaml
-
+from hakit.config.clashes import refuse_clashes
 from hakit.config.load import load_cluster
 from hakit.config.module import MODULE_FILE, ModuleFile, load_module
 from hakit.errors import HakitError
@@ -46,23 +45,6 @@ def _unpack(source: Path, into: Path) -> Path:
     raise HakitError(f"{source}: no {MODULE_FILE} in the package")
 
 
-def _vip_owners(paths: Paths, exclude: str) -> dict[str, str]:
-    owners: dict[str, str] = {}
-    if not paths.modules.is_dir():
-        return owners
-    for d in paths.modules.iterdir():
-        f = d / MODULE_FILE
-        if d.name == exclude or not f.is_file():
-            continue
-        try:
-            data = yaml.safe_load(f.read_text()) or {}
-            for v in data.get("vips", []) or []:
-                owners[str(v.get("address", "")).split("/")[0]] = d.name
-        except (OSError, ValueError, AttributeError):
-            continue
-    return owners
-
-
 def install(paths: Paths, source: Path, name: str | None, force: bool) -> ModuleFile:
     cluster = load_cluster(paths.cluster_config, with_secret=False).config
     with tempfile.TemporaryDirectory(prefix="hakit-module-") as tmp:
@@ -70,10 +52,7 @@ def install(paths: Paths, source: Path, name: str | None, force: bool) -> Module
         default = folder.name if folder != Path(tmp) else source.name.removesuffix(PACKAGE_SUFFIX)
         mname = name or default
         mf = load_module(folder, cluster, name=mname)
-        for v in mf.config.vips:
-            owner = _vip_owners(paths, mname).get(str(v.address.ip))
-            if owner:
-                raise HakitError(f"VIP {v.address} is already used by module {owner}")
+        refuse_clashes(mf, paths.modules, cluster)  # ports and VIPs of the installed modules
         target = paths.modules / mname
         if target.exists() and not force:
             raise HakitError(f"module {mname} is already installed ({target}); --force replaces it")

@@ -174,11 +174,17 @@ class NodeDaemon:
         )
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.heartbeat.run())
-            modules = tg.create_task(self.modules.run())
+            modules = tg.create_task(self._run_modules())
             await self._stopping.wait()
             await self.modules.shutdown(SHUTDOWN_TIMEOUT)
             modules.cancel()
             self.heartbeat.stop()
+
+    async def _run_modules(self) -> None:
+        """Modules start once heartbeats are received on at least one network: a node whose
+        heartbeat ports are all taken cannot hear its peers and must not decide they are dead."""
+        await self.heartbeat.view.listening.wait()
+        await self.modules.run()
 
     def stop(self) -> None:
         """Begin an orderly stop: modules first (their peers take over), then heartbeats."""

@@ -68,6 +68,7 @@ def build_status(
             "port": config.heartbeat.port,
             "interval": config.heartbeat.interval,
             "timeout": config.heartbeat.timeout,
+            "network_problems": (snapshot or {}).get("network_problems", {}),
             **stats,
         },
         "daemon": daemon,

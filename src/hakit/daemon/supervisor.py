@@ -29,6 +29,8 @@ class HeartbeatView:
     scheduling: str = ""
     restarts: int = 0
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    # set once heartbeats are received on at least one network (its socket is bound)
+    listening: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class HeartbeatSupervisor:
@@ -141,6 +143,7 @@ class HeartbeatSupervisor:
                 continue
             if "snapshot" in msg:
                 self.view.snapshot = msg["snapshot"]
+                self._listening(msg["snapshot"]["stats"]["bind_errors"])
                 self._on_snapshot(msg["snapshot"])
             elif "event" in msg:
                 e = msg["event"]
@@ -162,10 +165,24 @@ class HeartbeatSupervisor:
             elif "ready" in msg:
                 r = msg["ready"]
                 self.view.scheduling = r["scheduling"]
-                for net, err in r["bind_errors"].items():
-                    log.error("network %s: %s", net, err)
                 log.info("heartbeat process %s ready (%s)", r["pid"], r["scheduling"])
+                self._listening(r["bind_errors"])
+                if not self.view.listening.is_set():
+                    self._record(
+                        Event(
+                            time.time(),
+                            self._node,
+                            "network-error",
+                            "no heartbeat network could be bound: modules are not started "
+                            "until one is (a node that cannot hear its peers must not decide "
+                            "they are dead)",
+                        )
+                    )
                 self.view.ready.set()
+
+    def _listening(self, bind_errors: dict[str, str]) -> None:
+        if len(bind_errors) < len(self._init["addresses"]):
+            self.view.listening.set()
 
     def publish(self, payload: bytes) -> None:
         """State carried in every heartbeat from now on (module states, later)."""

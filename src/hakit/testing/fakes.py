@@ -19,7 +19,7 @@ from typing import Literal
 from hakit.adapters.farm import FarmPath, FarmPathError
 from hakit.adapters.probes import ProbeContext, ProbeResult
 from hakit.adapters.scripts import ScriptResult
-from hakit.adapters.vip import IFNAMSIZ, Vip, VipError
+from hakit.adapters.vip import IFNAMSIZ, InUse, Probe, Vip, VipError
 from hakit.config.checkers import CheckerBase, CustomChecker, VipChecker
 
 # -- virtual IPs -----------------------------------------------------------------------------
@@ -53,6 +53,8 @@ class FakeVips:
 
     `remove_interface` makes an interface disappear (with its addresses); `fail_next` makes the
     next call of a method raise `VipError`. `announced` lists the frames sent, `calls` every call.
+    `occupy(address, mac)`: another host on the links uses `address` (probes find it);
+    `neighbour(address, mac)`: the neighbour table knows `address` at `mac`.
     """
 
     def __init__(self, interfaces: Mapping[str, Iterable[str]] | None = None) -> None:
@@ -60,6 +62,9 @@ class FakeVips:
         self.announced: list[Announcement] = []
         self.calls: list[tuple[str, Vip | None]] = []
         self._failures: dict[str, str] = {}
+        self.elsewhere: dict[str, str] = {}  # address used by another host -> its MAC
+        self.neighbours: dict[str, str] = {}  # address -> MAC
+        self.probed: list[tuple[Vip, Probe]] = []
         for name, addresses in (interfaces or {}).items():
             self.add_interface(name, addresses)
 
@@ -80,6 +85,15 @@ class FakeVips:
 
     def mac(self, name: str) -> str:
         return self.interfaces[name].mac
+
+    def occupy(self, address: str, mac: str) -> None:
+        self.elsewhere[str(ipaddress.ip_address(address))] = mac
+
+    def release(self, address: str) -> None:
+        self.elsewhere.pop(str(ipaddress.ip_address(address)), None)
+
+    def neighbour(self, address: str, mac: str) -> None:
+        self.neighbours[str(ipaddress.ip_address(address))] = mac
 
     def addresses(self, name: str) -> list[str]:
         """The addresses of interface `name`, as "10.0.0.1/24"."""
@@ -165,6 +179,20 @@ class FakeVips:
         own = self.interfaces[name].mac
         mac = own if sender is None or sender.hex(":") == own else f"{sender.hex(':')} from {own}"
         self.announced.append(Announcement(name, mac, vip.address))
+
+    def probe(self, vip: Vip, probe: Probe) -> InUse | None:
+        self._enter("probe", vip)
+        if probe.count <= 0 or vip.version != 4:
+            return None
+        name = self._resolve(vip)
+        if (vip.ip, vip.prefixlen) in self.interfaces[name].addresses:
+            return None
+        self.probed.append((vip, probe))
+        mac = self.elsewhere.get(vip.address)
+        if mac is None:
+            return None
+        peers = {self.neighbours.get(str(ipaddress.ip_address(a))): a for a in probe.peers}
+        return InUse(mac, peers.get(mac))
 
 
 # -- scripts ---------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from hakit.core import membership as m
-from hakit.core.heartbeat import Engine, Settings
+from hakit.core.heartbeat import Engine, NetworkAction, Settings
 from hakit.wire.heartbeat import make_boot_id
 
 
@@ -53,6 +53,7 @@ class SimCluster:
     now: float = 0.0
     engines: dict[str, Engine] = field(default_factory=dict)
     log: list[tuple[float, str, m.Action]] = field(default_factory=list)
+    network_log: list[tuple[float, str, NetworkAction]] = field(default_factory=list)
     _next_send: dict[str, float] = field(default_factory=dict)
     _boots: int = 0
 
@@ -104,8 +105,11 @@ class SimCluster:
             for node, eng in self.engines.items():
                 if node in self.net.off:
                     continue
-                for a in eng.tick(self.now):
-                    self.log.append((self.now, node, a))
+                for act in eng.tick(self.now):
+                    if isinstance(act, NetworkAction):
+                        self.network_log.append((self.now, node, act))
+                    else:
+                        self.log.append((self.now, node, act))
 
     def view(self, node: str) -> dict[str, m.PeerState]:
         return {p: peer.state for p, peer in self.engines[node].peers.items()}
