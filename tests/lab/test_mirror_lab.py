@@ -554,3 +554,52 @@ def test_a_node_that_cannot_reach_the_clients_router_hands_over(make: Any) -> No
         m.lab.heal("node1", "client1")
     m.pair("SECOND ready", "PRIM ready", 20)
     assert m.served_by() == "node2"
+
+
+HOLD_PORT = """
+import socket, sys, time
+s = socket.socket()
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(1)
+print("HOLDING", flush=True)
+time.sleep(120)  # bounded; the test kills it by PID
+"""
+
+
+def test_a_secondary_that_cannot_listen_makes_the_primary_say_unprotected(make: Any) -> None:
+    """Issue 12, finding 7: a replication that cannot start is a loud state on the primary,
+    not "ALONE ready" with the reason only in the other node's log."""
+    m = make(
+        extra="replication:\n  port: {m.port_repl}\n  dirs:\n    - path: {m.root}/data",
+        mkdirs=["data"],
+    )
+    lab = m.lab
+    out = lab.host_path("node2", "/tmp/hold-port.out")
+    out.unlink(missing_ok=True)
+    python = shutil.which("python3", path="/usr/bin:/bin") or "python3"
+    holder = lab.spawn(
+        "node2", [python, "-c", HOLD_PORT, lab.address("node2", 1), str(m.port_repl)], out
+    )
+    try:
+        wait_until(lambda: "HOLDING" in out.read_text() if out.exists() else None, 10, "held")
+        m.cmd("node1", "prim")
+        m.wait("node1", "ALONE ready")
+        m.cmd("node2", "second", check=False)
+        m.wait("node2", "STOP not-ready", 30)
+
+        def unprotected() -> str | None:
+            why: str | None = m.state("node1")["modules"][m.name].get("unprotected")
+            return why
+
+        why = wait_until(unprotected, 10, "node1 says it is unprotected")
+        assert why is not None
+        assert why.startswith("not replicated: node2 cannot become secondary: start_second failed")
+        assert "in use" in why, why
+        shown = lab.exec("node1", ["hakit", "state"], capture=True).stdout
+        assert "UNPROTECTED" in shown, shown
+        assert "not replicated: node2 cannot become secondary" in m.log("node1")
+    finally:
+        os.kill(holder, signal.SIGKILL)
+    m.cmd("node2", "second")
+    m.pair("PRIM ready", "SECOND ready", 30)
+    assert m.state("node1")["modules"][m.name]["unprotected"] is None

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hakit.core import mirror as mm
+from hakit.core.mirror_model import MAX_PUBLISHED_REASON
 from hakit.core.outcomes import Accepted, Refused, UnexpectedEvent
 from hakit.testing.mirror_sim import MirrorSim
 
@@ -708,3 +709,31 @@ def test_without_a_witness_a_one_way_split_converges_after_the_heal() -> None:
     assert sim.states() == ("ALONE ready", "ALONE ready")
     sim.cut("node1", "node2", on=False)
     assert sim.states() == ("PRIM ready", "SECOND ready")  # first-primary stays
+
+
+def test_a_secondary_that_cannot_start_replication_makes_its_primary_say_unprotected() -> None:
+    sim = MirrorSim()
+    first_start(sim)
+    sim.command("node2", C.STOP)
+    sim.fail("node2", mm.Op.START_SECOND)  # e.g. its replication port is taken
+    sim.command("node2", C.SECOND)
+    sim.settle()
+    assert sim.states() == ("ALONE ready", "STOP not-ready")
+    blocked = sim.nodes["node2"].machine.join_failed
+    assert "start_second failed" in blocked
+    primary = sim.nodes["node1"].machine
+    assert primary.peer.blocked == blocked  # published in node2's heartbeats
+    assert mm.unprotected(primary) == f"not replicated: node2 cannot become secondary: {blocked}"
+    assert any("not replicated: node2 cannot become secondary" in x for x in sim.log("node1"))
+    sim.fail("node2", mm.Op.START_SECOND, on=False)
+    sim.command("node2", C.SECOND)
+    sim.settle()
+    assert sim.states() == ("PRIM ready", "SECOND ready")
+    assert mm.unprotected(sim.nodes["node1"].machine) == ""
+
+
+def test_the_published_blocked_reason_is_bounded() -> None:
+    m = mm.Mirror("m", "node2", "node1", phase=mm.Phase.WAITING, blocked="x" * 5000)
+    peer = mm.peer_from_wire(True, mm.to_wire(m))
+    assert peer.blocked == "x" * MAX_PUBLISHED_REASON
+    assert "b" not in mm.to_wire(replace(m, blocked=""))

@@ -92,9 +92,12 @@ def render_state(st: dict[str, Any], console: Console) -> None:
             mcells.append(Text(label, style=colour))
         me = mod.get("nodes", {}).get(st["node"], {})
         note = mod.get("error") or me.get("blocked") or ""
+        style = "yellow"
+        if mod.get("unprotected"):
+            note, style = f"UNPROTECTED, {mod['unprotected']}", "bold red"
         if not mod.get("failover", True):
             note = ("failover off; " + note) if note else "failover off"
-        mods.add_row(mname, *mcells, Text(note.splitlines()[0] if note else "", style="yellow"))
+        mods.add_row(mname, *mcells, Text(note.splitlines()[0] if note else "", style=style))
     console.print(mods)
     for mname, mod in st["modules"].items():
         if mod.get("kind") == "farm" and mod.get("nodes"):

@@ -63,6 +63,7 @@ from hakit.core.mirror_model import (
     event_kind,
     peer_from_wire,
     to_wire,
+    unprotected,
     vouching,
 )
 from hakit.core.mirror_split import (
@@ -107,6 +108,7 @@ __all__ = [
     "step",
     "targets",
     "to_wire",
+    "unprotected",
     "vouching",
 ]
 
@@ -971,7 +973,9 @@ def _invariants(old: Mirror, new: Mirror, actions: tuple[Action, ...]) -> Result
     - leaving the primary role refuses the writes still held (never acknowledged, so never
       lost: the application sees EIO);
     - a change of this node's vouch for its peer is published at once (the primary relies on
-      it when its arbiter does not answer)."""
+      it when its arbiter does not answer), and so is a change of why it is blocked;
+    - a primary told by its peer why it cannot become secondary says so as an error (the
+      module runs unreplicated: the reason must not stay in the peer's log only)."""
     more: tuple[Action, ...] = ()
     if new.confirm_after and (new.phase is Phase.DEMOTING or new.phase not in PRIMARYISH):
         new = replace(new, confirm_after=0.0)
@@ -985,6 +989,12 @@ def _invariants(old: Mirror, new: Mirror, actions: tuple[Action, ...]) -> Result
         )
     if new.phase not in PRIMARYISH and new.forced:
         new = replace(new, forced=False)
-    if vouching(new) != vouching(old) and not any(isinstance(a, Publish) for a in actions):
+    published = vouching(new) != vouching(old) or (new.blocked, new.join_failed) != (
+        old.blocked,
+        old.join_failed,
+    )
+    if published and not any(isinstance(a, Publish) for a in actions):
         more += (Publish(),)
+    if new.peer.blocked and new.peer.blocked != old.peer.blocked and new.phase in PRIMARYISH:
+        more += (Explain(f"{_name(new)} {unprotected(new) or 'not replicated'}", "error"),)
     return new, actions + more

@@ -142,6 +142,7 @@ class PeerInfo:
     fresh: bool = False  # this node heard it within the vouching window (see `vouching`)
     vouches: bool = False  # it publishes that it sees this node as primary and will not take
     # over (see `vouching`)
+    blocked: str = ""  # it published why it cannot go on (e.g. it cannot become secondary)
 
     @property
     def present(self) -> bool:
@@ -349,10 +350,32 @@ def vouching(m: Mirror) -> bool:
     return m.phase not in PRIMARYISH and not m.asking and m.peer.primary and m.peer.fresh
 
 
+def unprotected(m: Mirror) -> str:
+    """Why this node serves the application without a replica ("" when it does not serve it or
+    its peer is a ready secondary): shown loudly in the state, never as protected."""
+    if m.phase not in PRIMARYISH or m.phase is Phase.PRIM or m.peer_second_ready():
+        return ""
+    p, peer = m.peer, m.peer_name
+    if not p.alive:
+        why = f"{peer} is lost"
+    elif not p.installed:
+        why = f"the module is not running on {peer}"
+    elif p.blocked:
+        why = f"{peer} cannot become secondary: {p.blocked}"
+    elif p.phase in (Phase.JOINING, Phase.SYNCING):
+        why = f"{peer} is synchronising"
+    else:
+        why = f"{peer} is {p.describe()}"
+    return f"not replicated: {why}"
+
+
+MAX_PUBLISHED_REASON = 200  # a blocked node's reason in its heartbeat (kept under one MTU)
+
+
 def to_wire(m: Mirror) -> dict[str, object]:
     """The compact form of our state carried in every heartbeat."""
     d = m.data
-    return {
+    wire: dict[str, object] = {
         "p": m.phase.value,
         "g": d.gen,
         "i": d.gen_id,
@@ -365,6 +388,9 @@ def to_wire(m: Mirror) -> dict[str, object]:
         "t": m.primary_since if m.phase in PRIMARYISH else 0.0,
         "v": int(vouching(m)),
     }
+    if problem := m.blocked or m.join_failed:
+        wire["b"] = problem[:MAX_PUBLISHED_REASON]
+    return wire
 
 
 def peer_from_wire(alive: bool, obj: object, fresh: bool = True) -> PeerInfo:
@@ -385,8 +411,18 @@ def peer_from_wire(alive: bool, obj: object, fresh: bool = True) -> PeerInfo:
         )
         since = float(obj.get("t", 0.0))
         vouches = bool(obj.get("v", 0))
+        blocked = str(obj.get("b", ""))[:MAX_PUBLISHED_REASON]
         return PeerInfo(
-            True, True, Phase(obj["p"]), data, Want(obj["w"]), bool(obj["o"]), since, fresh, vouches
+            True,
+            True,
+            Phase(obj["p"]),
+            data,
+            Want(obj["w"]),
+            bool(obj["o"]),
+            since,
+            fresh,
+            vouches,
+            blocked,
         )
     except (KeyError, TypeError, ValueError):
         return PeerInfo(alive=True, installed=False)

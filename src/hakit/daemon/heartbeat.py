@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hakit.adapters.realtime import make_realtime
-from hakit.adapters.udp import open_heartbeat_socket
+from hakit.adapters.udp import PortTaken, open_heartbeat_socket
 from hakit.core import membership as m
 from hakit.core.heartbeat import (
     Engine,
@@ -159,12 +159,13 @@ class Runner:
                 continue
             try:
                 sock = open_heartbeat_socket(addr, self.port)
-            except OSError as e:  # PortTaken names the holder; others: the kernel's reason
-                err = (
-                    str(e)
-                    if e.strerror is None
-                    else f"cannot bind {addr}:{self.port}/udp: {e.strerror}"
-                )
+            except PortTaken as e:  # names the holder
+                err = str(e)
+            except OSError as e:  # the kernel's reason
+                err = f"cannot bind {addr}:{self.port}/udp: {e.strerror or e}"
+            else:
+                err = ""
+            if err:
                 if self.bind_errors.get(net) != err:
                     self.bind_errors[net] = err
                     self.emit_event("network-error", net, f"network {net}: {err}", wall)

@@ -181,6 +181,7 @@ class MirrorRunner(ModuleRunner):
                     "status": pstatus,
                     "reachable": peer.alive,
                     "running": peer.installed,
+                    "blocked": peer.blocked or None,
                     "phase": peer.phase.value if peer.present else None,
                     "data": {"gen": peer.data.gen, "gen_id": peer.data.gen_id}
                     if peer.present
@@ -188,6 +189,7 @@ class MirrorRunner(ModuleRunner):
                 },
             },
             "failover": m.failover,
+            "unprotected": mm.unprotected(m) or None,
             "default_primary": cfg.default_primary,
             "vips": [str(v) for v in self.vip_list],
             "vips_held": [str(v) for v in self.held],

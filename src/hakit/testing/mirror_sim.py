@@ -94,10 +94,7 @@ class MirrorSim:
         other = self.peer_of(name)
         if not other.up or (other.name, name) in self.cuts:
             return mm.PeerInfo(alive=False)
-        m = other.machine
-        since = m.primary_since if m.phase in mm.PRIMARYISH else 0.0
-        vouches = mm.vouching(m)
-        return mm.PeerInfo(True, True, m.phase, m.data, m.want, m.handover, since, True, vouches)
+        return mm.peer_from_wire(True, mm.to_wire(other.machine), fresh=True)  # as heartbeats do
 
     # --- driving ---------------------------------------------------------------------------
 
