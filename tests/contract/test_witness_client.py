@@ -134,6 +134,10 @@ class RealWitness:
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
+    def latest(self) -> list[list[str]]:
+        path = self.root / "var" / "witness" / "latest.json"
+        return json.loads(path.read_text())["latest"]  # type: ignore[no-any-return]
+
     def wait_quarantine_over(self) -> None:
         wait_until(lambda: self.status().get("quarantine_left") == 0, 30, "end of quarantine")
 
@@ -258,9 +262,16 @@ def run(coro: Awaitable[T]) -> T:
 
 
 async def ask(
-    c: WitnessPort, op: str, module: str, ttl: float = TTL, grace: float = GRACE
+    c: WitnessPort,
+    op: str,
+    module: str,
+    ttl: float = TTL,
+    grace: float = GRACE,
+    *,
+    alone: bool = False,
+    force: bool = False,
 ) -> WitnessReply:
-    r = await c.request(op, module, ttl, grace, TIMEOUT)
+    r = await c.request(op, module, ttl, grace, TIMEOUT, alone=alone, force=force)
     assert r is not None, f"{op}: no answer from the witness"
     return r
 
@@ -476,6 +487,46 @@ def test_a_restarted_witness_grants_no_new_lease_during_its_quarantine(
         assert (r.granted, r.holder) == (False, "node1")
 
     run(scenario())
+
+
+@pytest.mark.parametrize("kind", ["real", "fake"])
+def test_a_copy_outdated_by_a_node_serving_alone_is_refused_even_after_a_restart(
+    kind: str, real_witness: Callable[[float], RealWitness], module: str
+) -> None:
+    """node1 is granted while it serves alone, then dies: node2's copy lacks what node1 wrote,
+    so node2 is refused after node1's lease and grace, and after a witness restart, until its
+    operator forces it."""
+    quarantine = 2.0
+    h: Harness
+    if kind == "real":
+        w = real_witness(quarantine)
+        w.wait_quarantine_over()
+        h = RealHarness(w)
+    else:
+        h = fake_harness(quarantine)
+        h.witness.advance(quarantine)
+
+    async def scenario() -> None:
+        n1, n2 = h.client("node1"), h.client("node2")
+        assert (await ask(n1, "acquire", module, alone=True)).granted
+        await h.pass_time(TTL + GRACE + 0.2)
+        r = await ask(n2, "acquire", module, alone=True)
+        assert not r.granted
+        assert "the copy on node2 is outdated" in r.reason
+        h.restart()
+        await h.pass_time(quarantine + 0.1)
+        if isinstance(h.witness, RealWitness):
+            h.witness.wait_quarantine_over()
+        r = await ask(n2, "acquire", module, alone=True)
+        assert not r.granted
+        assert "outdated" in r.reason
+        await h.pass_time(GRACE + 0.1)  # node2's own grace since its first request
+        r = await ask(n2, "acquire", module, alone=True, force=True)
+        assert r.granted, r.reason
+
+    run(scenario())
+    if isinstance(h.witness, RealWitness):
+        assert h.witness.latest() == [["shop", module, "node2"]]
 
 
 # --- real only: datagrams, status file, state command, log ------------------------------------

@@ -32,8 +32,21 @@ class Witness:
     seq: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     notes: list[w.Note] = field(default_factory=list)
 
-    def ask(self, t: float, node: str, op: str, ttl: float = 3.0, grace: float = 1.0) -> w.Decision:
-        req = Request("shop", node, "db", Op(op), ttl, grace, BOOTS[node], next(self.seq), WALL + t)
+    def ask(
+        self,
+        t: float,
+        node: str,
+        op: str,
+        ttl: float = 3.0,
+        grace: float = 1.0,
+        *,
+        alone: bool = False,
+        force: bool = False,
+    ) -> w.Decision:
+        seq = next(self.seq)
+        req = Request(
+            "shop", node, "db", Op(op), ttl, grace, BOOTS[node], seq, WALL + t, alone, force
+        )
         self.arb, rejection = w.admit(self.arb, req, t, WALL + t)
         assert rejection is None, rejection
         self.arb, d = w.decide(self.arb, req, t)
@@ -41,7 +54,7 @@ class Witness:
         return d
 
     def restart(self, t: float) -> None:
-        self.arb = w.new_arbiter(t, Q)
+        self.arb = w.new_arbiter(t, Q, self.arb.latest)  # the server keeps the marks on disk
 
     def ask_seq(self, t: float, node: str, op: str, seq: int) -> w.Decision:
         """A request with a chosen sequence number (requests reordered in the network)."""
@@ -768,3 +781,58 @@ def test_an_unsafe_rule_is_caught_by_the_property() -> None:
     sim.advance(10.0)
     with pytest.raises(AssertionError, match="two nodes believe"):
         check(sim)
+
+
+# --- outdated copies: a node granted while it serves alone (issue 12, A) --------------------
+
+
+def test_a_node_granted_while_alone_makes_the_other_copies_outdated() -> None:
+    wit = Witness()
+    wit.restart(-Q)  # quarantine over
+    assert wit.ask(0.0, "node1", "acquire").granted  # PRIM with a ready secondary
+    assert wit.arb.latest == {}
+    assert wit.ask(1.0, "node1", "renew", alone=True).granted  # its secondary is gone
+    assert wit.arb.latest == {("shop", "db"): "node1"}
+    assert any(n.kind == "latest" and "node1 serves alone" in n.message for n in wit.notes)
+    # node1 dies: its lease runs out, grace included, and node2 is still refused
+    d = wit.ask(10.0, "node2", "acquire")
+    assert not d.granted
+    assert "the copy on node2 is outdated" in d.reason
+    assert "`hakit primforce db` on node2" in d.reason
+    wit.restart(11.0)  # a witness restart does not forget it
+    assert not wit.ask(11.0 + Q + 1, "node2", "acquire").granted
+    # node1 comes back alone, then with node2 as a ready secondary: the mark goes
+    assert wit.ask(30.0, "node1", "acquire", alone=True).granted
+    assert wit.ask(31.0, "node1", "renew").granted
+    assert wit.arb.latest == {}
+    assert any("node1 has a current secondary again" in n.message for n in wit.notes)
+    assert wit.ask(31.5, "node1", "release").granted
+    assert wit.ask(32.0, "node2", "acquire", alone=True).granted
+
+
+def test_primforce_takes_the_lease_from_an_outdated_copy_and_moves_the_mark() -> None:
+    wit = Witness()
+    wit.restart(-Q)
+    assert wit.ask(0.0, "node1", "acquire", alone=True).granted
+    assert not wit.ask(10.0, "node2", "acquire", alone=True).granted
+    assert wit.ask(11.5, "node2", "acquire", alone=True, force=True).granted  # own grace: 1 s
+    assert wit.arb.latest == {("shop", "db"): "node2"}
+    assert not wit.ask(30.0, "node1", "acquire", alone=True).granted  # node1 is outdated now
+
+
+def test_force_does_not_take_a_lease_that_is_held() -> None:
+    wit = Witness()
+    wit.restart(-Q)
+    assert wit.ask(0.0, "node1", "acquire", alone=True).granted
+    d = wit.ask(0.5, "node2", "acquire", alone=True, force=True)
+    assert not d.granted
+    assert d.holder == "node1"
+    assert wit.arb.latest == {("shop", "db"): "node1"}
+
+
+def test_describe_shows_the_latest_copy() -> None:
+    wit = Witness()
+    wit.restart(-Q)
+    wit.ask(0.0, "node1", "acquire", alone=True)
+    wit.ask(0.5, "node1", "release")
+    assert w.describe(wit.arb, 1.0)["shop"]["db"]["latest"] == "node1"

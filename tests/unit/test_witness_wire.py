@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import struct
 
 import pytest
@@ -218,3 +220,16 @@ def test_random_bytes_never_decode(data: bytes) -> None:
         decode_request(data, KEYS)
     with pytest.raises(DecodeError):
         decode_reply(data, "shop", KEY)
+
+
+@pytest.mark.parametrize(("alone", "force"), [(False, False), (True, False), (True, True)])
+def test_request_flags_round_trip(alone: bool, force: bool) -> None:
+    req = request(alone=alone, force=force)
+    assert decode_request(encode_request(req, KEY), KEYS) == req
+
+
+def test_unknown_request_flags_are_malformed_even_when_authenticated() -> None:
+    data = encode_request(request(), KEY)
+    body = data[:-16][:-1] + b"\x04"
+    forged = body + hmac.new(KEY, body, hashlib.sha256).digest()[:16]
+    assert rejected(forged) is Reject.MALFORMED

@@ -69,9 +69,14 @@ class WitnessPort(Protocol):
         ttl: float,
         grace: float,
         timeout: float,  # noqa: ASYNC109 - the retransmission schedule is built from it
+        *,
+        alone: bool = False,
+        force: bool = False,
     ) -> WitnessReply | None:
         """Ask the witness; op in {"acquire", "renew", "release", "query"}.
 
+        `alone`: this node serves (or asks to serve) the module without a ready secondary,
+        `force`: the operator forced it primary (see `hakit.wire.witness.Request`).
         None means no valid answer within `timeout` seconds (witness down, unreachable, or
         refusing our datagrams): the caller must then assume it holds nothing beyond the
         deadline it already has.
@@ -202,6 +207,9 @@ class WitnessClient:
         ttl: float,
         grace: float,
         timeout: float,  # noqa: ASYNC109 - the retransmission schedule is built from it
+        *,
+        alone: bool = False,
+        force: bool = False,
     ) -> WitnessReply | None:
         """Send to every address at once, again every timeout/4; the first valid answer wins.
 
@@ -239,7 +247,7 @@ class WitnessClient:
                 now = time.monotonic()
                 if now >= end:
                     break
-                self._send(asked, module, ttl, grace, now, socks, sent)
+                self._send(asked, module, (ttl, grace, alone, force), now, socks, sent)
                 until = end if n == ROUNDS - 1 else min(end, now + timeout / ROUNDS)
                 done, _ = await asyncio.wait({found}, timeout=max(0.0, until - time.monotonic()))
                 if done:
@@ -256,17 +264,27 @@ class WitnessClient:
         self,
         asked: Op,
         module: str,
-        ttl: float,
-        grace: float,
+        terms: tuple[float, float, bool, bool],  # ttl, grace, alone, force
         now: float,
         socks: dict[socket.AddressFamily, socket.socket],
         sent: dict[int, Sent],
     ) -> None:
+        ttl, grace, alone, force = terms
         record = self._memory.send(asked, module, now)
         seq = self._next_seq()
         sent[seq] = record
         req = Request(
-            self.cluster, self.node, module, record.op, ttl, grace, self._boot, seq, time.time()
+            self.cluster,
+            self.node,
+            module,
+            record.op,
+            ttl,
+            grace,
+            self._boot,
+            seq,
+            time.time(),
+            alone,
+            force,
         )
         data = encode_request(req, self._key)
         for host, port in self.addresses:

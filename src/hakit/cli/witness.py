@@ -81,7 +81,9 @@ def _lease_row(module: str, item: dict[str, Any], now: float) -> list[str]:
     waiting = ", ".join(
         f"{n} ({c['waiting_for']:.1f} s)" for n, c in (item.get("contenders") or {}).items()
     )
-    return [module, state, holder or "-", _seconds(remaining), previous, waiting or "-"]
+    latest = item.get("latest")
+    current = f"[magenta]only {latest}[/]" if latest else "all"
+    return [module, state, holder or "-", _seconds(remaining), previous, waiting or "-", current]
 
 
 def render(status: dict[str, Any], console: Console, now: float) -> None:
@@ -97,12 +99,13 @@ def render(status: dict[str, Any], console: Console, now: float) -> None:
     )
     for cluster, c in status["clusters"].items():
         table = Table(title=f"cluster {cluster}", title_justify="left", box=box.SIMPLE_HEAD)
-        for col in ("module", "lease", "holder", "remaining", "previous holder", "waiting"):
+        columns = ("module", "lease", "holder", "remaining", "previous holder", "waiting")
+        for col in (*columns, "current copy"):
             table.add_column(col)
         for module, item in c["leases"].items():
             table.add_row(*_lease_row(module, item, now))
         if not c["leases"]:
-            table.add_row("(no lease asked for yet)", "", "", "", "", "")
+            table.add_row("(no lease asked for yet)", "", "", "", "", "", "")
         console.print(table)
     counters = status["counters"]
     rejected = {k: v for k, v in counters["rejected"].items() if v}

@@ -369,6 +369,13 @@ def unprotected(m: Mirror) -> str:
     return f"not replicated: {why}"
 
 
+def serves_alone(m: Mirror) -> bool:
+    """This node serves, or asks to serve, the application without a ready secondary: told to
+    the witness with each request, so that once it is granted no other node whose copy then
+    falls behind can be given the role (`hakit.core.witness`, "outdated")."""
+    return m.asking or bool(unprotected(m))
+
+
 MAX_PUBLISHED_REASON = 200  # a blocked node's reason in its heartbeat (kept under one MTU)
 
 

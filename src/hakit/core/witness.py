@@ -18,6 +18,16 @@ Safety rests on three facts:
   whose lease has not run out may renew it during the quarantine (the witness cannot check its
   claim, so the client sends `renew` only while its own deadline has not passed).
 
+Leases say who may serve; they do not say whose copy of the data is current. A node that is
+granted the lease while it serves *alone* (its request says so: no ready secondary, or it asks
+to take over) is recorded as the module's `latest`: from then on every other node's copy is
+outdated, and the witness refuses it the lease even after the alone node dies, so that writes
+acknowledged alone are never lost to a takeover by a stale node (DRBD's "outdate-peer" fencing
+does the same through its peers). The mark goes when the latest node is granted again with a
+ready secondary (the copies are the same again), or when the operator forces another node
+(`primforce`, the request's `force`: what the alone node wrote is given up). Marks survive a
+restart of the witness (`restore`, the server keeps them on disk).
+
 Entry points:
 - `admit(arbiter, request, now, wall)`: freshness (replayed, duplicate, old boot, clock skew);
   a rejected request is dropped without an answer and counted;
@@ -128,16 +138,35 @@ class Arbiter:
     quarantine: float
     leases: Mapping[LeaseKey, Lease] = field(default_factory=dict)
     seen: Mapping[NodeKey, Seen] = field(default_factory=dict)
+    latest: Mapping[LeaseKey, str] = field(default_factory=dict)  # the node granted while it
+    # served alone: the only current copy of the module (see the module docstring)
 
     def in_quarantine(self, now: float) -> bool:
         return now < self.started + self.quarantine
 
 
-def new_arbiter(now: float, quarantine: float) -> Arbiter:
-    """A witness that starts (or restarts) at `now`: it knows no lease and no node."""
+def new_arbiter(
+    now: float, quarantine: float, latest: Mapping[LeaseKey, str] | None = None
+) -> Arbiter:
+    """A witness that starts (or restarts) at `now`: it knows no lease and no node, only the
+    `latest` marks it kept on disk."""
     if not quarantine > 0:
         raise ValueError("the quarantine must be positive")
-    return Arbiter(started=now, quarantine=quarantine)
+    return Arbiter(started=now, quarantine=quarantine, latest=dict(latest or {}))
+
+
+def _outdated(arb: Arbiter, req: Request) -> str | None:
+    """Why `req`'s node may not be given the lease: another node served alone since its copy
+    was last current (None: it may)."""
+    latest = arb.latest.get((req.cluster, req.module))
+    if latest is None or latest == req.node or req.force:
+        return None
+    return (
+        f"{latest} served {req.module} without {req.node} and was granted the lease then: "
+        f"the copy on {req.node} is outdated. {req.node} takes over again once it is up to date "
+        f"with {latest}; `hakit primforce {req.module}` on {req.node} accepts losing what "
+        f"{latest} wrote alone"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,6 +418,8 @@ def _contend(arb: Arbiter, lease: Lease, req: Request, now: float) -> tuple[Leas
         return _refuse(lease, req, now, _held_reason(lease, now), log=first_time)
     if arb.in_quarantine(now):
         return _refuse(lease, req, now, _quarantine_reason(arb, now), log=first_time)
+    if (stale := _outdated(arb, req)) is not None:
+        return _refuse(lease, req, now, stale, log=first_time)
     if state is LeaseState.VACANT:
         why = f"no holder since the witness started {_s(now - arb.started)} ago"
     elif prev is not None and state is LeaseState.RELEASED:
@@ -441,7 +472,7 @@ def _renew_unrecorded(
     before the restart (an honest client renews only while its own deadline runs): the lease is
     given back to it. Otherwise it is an acquisition like any other.
     """
-    if arb.in_quarantine(now):
+    if arb.in_quarantine(now) and _outdated(arb, req) is None:
         return _grant(
             lease,
             req,
@@ -592,9 +623,43 @@ def decide(arb: Arbiter, req: Request, now: float) -> tuple[Arbiter, Decision]:
         leases.pop(key, None)
     else:
         leases[key] = new
+    latest = _mark(arb.latest, req, decision)
+    if latest is not arb.latest:
+        text = (
+            f"{req.cluster}/{req.module}: {req.node} serves alone: the copies of the other "
+            "nodes are outdated"
+            if key in latest
+            else f"{req.cluster}/{req.module}: {req.node} has a current secondary again"
+        )
+        marked = Note(req.cluster, req.module, req.node, req.op, "latest", True, text)
+        decision = replace(decision, notes=(*decision.notes, marked))
     if notes:
         decision = replace(decision, notes=notes + decision.notes)
-    return replace(arb, leases=leases), decision
+    return replace(arb, leases=leases, latest=latest), decision
+
+
+def _mark(latest: Mapping[LeaseKey, str], req: Request, d: Decision) -> Mapping[LeaseKey, str]:
+    """The `latest` marks after a decision (the same mapping when nothing changes): a grant to
+    a node serving alone marks it; a grant to the marked node (or a forced one) with a ready
+    secondary clears the mark."""
+    key = (req.cluster, req.module)
+    if not d.granted or req.op not in (Op.ACQUIRE, Op.RENEW):
+        return latest
+    before = latest.get(key)
+    if req.alone:
+        after: str | None = req.node
+    elif before == req.node or req.force:
+        after = None
+    else:
+        after = before
+    if after == before:
+        return latest
+    out = dict(latest)
+    if after is None:
+        out.pop(key, None)
+    else:
+        out[key] = after
+    return out
 
 
 def expire(arb: Arbiter, now: float) -> tuple[Arbiter, tuple[Note, ...]]:
@@ -614,7 +679,8 @@ def expire(arb: Arbiter, now: float) -> tuple[Arbiter, tuple[Note, ...]]:
 def describe(arb: Arbiter, now: float) -> dict[str, dict[str, dict[str, Any]]]:
     """What the witness holds, by cluster and module, as plain data (for `hakit witness state`)."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
-    for (cluster, module), raw in sorted(arb.leases.items()):
+    for cluster, module in sorted({*arb.leases, *arb.latest}):
+        raw = arb.leases.get((cluster, module), Lease())
         lease, _ = _settle(raw, now, (cluster, module))
         state = state_of(lease)
         prev = lease.previous
@@ -636,6 +702,7 @@ def describe(arb: Arbiter, now: float) -> dict[str, dict[str, dict[str, Any]]]:
                 n: {"waiting_for": round(now - c.first, 3), "ttl": c.ttl, "grace": c.grace}
                 for n, c in sorted(lease.contenders.items())
             },
+            "latest": arb.latest.get((cluster, module)),
         }
         out.setdefault(cluster, {})[module] = item
     return out

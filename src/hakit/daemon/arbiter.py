@@ -151,7 +151,16 @@ class Arbitration:
                 await w.request("release", self.module, cfg.ttl, cfg.grace, cfg.ttl / 4)
             return False, "lease released"
         op = "renew" if self.held else "acquire"
-        reply = await w.request(op, self.module, cfg.ttl, cfg.grace, cfg.ttl / 4)
+        m = self.machine()
+        reply = await w.request(
+            op,
+            self.module,
+            cfg.ttl,
+            cfg.grace,
+            cfg.ttl / 4,
+            alone=mm.serves_alone(m),
+            force=m.forced,
+        )
         now = time.monotonic()
         if reply is None:
             if self.held and now < self.deadline:

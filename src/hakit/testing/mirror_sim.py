@@ -8,9 +8,11 @@ node crashes) so tests can check that two nodes never hold it at once.
 
 The network can drop each direction on its own (`cut("node1", "node2")`: node2 no longer hears
 node1). The witness, if any, follows the real lease rules without time: a holder that cannot
-reach it loses its lease, and the lease goes to another node only once the previous holder has
-taken in everything it can know (its view of its peer and the loss of its lease) — the grace
-of the real witness — never by looking at what the holder decided.
+reach it loses its lease (so does a holder that crashes), and the lease goes to another node only
+once the previous holder has taken in everything it can know (its view of its peer and the loss
+of its lease) — the grace of the real witness — never by looking at what the holder decided. A
+node granted while it serves alone is the module's `latest`: the witness refuses the others
+(their copies are outdated) until it is granted with a ready secondary, as the real one does.
 
 Writes (`write`) model the application on the VIP holder: acknowledged when replicated to a
 ready secondary, or when the primary is alone and holds nothing (`Mirror.confirm_after`); held
@@ -63,6 +65,7 @@ class MirrorSim:
         self.nodes = {a: self._fresh(a, b, mm.Data(), True), b: self._fresh(b, a, mm.Data(), True)}
         self.cuts: set[tuple[str, str]] = set()  # (sender, receiver) pairs that are dropped
         self.lapsed: str | None = None  # the holder whose lease ended (its grace runs)
+        self.latest: str | None = None  # granted while serving alone: the others are outdated
         self.acked: set[int] = set()
         self.refused: set[int] = set()
         self._writes = 0
@@ -168,11 +171,17 @@ class MirrorSim:
             if self.holder == node.name:
                 self.holder = None  # released
             granted, detail = False, "released"
+        elif self.holder is None and self.latest not in (None, node.name) and not m.forced:
+            granted, detail = False, f"{self.latest} served alone: this copy is outdated"
         elif self.holder == node.name or (
             self.holder is None and (self.lapsed in (None, node.name) or self._settled(self.lapsed))
         ):
             self.holder, self.lapsed = node.name, None
             granted, detail = True, f"lease held by {node.name}"
+            if mm.serves_alone(m):
+                self.latest = node.name
+            elif self.latest == node.name or m.forced:
+                self.latest = None
         else:
             granted, detail = False, f"lease held by {self.holder or self.lapsed}"
         confirms = granted and m.confirm_after > 0
@@ -207,6 +216,8 @@ class MirrorSim:
         node.queue.clear()
         self.refused.update(node.held)  # the application died waiting: never acknowledged
         node.held.clear()
+        if self.holder == name:  # a dead holder renews nothing: its lease runs out
+            self.holder, self.lapsed = None, name
         self.settle()
 
     def boot(self, name: str, *, start: bool = True) -> None:

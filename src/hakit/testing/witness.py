@@ -82,9 +82,10 @@ class FakeWitness:
             self._cut.discard(node)
 
     def restart(self) -> None:
-        """The witness process restarts: every lease and sequence number is forgotten."""
+        """The witness process restarts: every lease and sequence number is forgotten, not the
+        marks of outdated copies (the real one keeps them on disk)."""
         self.restarts += 1
-        self.state = arbiter.new_arbiter(self.now(), self.quarantine)
+        self.state = arbiter.new_arbiter(self.now(), self.quarantine, self.state.latest)
 
     def _expire(self) -> None:
         self.state, notes = arbiter.expire(self.state, self.now())
@@ -146,6 +147,9 @@ class FakeWitnessClient:
         ttl: float,
         grace: float,
         timeout: float,  # noqa: ASYNC109 - the retransmission schedule is built from it
+        *,
+        alone: bool = False,
+        force: bool = False,
     ) -> WitnessReply | None:
         if self._closed:
             raise RuntimeError("FakeWitnessClient.request after close()")
@@ -157,7 +161,17 @@ class FakeWitnessClient:
         sent = self._memory.send(asked, module, w.now())
         self._seq += 1
         req = Request(
-            self.cluster, self.node, module, sent.op, ttl, grace, self.boot_id, self._seq, w.wall()
+            self.cluster,
+            self.node,
+            module,
+            sent.op,
+            ttl,
+            grace,
+            self.boot_id,
+            self._seq,
+            w.wall(),
+            alone,
+            force,
         )
         decision = w.handle(req)
         if decision is None or not self._memory.trusts(sent, module, w.now()):

@@ -6,6 +6,7 @@ and the witness answers with one datagram (a *reply*). Layout (network byte orde
     magic "HW" | version u8 | kind u8 (1 request, 2 reply)
     cluster len u8 + name | node len u8 + name | module len u8 + name | op u8
     request: ttl f64 | grace f64 | boot id 16 | seq u64 | sent_at f64 (wall clock)
+             flags u8 (bit 0 alone, bit 1 force: see `Request`)
     reply:   boot id 16 | seq u64 (both echoed from the request)
              granted u8 | holder len u8 + name | remaining f64 | reason len u16 + UTF-8
              witness boot id 16
@@ -34,7 +35,7 @@ from enum import StrEnum
 from typing import Any
 
 MAGIC = b"HW"
-VERSION = 1
+VERSION = 2  # 2: the request flags (alone, force)
 KIND_REQUEST = 1
 KIND_REPLY = 2
 MAC_LEN = 16
@@ -45,7 +46,8 @@ MAX_DATAGRAM = 1024  # both kinds fit easily; anything larger is not ours
 KEY_LABEL = b"hakit-witness-v1|"
 
 _HEAD = struct.Struct("!2sBB")
-_REQUEST = struct.Struct("!dd16sQd")
+_REQUEST = struct.Struct("!dd16sQdB")
+FLAG_ALONE, FLAG_FORCE = 1, 2
 _ECHO = struct.Struct("!16sQ")
 _REMAINING = struct.Struct("!d")
 _REASON_LEN = struct.Struct("!H")
@@ -99,6 +101,10 @@ class Request:
     boot: bytes  # the node's boot id (start ns + random): orders the node's lives
     seq: int  # strictly increasing per boot
     sent_at: float  # the node's wall clock at sending
+    alone: bool = False  # the node serves (or asks to serve) the module without a ready
+    # secondary: once granted, every other node's copy is outdated (`core/witness.py`)
+    force: bool = False  # the operator forced this node primary (`primforce`): its copy is
+    # taken as the reference even if another node's was newer
 
     @property
     def boot_start_ns(self) -> int:
@@ -158,7 +164,12 @@ def _head(kind: int, cluster: str, node: str, module: str, op: Op) -> bytes:
 
 def encode_request(req: Request, key: bytes) -> bytes:
     body = _head(KIND_REQUEST, req.cluster, req.node, req.module, req.op) + _REQUEST.pack(
-        req.ttl, req.grace, _boot(req.boot), req.seq, req.sent_at
+        req.ttl,
+        req.grace,
+        _boot(req.boot),
+        req.seq,
+        req.sent_at,
+        (FLAG_ALONE if req.alone else 0) | (FLAG_FORCE if req.force else 0),
     )
     return body + _mac(key, body)
 
@@ -259,9 +270,11 @@ def decode_request(data: bytes, keys: Mapping[str, bytes]) -> Request:
     _authenticate(data, key, cluster)
     # Authenticated from here on: a structural error now is a bug of a node, not an attack.
     node, module, op = r.name("node name"), r.name("module name"), r.op()
-    ttl, grace, boot, seq, sent_at = r.unpack(_REQUEST)
+    ttl, grace, boot, seq, sent_at, flags = r.unpack(_REQUEST)
     if r.pos != len(r.data):
         raise DecodeError(Reject.MALFORMED, f"{len(r.data) - r.pos} unexpected trailing bytes")
+    if flags & ~(FLAG_ALONE | FLAG_FORCE):
+        raise DecodeError(Reject.MALFORMED, f"unknown request flags {flags:#x}")
     return Request(
         cluster,
         node,
@@ -272,6 +285,8 @@ def decode_request(data: bytes, keys: Mapping[str, bytes]) -> Request:
         boot,
         seq,
         _finite(sent_at, "sent_at"),
+        bool(flags & FLAG_ALONE),
+        bool(flags & FLAG_FORCE),
     )
 
 

@@ -9,6 +9,9 @@ but the CPU.
 Files (the `HAKIT_VAR` and `HAKIT_LOG` roots of `hakit.paths`):
 - `$HAKIT_VAR/witness/state.json`: what the witness holds, rewritten atomically at each change
   and at least every 2 s; removed on a clean stop. `hakit witness state` reads it.
+- `$HAKIT_VAR/witness/latest.json`: which node served each module alone (the other nodes'
+  copies are outdated, see `hakit.core.witness`), written durably *before* the grant that
+  records it is sent, and read at start: a restart never forgets it.
 - `$HAKIT_VAR/witness/witness.lock`: one witness per machine (flock, holds the PID).
 - `$HAKIT_LOG/witness.jsonl`: one JSON object per grant, release, expiry or refusal (and per
   start and stop), with the same sentence as on stderr (the journal under systemd).
@@ -28,7 +31,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO, cast
@@ -66,6 +69,32 @@ def state_dir(paths: Paths) -> Path:
 
 def state_path(paths: Paths) -> Path:
     return state_dir(paths) / "state.json"
+
+
+def latest_path(paths: Paths) -> Path:
+    return state_dir(paths) / "latest.json"
+
+
+def load_latest(path: Path) -> dict[tuple[str, str], str]:
+    """The `latest` marks kept in `path` ({} if it does not exist); `StateFileError` naming the
+    file when it cannot be read or is not what the witness wrote."""
+    raw = read_json(path)
+    if raw is None:
+        return {}
+    entries = raw.get("latest") if isinstance(raw, dict) else None
+    if not isinstance(entries, list) or not all(
+        isinstance(e, list) and len(e) == 3 and all(isinstance(x, str) for x in e) for e in entries
+    ):
+        raise StateFileError(
+            f'{path}: not a witness marks file (expected {{"latest": [[cluster, module, '
+            "node], ...]}}); restore it or remove it (the witness then forgets which copies "
+            "are outdated)"
+        )
+    return {(c, m): n for c, m, n in entries}
+
+
+def save_latest(path: Path, latest: Mapping[tuple[str, str], str]) -> None:
+    write_json(path, {"latest": [[c, m, n] for (c, m), n in sorted(latest.items())]})
 
 
 def log_path(paths: Paths) -> Path:
@@ -219,9 +248,11 @@ class WitnessServer:
     keys: dict[str, bytes] = field(init=False)
     _last_reject_log: dict[str, float] = field(default_factory=dict)
     _last_refused_log: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    latest_file: Path | None = None  # where the `latest` marks are kept (None: memory only)
 
     def __post_init__(self) -> None:
-        self.state = arbiter.new_arbiter(self.now, self.config.config.quarantine)
+        kept = load_latest(self.latest_file) if self.latest_file is not None else {}
+        self.state = arbiter.new_arbiter(self.now, self.config.config.quarantine, kept)
         self.keys = {c: derive_key(s, c) for c, s in self.config.secrets.items()}
 
     # -- the log --------------------------------------------------------------------------
@@ -294,11 +325,19 @@ class WitnessServer:
             self._reject(rejection.reason, rejection.detail, addr, now)
             return
         try:
-            self.state, decision = arbiter.decide(self.state, req, now)
+            new, decision = arbiter.decide(self.state, req, now)
         except arbiter.UnexpectedRequest as e:  # a bug: loud, and no answer rather than a guess
             self.counters["internal_errors"] += 1
             self.say(f"internal error, request not answered: {e}", "error", "ERROR")
             return
+        if new.latest != self.state.latest and self.latest_file is not None:
+            try:  # durably before the grant that relies on it (rare: a change of mark)
+                save_latest(self.latest_file, new.latest)
+            except StateFileError as e:
+                self.counters["internal_errors"] += 1
+                self.say(f"request not answered: {e}", "error", "ERROR")
+                return
+        self.state = new
         reply = Reply(
             req.cluster,
             req.node,
@@ -371,7 +410,7 @@ class WitnessServer:
 async def serve(config: WitnessFile, paths: Paths, log: WitnessLog, stop: asyncio.Event) -> None:
     """Run the witness until `stop` is set."""
     cfg = config.config
-    server = WitnessServer(config, log)
+    server = WitnessServer(config, log, latest_file=latest_path(paths))
     loop = asyncio.get_running_loop()
     socks = [open_socket(str(a), cfg.port) for a in cfg.listen]
     transports: list[asyncio.DatagramTransport] = []
