@@ -23,6 +23,7 @@ LAYERS = {
     "daemon": 3,
     "lab": 3,
     "witness": 3,
+    "tls": 2,
     "api": 4,
     "cli": 5,
     "tools": 5,
