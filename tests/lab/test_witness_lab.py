@@ -302,15 +302,18 @@ while time.monotonic() < end and not os.path.exists(stop):
 
 class Writer:
     """An application on node1 appending fsync'd records to the replicated directory; it
-    notes each record whose fsync returned (its acknowledgement) in node1's own /root."""
+    notes each record whose fsync returned (its acknowledgement) in node1's own /srv (the
+    lab's files of that node, not replicated; /root is the host's, shared by every lab)."""
 
     def __init__(self, m: Module, node: str = "node1") -> None:
         self.m, self.node = m, node
-        self.acked = f"/root/{m.name}-acked"
-        self.stop = f"/root/{m.name}-stop"
-        script = m.lab.host_path(node, f"/root/{m.name}-writer.py")
+        self.acked = f"/srv/{m.name}-acked"
+        self.stop = f"/srv/{m.name}-stop"
+        for left in (self.acked, self.stop):  # from an earlier run of this lab
+            m.lab.host_path(node, left).unlink(missing_ok=True)
+        script = m.lab.host_path(node, f"/srv/{m.name}-writer.py")
         script.write_text(WRITER)
-        argv = ["python3", f"/root/{m.name}-writer.py", f"{m.root}/data/log", self.acked, self.stop]
+        argv = ["python3", f"/srv/{m.name}-writer.py", f"{m.root}/data/log", self.acked, self.stop]
         self.pid = m.lab.spawn(node, argv)
         wait_until(lambda: len(self.lines()) > 20, 20, "the writer writing")
 
@@ -361,6 +364,38 @@ def test_an_isolated_primary_loses_no_acknowledged_write(replicated: Module) -> 
     missing = acked - _records(m, "node2")
     assert not missing, f"{len(missing)} acknowledged records missing on node2: {sorted(missing)}"
     assert "held writes refused" in m.log("node1")
+
+
+def test_writes_acknowledged_alone_survive_a_later_power_cut_of_that_primary(
+    replicated: Module,
+) -> None:
+    """A, as a double failure: the link between the nodes breaks, the witness confirms node1,
+    which acknowledges records alone; then node1 loses power. node2's copy lacks them: the
+    witness refuses it the role (outdated copy) rather than letting it serve without them. Once
+    node1 is back, node2 resynchronises from it and has every acknowledged record."""
+    m = replicated
+    w = Writer(m)
+    try:
+        m.lab.cut("node1", "node2")
+        m.wait("node1", "ALONE ready", 15)
+        alone = len(w.acknowledged())
+        wait_until(lambda: len(w.acknowledged()) > alone + 20, 20, "records acknowledged alone")
+        m.lab.poweroff("node1")
+    finally:
+        w.finish()
+    acked = w.acknowledged()
+    assert acked - _records(m, "node2"), "node2 already had every record: nothing was tested"
+    wait_until(
+        lambda: "the copy on node2 is outdated" in str(m.state("node2")["modules"][m.name]),
+        30,
+        "node2 refused by the witness: its copy is outdated",
+    )
+    assert m.me("node2") == "SECOND transient"
+    m.lab.heal("node1", "node2")
+    m.lab.poweron("node1")
+    m.pair("PRIM ready", "SECOND ready", 60)
+    missing = acked - _records(m, "node2")
+    assert not missing, f"{len(missing)} acknowledged records missing on node2"
 
 
 ONE_WAY = (

@@ -750,3 +750,11 @@ def test_writes_acknowledged_alone_are_not_lost_when_that_primary_dies_later() -
     sim.crash("node1")
     sim.settle()
     assert not sim.lost_writes(), sim.states()
+    assert sim.state("node2") == "SECOND transient"
+    # node1 comes back once the link is repaired: it has the newer copy. node2 must not sit in
+    # its refused takeover (node1 would wait for it "to settle" for ever): it leaves the
+    # secondary side, node1 becomes primary and node2 resynchronises from it.
+    sim.set_partition(False)
+    sim.boot("node1")
+    assert sim.states() == ("PRIM ready", "SECOND ready"), sim.log("node2")[-5:]
+    assert not sim.lost_writes()

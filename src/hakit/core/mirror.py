@@ -428,6 +428,16 @@ def _peer_second(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
         )
     if m2.peer.primary:
         return replace(m2, asking=False), ()
+    if m2.peer.present and compare(m2.data, m2.peer.data) is Cmp.OLDER:
+        # The peer went on without us (e.g. alone, then a restart) and is back, not primary:
+        # this copy lacks its changes, so no takeover; the peer waits for a settled secondary.
+        return _start_op(
+            m2,
+            Phase.LEAVING,
+            now,
+            f"{_name(m)}: {m.peer_name} is back with newer data ({m2.peer.data.label()} vs "
+            f"{m.data.label()}); leaving the secondary side to wait for it and resynchronise",
+        )
     return _secondary_alone(m2, now, fresh_id, ev)
 
 
