@@ -14,6 +14,7 @@ from rich.console import Console
 from hakit import __version__
 from hakit.cli import modules
 from hakit.cli.lab import lab
+from hakit.cli.params import MODULE
 from hakit.cli.replication import verify
 from hakit.cli.witness import witness
 from hakit.errors import ConfigError, HakitError
@@ -43,7 +44,7 @@ def daemon(node: str | None) -> None:
 
 
 @cli.command()
-@click.argument("module", required=False)
+@click.argument("module", required=False, type=MODULE)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (stable contract).")
 @click.option("--node", metavar="NODE", help="Ask the daemon of NODE instead of this node's.")
 def state(module: str | None, as_json: bool, node: str | None) -> None:
@@ -181,9 +182,10 @@ cli.add_command(witness)
 modules.register(cli)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """The `hakit` command: every error a message and an exit status, never a traceback."""
     try:
-        cli.main(standalone_mode=False)
+        cli.main(args=argv, prog_name="hakit", standalone_mode=False)
     except click.exceptions.Abort:
         err_console.print("aborted")
         sys.exit(130)

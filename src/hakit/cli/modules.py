@@ -13,6 +13,7 @@ import click
 from rich.console import Console
 
 from hakit.cli.client import DaemonClient, RemoteClient, client_for
+from hakit.cli.params import CHECKER, MODULE
 from hakit.config.clashes import refuse_clashes
 from hakit.config.load import load_cluster
 from hakit.config.module import MODULE_FILE, FarmModule, load_module
@@ -150,7 +151,7 @@ def module_install(source: Path, name: str | None, force: bool, all_nodes: bool)
 
 
 @module_group.command("uninstall")
-@click.argument("module")
+@click.argument("module", type=MODULE)
 @click.option("--all", "all_nodes", is_flag=True, help="Uninstall from every node.")
 def module_uninstall(module: str, all_nodes: bool) -> None:
     """Remove an installed module (it must be stopped); its state is kept for a reinstall."""
@@ -210,7 +211,7 @@ def module_list(as_json: bool) -> None:
 
 
 @module_group.command("check")
-@click.argument("module")
+@click.argument("module")  # a name or a folder
 def module_check(module: str) -> None:
     """Validate an installed module (by name) or a module folder, without starting anything."""
     paths = Paths.from_env()
@@ -247,7 +248,7 @@ def module_package(folder: Path, output: Path | None) -> None:
 
 def _control(command: str, doc: str) -> click.Command:
     @click.command(command, help=doc)
-    @click.argument("module")
+    @click.argument("module", type=MODULE)
     @node_option
     @all_option
     def cmd(module: str, node: str | None, all_nodes: bool) -> None:
@@ -273,7 +274,7 @@ CONTROL = {
 
 @click.command("failover")
 @click.argument("mode", type=click.Choice(["on", "off"]))
-@click.argument("module")
+@click.argument("module", type=MODULE)
 @node_option
 @all_option
 def failover(mode: str, module: str, node: str | None, all_nodes: bool) -> None:
@@ -286,8 +287,8 @@ def failover(mode: str, module: str, node: str | None, all_nodes: bool) -> None:
 
 @click.command("checker")
 @click.argument("switch", type=click.Choice(["on", "off"]))
-@click.argument("module")
-@click.argument("checker", required=False)
+@click.argument("module", type=MODULE)
+@click.argument("checker", required=False, type=CHECKER)
 @node_option
 @all_option
 def checker(
@@ -303,7 +304,7 @@ def checker(
 
 
 @click.command("wait")
-@click.argument("module")
+@click.argument("module", type=MODULE)
 @click.argument("state", type=click.Choice(STATES, case_sensitive=False))
 @click.option("--timeout", type=float, default=60.0, show_default=True)
 @node_option
@@ -362,7 +363,7 @@ def _print_event(ev: dict[str, Any]) -> None:
 
 
 @click.command("log")
-@click.argument("module")
+@click.argument("module", type=MODULE)
 @click.option("-n", "--lines", type=int, default=50, show_default=True)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new entries.")
 @node_option
@@ -381,6 +382,8 @@ def log_cmd(module: str, lines: int, follow: bool, node: str | None) -> None:
             out.print(f"no timeline entries for {module} in {paths.events_log}")
         return
     path = paths.events_log
+    while not path.exists():  # like `tail -F`: the daemon creates it when it starts
+        time.sleep(0.5)
     with path.open(encoding="utf-8") as f:
         f.seek(0, 2)
         while True:

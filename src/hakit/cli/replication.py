@@ -17,6 +17,7 @@ from rich.progress import (
 )
 
 from hakit.cli.client import client_for
+from hakit.cli.params import MODULE
 from hakit.errors import HakitError
 from hakit.paths import Paths
 
@@ -83,7 +84,7 @@ class ProgressBar:
 
 
 @click.command("verify")
-@click.argument("module")
+@click.argument("module", type=MODULE)
 @click.option("--node", metavar="NODE", help="Ask NODE (default: the module's primary).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def verify(module: str, node: str | None, as_json: bool) -> None:
