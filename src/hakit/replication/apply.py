@@ -92,7 +92,11 @@ def parent_of(roots: list[int], path: bytes) -> Iterator[tuple[int, bytes]]:
 
 
 class Applier:
-    """Applies operations below `roots` (open directories, by index; not closed here)."""
+    """Applies operations below `roots` (open directories, by index; not closed here).
+
+    Not thread-safe: `apply` and `forget` belong to one thread at a time, the secondary's
+    current session (its cached descriptors are closed by that session only); only
+    `make_durable` runs beside it, on descriptors of its own."""
 
     def __init__(self, roots: list[int]) -> None:
         self.roots = roots
@@ -138,9 +142,9 @@ class Applier:
 
     def forget(self) -> None:
         """Close the cached descriptors (names changed, or the replica is released)."""
-        for fd in self._fds.values():
+        fds, self._fds = self._fds, {}
+        for fd in fds.values():
             os.close(fd)
-        self._fds.clear()
 
     def _cached(self, path: bytes) -> int:
         fd = self._fds.get(path)
