@@ -75,10 +75,13 @@ def parent_of(roots: list[int], path: bytes) -> Iterator[tuple[int, bytes]]:
 
     The descriptor is valid inside the `with` block only."""
     parts = _components(path)
-    try:
-        root = roots[int(parts[0])]
-    except (ValueError, IndexError):
-        raise PathRefused(E.EINVAL, f"no replicated directory for {path!r}") from None
+    index = parts[0]
+    # decimal digits only, no sign or leading zero: `-1` is not the last directory
+    if not (index.isdigit() and (index == b"0" or not index.startswith(b"0"))):
+        raise PathRefused(E.EPROTO, f"bad directory index in {path!r}")
+    if int(index) >= len(roots):
+        raise PathRefused(E.EPROTO, f"no replicated directory {int(index)} for {path!r}")
+    root = roots[int(index)]
     fd = os.dup(root)
     parts = [b"."] if len(parts) == 1 else parts[1:]  # `INDEX` alone: the directory itself
     try:
