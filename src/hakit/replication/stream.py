@@ -85,12 +85,21 @@ class TlsStream:
         socket's timeout says (nothing is lost: what arrived stays buffered)."""
         while True:
             with self._lock:
-                try:
-                    return self._tls.read(n)
-                except ssl.SSLWantReadError:
-                    if self._eof:
-                        return b""
-                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                chunks, got, ended = [], 0, False
+                while got < n:  # every record already received, not one (16 KiB) per call
+                    try:
+                        data = self._tls.read(n - got)
+                    except ssl.SSLWantReadError:
+                        ended = self._eof
+                        break
+                    except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                        ended = True
+                        break
+                    chunks.append(data)
+                    got += len(data)
+                if chunks:
+                    return b"".join(chunks)
+                if ended:
                     return b""
             raw = self.sock.recv(RECV)
             with self._lock:
