@@ -23,7 +23,15 @@ with are all under /tmp/hkbench-repl-PID/, on the same disk. Four measurements:
    resynchronised from the primary's tracking; also with database-like 8 KiB pieces, without
    usable tracking (full checksum compare), and after the primary's replication process was
    killed (SIGKILL) while alone and restarted. Bytes sent as % of the data set (target: <= 3 %)
-   and time as % of the full copy (target: <= 10 %).
+   and time as % of the full copy (target: <= 10 %);
+5. **channel, TLS vs plain**: the cost of the channel's mutual TLS 1.3 on the same frames, side
+   by side: the product's channel (the secondary's listener, TLS, a real replica directory)
+   and, as a baseline kept only here, the same Sender/Receiver over plain TCP (what the
+   channel was before issue 12). Both ends run in this process (threads): 64 KiB writes
+   pipelined (MB/s), 4 KiB writes one at a time (round trip, p50 us); CPU seconds of both ends
+   per GB and RSS growth; ratios TLS / plain.
+
+The replicated figures of 1.-4. go over TLS (the product has no plain channel).
 
 Configurations alternate (the order rotates every round) and every figure is the median of
 several rounds: this machine is shared and has 2 cores. After every replicated run, both
@@ -57,6 +65,7 @@ import stat
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -64,7 +73,13 @@ from typing import Any
 
 from _common import MeasureError, result_header, run_and_record, stats
 
+from hakit.replication.apply import Applier
+from hakit.replication.channel import Mode, Receiver, Sender, hello, read_hello
+from hakit.replication.listener import Listener
+from hakit.replication.stream import TlsStream
 from hakit.testing.replication import ReplicatorProcess
+from hakit.tls import client_context, identity, server_context
+from hakit.wire.replication import Kind, Op
 
 MiB = 1024 * 1024
 GEN = "g1"  # the data generation the primary gives its secondary after every synchronisation
@@ -77,7 +92,7 @@ LAT_WARMUP = 50  # write+fsync operations before the measured ones
 SUM_BLOCK = 64 * 1024  # the resynchronisation compares and sends blocks of this size
 PG_BIN = "/usr/lib/postgresql/15/bin"
 PG_USER = "postgres"
-PARTS = ("throughput", "latency", "pgbench", "resync")
+PARTS = ("throughput", "latency", "pgbench", "resync", "channel")
 TARGETS = {
     "throughput_pct_of_direct": 50.0,
     "latency_p50_ratio": 3.0,
@@ -1052,6 +1067,8 @@ def print_report(result: dict[str, Any]) -> None:
         report_pgbench(s["pgbench"], st)
     if "resync" in s:
         report_resync(s["resync"], st)
+    if "channel" in s:
+        report_channel(s["channel"], st)
 
 
 def report_throughput(t: dict[str, Any], st: dict[str, Any]) -> None:
@@ -1194,6 +1211,170 @@ def report_resync(rs: dict[str, Any], st: dict[str, Any]) -> None:
         )
 
 
+# -- 5. the channel: TLS vs plain TCP on the same frames -------------------------------------------
+
+CHANNEL_SECRET = b"bench" * 8
+CHANNEL_WINDOW = 32  # 64 KiB writes in flight
+
+
+class Channel:
+    """A Sender and a Receiver applying to a real directory, over TLS (the product) or plain
+    TCP (the baseline, only here)."""
+
+    def __init__(self, root: Path, tls: bool) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        self.receiver = Receiver("bench", Applier([self.fd]), Mode.SYNC)
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+        primary = identity(CHANNEL_SECRET, "bench", "node1")
+        if tls:
+            self.listener: Listener | None = Listener(
+                (HOST, 0),
+                server_context(identity(CHANNEL_SECRET, "bench", "node2")),
+                "bench",
+                "node1",
+                [HOST],
+                self._session,
+                lambda peer, why, n: say(f"  channel: refused {peer}: {why}"),
+            )
+            self._start(self.listener.serve, self.stop)
+            ctx = client_context(primary)
+            name = primary.server_name("node2")
+            self.sender = Sender.connect(HOST, self.listener.port, "bench", ctx, name, 10.0)
+            return
+        self.listener = None
+        self.server = socket.create_server((HOST, 0))
+        self._start(self._plain)
+        sock = socket.create_connection(self.server.getsockname()[:2], timeout=10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(hello("bench"))
+        if sock.recv(2) != b"Y\x00":
+            raise MeasureError("plain channel: no welcome")
+        self.sender = Sender(sock, 10.0)
+        self._start(self.sender._read)
+
+    def _start(self, target: Callable[..., None], *args: Any) -> None:
+        t = threading.Thread(target=target, args=args, daemon=True)
+        t.start()
+        self.threads.append(t)
+
+    def _session(self, conn: TlsStream, peer: str, module: str) -> None:
+        if self.receiver.welcome(conn, module):
+            self.receiver.serve(conn, self.stop)
+
+    def _plain(self) -> None:
+        conn, _ = self.server.accept()
+        with conn:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            module = read_hello(conn, time.monotonic() + 10)
+            if self.receiver.welcome(conn, module):
+                self.receiver.serve(conn, self.stop)
+
+    def close(self) -> None:
+        self.sender.close("benchmark over")
+        self.stop.set()
+        if self.listener is not None:
+            self.listener.close()
+        else:
+            self.server.close()
+        for t in self.threads:
+            t.join(15)
+        self.receiver.applier.forget()
+        os.close(self.fd)
+
+
+def _rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def channel_run(root: Path, tls: bool, mib: int, small_ops: int) -> dict[str, Any]:
+    rss0 = _rss_kib()
+    ch = Channel(root, tls)
+    try:
+        s = ch.sender
+        if s.send(Op(Kind.CREATE, 0, (0o644, -1, -1), (b"0/big",))) != 0:
+            raise MeasureError("channel: CREATE failed on the replica")
+        block = os.urandom(64 * 1024)
+        n = mib * 16
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        window: list[int] = []
+        for i in range(n):
+            window.append(s.submit(Op(Kind.WRITE, 0, (i * len(block),), (b"0/big", block))))
+            if len(window) >= CHANNEL_WINDOW and s.wait(window.pop(0)).ints[0]:
+                raise MeasureError("channel: a write failed on the replica")
+        for q in window:
+            s.wait(q)
+        secs, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        small = os.urandom(4096)
+        lat: list[float] = []
+        for i in range(small_ops):
+            t = time.perf_counter()
+            s.send(Op(Kind.WRITE, 0, (i * 4096,), (b"0/big", small)))
+            lat.append((time.perf_counter() - t) * 1e6)
+        lat.sort()
+        return {
+            "tls": tls,
+            "stream_mb_per_s": n * len(block) / secs / 1e6,
+            "cpu_s_per_gb": cpu / (n * len(block) / 1e9),
+            "small_p50_us": percentile(lat, 50),
+            "small_p99_us": percentile(lat, 99),
+            "rss_growth_mib": (_rss_kib() - rss0) / 1024,
+        }
+    finally:
+        ch.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def part_channel(bench: Bench, args: argparse.Namespace, result: dict[str, Any]) -> None:
+    mib = max(16, args.size_mib // 4)
+    small_ops = args.lat_ops * 2
+    say(f"5. channel: TLS vs plain TCP, {mib} MiB in 64 KiB writes, {small_ops} 4 KiB writes")
+    samples: list[dict[str, Any]] = []
+    for r in range(args.rounds):
+        for config in rotated(["tls", "plain"], r):
+            sample = channel_run(bench.root / f"channel-{config}", config == "tls", mib, small_ops)
+            sample["round"] = r
+            samples.append(sample)
+            say(
+                f"  round {r + 1} {config:5}: {sample['stream_mb_per_s']:7.0f} MB/s, "
+                f"{sample['cpu_s_per_gb']:5.2f} CPU s/GB, "
+                f"4 KiB p50 {sample['small_p50_us']:5.0f} us"
+            )
+    result["samples"]["channel"] = samples
+    summary: dict[str, Any] = {"mib": mib, "small_ops": small_ops}
+    keys = ("stream_mb_per_s", "cpu_s_per_gb", "small_p50_us", "small_p99_us", "rss_growth_mib")
+    for config in ("tls", "plain"):
+        mine = [x for x in samples if x["tls"] == (config == "tls")]
+        summary[config] = {k: stats([x[k] for x in mine]) for k in keys}
+    for k in keys:
+        plain = summary["plain"][k]["median"]
+        summary[f"{k}_ratio"] = summary["tls"][k]["median"] / plain if plain else None
+    result["summary"]["channel"] = summary
+
+
+def report_channel(c: dict[str, Any], st: dict[str, Any]) -> None:
+    say(
+        f"\n5. Channel: mutual TLS 1.3 vs plain TCP (baseline, bench only), same frames; "
+        f"{c['mib']} MiB in 64 KiB writes ({CHANNEL_WINDOW} in flight), {c['small_ops']} "
+        "4 KiB writes one at a time; both ends in this process"
+    )
+    say(f"  {'':28} {'TLS':>9} {'plain':>9} {'TLS/plain':>10}")
+    for key, label, fmt in (
+        ("stream_mb_per_s", "64 KiB stream, MB/s", "{:9.0f}"),
+        ("cpu_s_per_gb", "CPU s per GB (both ends)", "{:9.2f}"),
+        ("small_p50_us", "4 KiB round trip p50, us", "{:9.0f}"),
+        ("small_p99_us", "4 KiB round trip p99, us", "{:9.0f}"),
+        ("rss_growth_mib", "RSS growth, MiB", "{:9.1f}"),
+    ):
+        tls, plain, ratio = c["tls"][key]["median"], c["plain"][key]["median"], c[f"{key}_ratio"]
+        ratio_text = f"{ratio:9.2f}x" if ratio is not None else "        -"
+        say(f"  {label:28} {fmt.format(tls)} {fmt.format(plain)} {ratio_text}")
+
+
 # -- main ------------------------------------------------------------------------------------------
 
 
@@ -1208,6 +1389,7 @@ def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
         "latency": part_latency,
         "pgbench": part_pgbench,
         "resync": part_resync,
+        "channel": part_channel,
     }
     try:
         bench.port = free_port(bench.ports)

@@ -136,13 +136,19 @@ def test_set_xattrs_makes_the_exact_set(replica: tuple[Applier, Path]) -> None:
     assert os.getxattr(root / "f", "user.a") == b"A"
 
 
-def test_an_unknown_directory_index_is_refused(tmp_path: Path) -> None:
-    root = tmp_path / "r"
-    root.mkdir()
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+@pytest.mark.parametrize("index", [b"1", b"zz", b"-1", b"-0", b"+0", b"00", b" 0", b"\xd9\xa0"])
+def test_an_unknown_directory_index_is_refused(tmp_path: Path, index: bytes) -> None:
+    """`-1/x` once resolved to the last replicated directory (issue 12, finding 6)."""
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    fds = []
+    for d in dirs:
+        d.mkdir()
+        (d / "x").write_text("kept")
+        fds.append(os.open(d, os.O_RDONLY | os.O_DIRECTORY))
     try:
-        a = Applier([fd])
-        assert a.apply(Op(Kind.UNLINK, 1, (), (b"1/x",))) == errno.EINVAL
-        assert a.apply(Op(Kind.UNLINK, 2, (), (b"zz/x",))) == errno.EINVAL
+        a = Applier(fds[:1] if index == b"1" else fds)
+        assert a.apply(Op(Kind.UNLINK, 1, (), (index + b"/x",))) == errno.EPROTO
+        assert all((d / "x").read_text() == "kept" for d in dirs)
     finally:
-        os.close(fd)
+        for fd in fds:
+            os.close(fd)

@@ -1,10 +1,9 @@
-"""The replication channel on loopback: authenticated, ordered, acknowledged per mode."""
+"""The replication channel on loopback, over mutual TLS: ordered, acknowledged per mode."""
 
 from __future__ import annotations
 
 import errno
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,10 +13,43 @@ from pathlib import Path
 import pytest
 
 from hakit.replication.apply import Applier
-from hakit.replication.channel import ChannelError, Mode, Receiver, Sender, channel_key
+from hakit.replication.channel import ChannelError, Mode, Receiver, Sender
+from hakit.replication.listener import Listener
+from hakit.replication.stream import TlsStream
+from hakit.tls import client_context, identity, server_context
 from hakit.wire.replication import Kind, Op
 
-KEY = channel_key(b"s" * 32, "demo")
+SECRET = b"s" * 32
+PRIMARY = identity(SECRET, "demo", "node1")
+SECONDARY = identity(SECRET, "demo", "node2")
+
+
+def connect(port: int, ack_timeout: float = 1.0) -> Sender:
+    ctx = client_context(PRIMARY)
+    return Sender.connect("127.0.0.1", port, "web", ctx, PRIMARY.server_name("node2"), ack_timeout)
+
+
+@contextmanager
+def listening(session: Callable[[TlsStream, str, str], None]) -> Iterator[int]:
+    """node2's replication port, accepting node1 from loopback; its port."""
+    listener = Listener(
+        ("127.0.0.1", 0),
+        server_context(SECONDARY),
+        "demo",
+        "node1",
+        ["127.0.0.1"],
+        session,
+        lambda peer, why, n: None,
+    )
+    stop = threading.Event()
+    t = threading.Thread(target=listener.serve, args=(stop,), daemon=True)
+    t.start()
+    try:
+        yield listener.port
+    finally:
+        stop.set()
+        listener.close()
+        t.join(10)
 
 
 @contextmanager
@@ -27,25 +59,18 @@ def replica(
     root = tmp_path / "replica"
     root.mkdir(exist_ok=True)
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    receiver = Receiver("web", KEY, Applier([fd]), mode, **kw)  # type: ignore[arg-type]
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
+    receiver = Receiver("web", Applier([fd]), mode, **kw)  # type: ignore[arg-type]
     stop = threading.Event()
 
-    def serve() -> None:
-        conn, _ = listener.accept()
-        with conn:
-            if receiver.handshake(conn):
-                receiver.serve(conn, stop)
+    def session(conn: TlsStream, peer: str, module: str) -> None:
+        if receiver.welcome(conn, module):
+            receiver.serve(conn, stop)
 
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
     try:
-        yield receiver, port, root
+        with listening(session) as port:
+            yield receiver, port, root
+            stop.set()
     finally:
-        stop.set()
-        t.join(5)
-        listener.close()
         receiver.applier.forget()
         os.close(fd)
 
@@ -60,7 +85,7 @@ def until(cond: Callable[[], bool], limit: float = 5.0) -> None:
 @pytest.mark.parametrize("mode", list(Mode))
 def test_operations_are_applied_in_order_and_acknowledged(tmp_path: Path, mode: Mode) -> None:
     with replica(tmp_path, mode) as (r, port, root):
-        s = Sender.connect("127.0.0.1", port, "web", KEY, ack_timeout=2.0)
+        s = connect(port, ack_timeout=2.0)
         assert s.send(Op(Kind.CREATE, 0, (0o644, -1, -1), (b"0/f",))) == 0
         # pipelined: 200 writes in flight at once, applied in sequence order
         seqs = [
@@ -80,7 +105,7 @@ def test_operations_are_applied_in_order_and_acknowledged(tmp_path: Path, mode: 
 def test_a_failed_operation_reports_its_errno_in_sync_mode(tmp_path: Path) -> None:
     errors: list[tuple[Op, int]] = []
     with replica(tmp_path, on_error=lambda op, err: errors.append((op, err))) as (_r, port, _):
-        s = Sender.connect("127.0.0.1", port, "web", KEY, ack_timeout=2.0)
+        s = connect(port, ack_timeout=2.0)
         assert s.send(Op(Kind.UNLINK, 0, (), (b"0/missing",))) == errno.ENOENT
         s.close()
     assert errors[0][1] == errno.ENOENT
@@ -89,7 +114,7 @@ def test_a_failed_operation_reports_its_errno_in_sync_mode(tmp_path: Path) -> No
 def test_semi_mode_acknowledges_before_applying_and_reports_errors_aside(tmp_path: Path) -> None:
     late: list[tuple[bytes, int]] = []
     with replica(tmp_path, Mode.SEMI) as (_r, port, _):
-        s = Sender.connect("127.0.0.1", port, "web", KEY, ack_timeout=2.0)
+        s = connect(port, ack_timeout=2.0)
         s.on_late_error = lambda op, err: late.append((op.path, err))
         assert s.send(Op(Kind.UNLINK, 0, (), (b"0/missing",))) == 0
         until(lambda: bool(late))
@@ -106,7 +131,7 @@ def test_queries_are_answered_beside_the_stream(tmp_path: Path) -> None:
         return Op(Kind.LISTING, op.seq, (0,), (b"listing",))
 
     with replica(tmp_path, answer=slow_answer) as (_r, port, root):
-        s = Sender.connect("127.0.0.1", port, "web", KEY, ack_timeout=0.3)
+        s = connect(port, ack_timeout=0.3)
         q = s.submit(Op(Kind.LIST, 0))
         # writes sent after the query are acknowledged while it is computed
         assert s.send(Op(Kind.CREATE, 0, (0o644, -1, -1), (b"0/g",))) == 0
@@ -119,44 +144,26 @@ def test_queries_are_answered_beside_the_stream(tmp_path: Path) -> None:
     assert (root / "g").exists()
 
 
-def test_wrong_secret_is_refused(tmp_path: Path) -> None:
-    with (
-        replica(tmp_path) as (_r, port, _),
-        pytest.raises(ChannelError, match="refused module 'web'"),
-    ):
-        Sender.connect("127.0.0.1", port, "web", channel_key(b"x" * 32, "demo"))
-
-
 def test_an_unclean_replica_says_so_in_the_handshake(tmp_path: Path) -> None:
     with replica(tmp_path, unclean=True) as (_r, port, _):
-        s = Sender.connect("127.0.0.1", port, "web", KEY)
+        s = connect(port)
         assert s.unclean_peer
         s.close()
 
 
 def test_a_silent_replica_fails_pending_writes_within_the_timeout() -> None:
     """A replica that authenticates, then never acknowledges (hung, or cut off)."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
     ended = threading.Event()
 
-    def mute() -> None:
-        conn, _ = listener.accept()
-        with conn:
-            conn.sendall(b"c" * 32)
-            n = conn.recv(1)[0]
-            got = b""
-            while len(got) < n + 32:
-                got += conn.recv(n + 32 - len(got))
-            conn.sendall(b"Y\x00")
-            while conn.recv(1 << 16):
-                pass  # reads everything, answers nothing
+    def mute(conn: TlsStream, peer: str, module: str) -> None:
+        conn.sendall(b"Y\x00")
+        while conn.recv(1 << 16):
+            pass  # reads everything, answers nothing
         ended.set()
 
-    threading.Thread(target=mute, daemon=True).start()
     broken: list[tuple[str, list[Op]]] = []
-    try:
-        s = Sender.connect("127.0.0.1", port, "web", KEY, ack_timeout=0.3)
+    with listening(mute) as port:
+        s = connect(port, ack_timeout=0.3)
         s.on_broken = lambda why, pending: broken.append((why, pending))
         t0 = time.monotonic()
         with pytest.raises(ChannelError, match=r"no acknowledgement within 0\.3 s"):
@@ -165,8 +172,6 @@ def test_a_silent_replica_fails_pending_writes_within_the_timeout() -> None:
         with pytest.raises(ChannelError):  # and it stays broken
             s.send(Op(Kind.WRITE, 0, (0,), (b"0/f", b"y")))
         assert ended.wait(5)  # the replica saw the primary give up
-    finally:
-        listener.close()
     assert elapsed < 1.0
     until(lambda: bool(broken))  # reported from another thread (never under the order lock)
     assert broken[0][1][0].blobs[1] == b"x"

@@ -1377,3 +1377,144 @@ def test_sqlite_commits_are_on_the_secondary_when_acknowledged(rig: Rig, mode: s
     finally:
         copy.close()
         db.close()
+
+
+# --- 10. stopping the secondary around a resynchronisation (issue 12, finding 9) ---------------
+
+
+def _files(root: Path, n: int, size: int, rng: random.Random) -> None:
+    for i in range(n):
+        write_file(root / f"f{i:02d}", rng.randbytes(size))
+
+
+def assert_stopped_cleanly(sec: ReplicatorProcess) -> None:
+    """Exit status 0, no traceback: the replica's cached descriptors closed once."""
+    at = sec.mark()
+    sec.stop(timeout=30)
+    assert sec.proc.returncode == 0, sec.stderr[-15:]
+    assert not [line for line in sec.stderr if "Traceback" in line or "Errno" in line]
+    assert sec.wait_for("stopped", after=at, timeout=1)
+
+
+@pytest.mark.parametrize("kind", ["full", "tracked", "verify"])
+def test_the_secondary_stops_cleanly_right_after_a_resync(rig: Rig, kind: str) -> None:
+    """Stopping with descriptors cached from the last writes applied (bench/replication.py
+    used to see EBADF here: the stop and the session both closed them)."""
+    p, s, port = rig.dir("p"), rig.dir("s"), free_port()
+    rng = random.Random(SEED + 10)
+    _files(p, 40, 64 * KiB, rng)
+    sec = rig.secondary(s, port)
+    pri = rig.primary(p)
+    at = pri.mark()
+    pri.connect(port, peer_gen="", my_gen="g1")
+    wait_synced(pri, at)
+    if kind != "full":
+        at = pri.mark()
+        sec.stop()
+        pri.wait_for("alone", after=at)
+        for i in range(40):  # changes only: every file's descriptor cached on the replica
+            pwrite_file(p / f"f{i:02d}", 4 * KiB, rng.randbytes(4 * KiB))
+        sec = rig.secondary(s, port)
+        at = pri.mark()
+        pri.connect(port, peer_gen="g1", my_gen="g2")
+        assert pri.wait_for("connected", after=at)["trust"] is True
+        wait_synced(pri, at)
+    for i in range(40):  # writes applied through cached descriptors, right before the stop
+        pwrite_file(p / f"f{i:02d}", 0, rng.randbytes(512))
+    if kind == "verify":
+        at = pri.mark()
+        pri.command(cmd="verify")
+        assert pri.wait_for("verify", after=at)["ok"] is True
+    assert_stopped_cleanly(sec)
+
+
+def test_the_secondary_stops_cleanly_during_a_resync(rig: Rig) -> None:
+    p, s, port = rig.dir("p"), rig.dir("s"), free_port()
+    _files(p, 24, 1 * MiB, random.Random(SEED + 11))
+    sec = rig.secondary(s, port)
+    pri = rig.primary(p, bandwidth=4 * MiB)  # about 6 s of copying
+    at = sec.mark()
+    pri.connect(port)
+    sec.wait_for("progress", after=at)
+    assert_stopped_cleanly(sec)
+
+
+def test_the_secondary_stops_cleanly_while_it_applies_writes(rig: Rig) -> None:
+    """The stop and the session once both used the replica's descriptor cache."""
+    pri, sec, p, _, _ = pair(rig)
+    for i in range(100):
+        write_file(p / f"f{i:03d}", b"")
+    done = threading.Event()
+    written = [0]
+
+    def writer() -> None:  # more files than the cache holds: descriptors opened and closed
+        with contextlib.suppress(OSError):  # the primary goes alone meanwhile: no error
+            for n in range(20_000):
+                if done.is_set():
+                    return
+                pwrite_file(p / f"f{n % 100:03d}", 0, b"x" * 512)
+                written[0] = n + 1
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        deadline = time.monotonic() + 20
+        while written[0] < 300:  # replicated writes flowing through the cache
+            assert time.monotonic() < deadline, f"only {written[0]} writes"
+            assert t.is_alive()
+            time.sleep(0.01)
+        assert_stopped_cleanly(sec)
+    finally:
+        done.set()
+        t.join(30)
+    assert pri.proc.poll() is None
+
+
+# --- 11. the replication port under attack (issue 12, findings 3, 4) ---------------------------
+
+
+def test_the_primary_resyncs_while_idle_and_garbage_connections_hold_the_port(rig: Rig) -> None:
+    """Nine idle connections once kept a primary alone for 31 s."""
+    p, s, port = rig.dir("p"), rig.dir("s"), free_port()
+    write_file(p / "f", b"replicated")
+    sec = rig.secondary(s, port)
+    pri = rig.primary(p)
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
+    garbage = [socket.create_connection(("127.0.0.1", port)) for _ in range(5)]
+    for g in garbage:
+        with contextlib.suppress(OSError):
+            g.sendall(os.urandom(8192))
+    try:
+        at = pri.mark()
+        t0 = time.monotonic()
+        pri.connect(port)
+        wait_synced(pri, at, timeout=10)  # generous; no timing threshold beyond it
+        assert time.monotonic() - t0 < 10
+    finally:
+        for c in held + garbage:
+            c.close()
+    assert (s / "f").read_bytes() == b"replicated"
+    assert sec.wait_for("refused", timeout=10)["count"] >= 1  # the garbage, reported
+    assert sec.proc.poll() is None
+
+
+def test_a_primary_never_replicates_to_a_replica_of_another_cluster(rig: Rig) -> None:
+    p, s, port = rig.dir("p"), rig.dir("s"), free_port()
+    sec = ReplicatorProcess(
+        "secondary",
+        [{"path": str(s)}],
+        str(rig.tmp / "s-state"),
+        listen=("127.0.0.1", port),
+        secret=b"\x01" * 32,
+    )
+    rig.procs.append(sec)
+    sec.wait_for("listening", timeout=20)
+    pri = rig.primary(p)
+    at = pri.mark()
+    pri.connect(port)
+    failed = pri.wait_for("resync-failed", after=at)
+    assert "is not node2" in failed["reason"]
+    assert not any(ev["event"] == "connected" for ev in pri.events[at:])
+    write_file(p / "f", b"stays here")
+    assert not (s / "f").exists()
+    assert not any(ev["event"] == "connected" for ev in sec.events)

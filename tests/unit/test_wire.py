@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from hakit.wire import replication as rw
 from hakit.wire.heartbeat import NO_BOOT, Codec, DecodeError, Heartbeat, Reject, make_boot_id
 
 SECRET = b"s" * 32
@@ -76,3 +77,35 @@ def test_garbage_never_crashes(data: bytes) -> None:
 def test_round_trip_any_values(seq: int, sent_at: float, payload: bytes, echo: bytes) -> None:
     h = hb(seq=seq, sent_at=sent_at, payload=payload, echo=echo)
     assert Codec("c", SECRET, "node2").decode(Codec("c", SECRET, "node1").encode(h), "net1") == h
+
+
+# --- replication frames: decoded fields the applier hands to the kernel are bounded ---------
+
+
+@pytest.mark.parametrize(
+    "op",
+    [
+        rw.Op(rw.Kind.WRITE, 1, (1 << 63,), (b"0/f", b"x")),
+        rw.Op(rw.Kind.TRUNCATE, 1, ((1 << 64) - 1,), (b"0/f",)),
+        rw.Op(rw.Kind.FALLOCATE, 1, (0, 0, 1 << 63), (b"0/f",)),
+        rw.Op(rw.Kind.CREATE, 1, (0o644, -2, -1), (b"0/f",)),
+        rw.Op(rw.Kind.CHOWN, 1, (0, -7), (b"0/f",)),
+        rw.Op(rw.Kind.RENAME, 1, (4,), (b"0/a", b"0/b")),
+        rw.Op(rw.Kind.FSYNC, 1, (2,), (b"0/f",)),
+        rw.Op(rw.Kind.SUMS, 1, (1 << 30,), (b"0/f", b"")),
+    ],
+    ids=lambda op: op.kind.name,
+)
+def test_replication_fields_out_of_range_are_frame_errors(op: rw.Op) -> None:
+    with pytest.raises(rw.FrameError, match=op.kind.name):
+        rw.Decoder().feed(rw.encode(op))
+
+
+def test_replication_fields_in_range_decode() -> None:
+    ops = [
+        rw.Op(rw.Kind.WRITE, 1, ((1 << 63) - 1,), (b"0/f", b"x")),
+        rw.Op(rw.Kind.CHOWN, 2, (-1, -1), (b"0/f",)),
+        rw.Op(rw.Kind.RENAME, 3, (2,), (b"0/a", b"0/b")),
+        rw.Op(rw.Kind.SUMS, 4, (0,), (b"0/f", b"")),
+    ]
+    assert rw.Decoder().feed(b"".join(rw.encode(o) for o in ops)) == ops

@@ -32,6 +32,8 @@ from hakit.daemon.logs import LOGGER
 from hakit.daemon.module_runner import ModuleRunner
 from hakit.daemon.replication_link import ReplicationLink, kill_leftover
 from hakit.paths import Paths
+from hakit.replication.stream import export_identity
+from hakit.tls import identity
 
 log = logging.getLogger(LOGGER + ".mirror")
 
@@ -477,7 +479,7 @@ class Replication:
     # --- process lifecycle ---------------------------------------------------------------------
 
     def _init(self, role: str, preserve: str = "") -> dict[str, Any]:
-        m = self.runner.machine
+        m, env = self.runner.machine, self.runner.env
         base = (m.before_promotion or m.data).gen_id if role == "primary" else ""
         folder = ""
         if preserve:
@@ -489,7 +491,9 @@ class Replication:
             "preserve_why": preserve,
             "role": role,
             "module": self.runner.name,
-            "key": self.runner.env.replication_key.hex(),
+            "tls": export_identity(identity(env.cluster_secret, env.cluster, env.local)),
+            "peer": m.peer_name,
+            "peer_addresses": sorted(set(env.node_addresses.get(m.peer_name, {}).values())),
             "dirs": [d.model_dump(mode="json") for d in self.cfg.dirs],
             "mode": self.cfg.mode,
             "state_dir": str(self.runner.var / "replication"),
@@ -622,6 +626,12 @@ class Replication:
             )
         elif kind == "resync-failed":
             r._record(f"{r.name}: resynchronisation failed: {ev.get('reason')}", "warning")
+        elif kind == "refused":
+            r._record(
+                f"{r.name}: replication port refused {ev.get('count', 1)} connection(s) "
+                f"recently, the last from {ev.get('peer')}: {ev.get('reason')}",
+                "warning",
+            )
         elif kind == "verify" and self.verifying is not None and not self.verifying.done():
             self.verifying.set_result(ev)
 

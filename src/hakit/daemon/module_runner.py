@@ -41,7 +41,6 @@ class Environment:
     holding: Callable[[], None]  # the set of VIPs we hold changed
     peer_wait: float = 30.0  # longest wait for the first news of the peers (timeout + margin)
     node_addresses: dict[str, dict[str, str]] = field(default_factory=dict)  # node -> net -> ip
-    replication_key: bytes = b""
     heartbeat_timeout: float = 1.0
     heartbeat_interval: float = 0.2
     now: Callable[[], float] = time.time

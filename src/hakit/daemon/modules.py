@@ -30,7 +30,6 @@ from hakit.daemon.mirror_runner import MirrorRunner
 from hakit.daemon.module_runner import Environment
 from hakit.errors import ConfigError, HakitError
 from hakit.paths import Paths
-from hakit.replication.channel import channel_key
 
 log = logging.getLogger(LOGGER + ".modules")
 
@@ -86,7 +85,6 @@ class ModuleManager:
                 n: {net: str(a) for net, a in spec.addresses.items()}
                 for n, spec in cfg.nodes.items()
             },
-            replication_key=channel_key(self.cluster.secret, cfg.cluster),
             heartbeat_timeout=cfg.heartbeat.timeout,
             heartbeat_interval=cfg.heartbeat.interval,
             module_states=self.module_states,

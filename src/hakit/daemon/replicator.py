@@ -6,14 +6,15 @@ receives and applies them to the real directories, which it makes read-only for 
 (a read-only bind mount over each directory; it writes through handles opened before).
 
 Protocol with the parent, JSON lines:
-- parent -> child on stdin: first the init object (role, directories, filters, mode, key,
-  addresses...), then commands: `connect` (primary: reach the secondary and resynchronise it),
+- parent -> child on stdin: first the init object (role, directories, filters, mode, this
+  node's TLS identity — never the cluster secret —, the peer's name and addresses...), then
+  commands: `connect` (primary: reach the secondary and resynchronise it),
   `disconnect`, `verify` (primary), `stop`. End of file means the daemon died: a primary then
   *fences* itself — every further modification fails with EIO, so an application left running
   can never write what nobody replicates (the peer is taking over) — and waits to be killed
   by the next daemon's reconciliation; a secondary stops.
 - child -> parent on stdout: `{"event": ...}` lines (mounted, listening, connected, alone,
-  diverged, progress, synced, resync-failed, lost, verify, stopped, error).
+  diverged, progress, synced, resync-failed, lost, refused, verify, stopped, error).
 """
 
 from __future__ import annotations
@@ -33,12 +34,15 @@ from typing import Any
 from hakit.core.filters import PathFilter
 from hakit.replication.apply import Applier, parent_of
 from hakit.replication.channel import ChannelError, Mode, Receiver, Sender
+from hakit.replication.listener import Listener
 from hakit.replication.preserve import Keeper
 from hakit.replication.primary import Replicated, Replicator, State
 from hakit.replication.resync import Resync, ResyncError
 from hakit.replication.scan import SUM_BLOCK, block_sums, walk
+from hakit.replication.stream import TlsStream, import_identity
 from hakit.replication.tracker import ActivityLog, Tracker
 from hakit.replication.verify import verify
+from hakit.tls import NodeIdentity, client_context, server_context
 from hakit.wire.replication import (
     Kind,
     Op,
@@ -50,6 +54,7 @@ from hakit.wire.replication import (
 )
 
 MOUNT_WAIT = 10.0
+STOP_WAIT = 30.0  # secondary: for the session to finish what it is applying
 EPOCH = 2.0  # seconds between activity-log epochs
 _out_lock = threading.Lock()
 
@@ -65,7 +70,9 @@ def emit(event: str, **fields: Any) -> None:
 class Init:
     role: str  # primary | secondary
     module: str
-    key: bytes
+    tls: NodeIdentity  # this node's certificate and key, and the cluster's CA
+    peer: str  # the module's other node: the only one the channel accepts
+    peer_addresses: list[str]  # secondary: its addresses, the only sources accepted
     dirs: list[dict[str, Any]]  # path, exclude, exclude_regex, only, only_regex, require
     mode: Mode
     state_dir: Path
@@ -83,7 +90,9 @@ class Init:
         return cls(
             role=raw["role"],
             module=raw["module"],
-            key=bytes.fromhex(raw["key"]),
+            tls=import_identity(raw["tls"]),
+            peer=str(raw["peer"]),
+            peer_addresses=[str(a) for a in raw.get("peer_addresses", ())],
             dirs=raw["dirs"],
             mode=Mode(raw["mode"]),
             state_dir=Path(raw["state_dir"]),
@@ -226,6 +235,7 @@ class Primary:
         self._connecting = threading.Lock()
         self._target: dict[str, Any] | None = None
         self._repair = threading.Event()
+        self.tls = client_context(init.tls)
 
     def mount(self) -> None:
         from hakit.replication.fs import serve
@@ -276,7 +286,8 @@ class Primary:
                     cmd["host"],
                     int(cmd["port"]),
                     self.init.module,
-                    self.init.key,
+                    self.tls,
+                    self.init.tls.server_name(self.init.peer),
                     self.init.ack_timeout,
                 )
             except ChannelError as e:
@@ -406,12 +417,20 @@ class Secondary:
             self.keeper = Keeper(self.roots, paths, Path(init.preserve), init.preserve_why)
             self.applier.keeper = self.keeper
         self.stop_event = threading.Event()
-        self.conn: socket.socket | None = None
-        self.listener = socket.socket(socket.AF_INET6 if ":" in init.listen[0] else socket.AF_INET)
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(init.listen)
-        self.listener.listen(2)
-        self.listener.settimeout(0.2)
+        self.conn: TlsStream | None = None  # the latest authenticated primary
+        self._conn_lock = threading.Lock()
+        # One session at a time applies (and owns the applier's cached descriptors): a new
+        # primary's session waits for the previous one to end.
+        self._session = threading.Lock()
+        self.listener = Listener(
+            init.listen,
+            server_context(init.tls),
+            init.tls.cluster,
+            init.peer,
+            init.peer_addresses,
+            self.session,
+            _report_refused,
+        )
         for d in init.dirs:
             self._protect(d["path"])
         os.umask(0)  # entries are created with the primary's modes (state files: explicit)
@@ -457,53 +476,62 @@ class Secondary:
         return ack(op.seq, 22)
 
     def serve(self) -> None:
-        while not self.stop_event.is_set():
-            try:
-                conn, peer = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            # small answers (acknowledgements, checksums) must not wait for a delayed ACK
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            receiver = Receiver(
-                self.init.module,
-                self.init.key,
-                self.applier,
-                self.init.mode,
-                answer=self.answer,
-                on_done=self._synced,
-                on_progress=_relay_progress,
-                unclean=self.unclean,
-            )
-            try:
-                if not receiver.handshake(conn):
-                    emit("refused", peer=peer[0], reason="wrong module or secret")
-                    conn.close()
-                    continue
-            except OSError:
-                conn.close()
-                continue
+        self.listener.serve(self.stop_event)
+
+    def session(self, conn: TlsStream, peer: str, module: str) -> None:
+        """An authenticated primary (in the listener's thread for it, which closes it): it
+        replaces the current one, if any, then applies its stream until it ends."""
+        # small answers (acknowledgements, checksums) must not wait for a delayed ACK
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self._conn_lock:
             old, self.conn = self.conn, conn
-            if old is not None:
-                with contextlib.suppress(OSError):
-                    old.close()
-            emit("connected", peer=peer[0])
-            why = "the primary closed the connection"
-            try:
-                receiver.serve(conn, self.stop_event)
-            except Exception as e:  # FrameError, OSError: the stream is unusable
-                why = f"replication stream broken: {e!r}"
-            self.applier.forget()
-            if self.keeper is not None:
-                self.keeper.save()  # what was kept so far, if the resynchronisation stopped
+        if old is not None:
             with contextlib.suppress(OSError):
-                conn.close()
-            if receiver.fatal:
-                emit("lost", reason=f"cannot apply: {receiver.fatal}", fatal=True)
+                old.shutdown(socket.SHUT_RDWR)
+        try:
+            with self._session:
+                with self._conn_lock:
+                    current = self.conn is conn and not self.stop_event.is_set()
+                if current:
+                    self._serve(conn, peer, module)
+        finally:
+            with self._conn_lock:
+                if self.conn is conn:
+                    self.conn = None
+
+    def _serve(self, conn: TlsStream, peer: str, module: str) -> None:
+        receiver = Receiver(
+            self.init.module,
+            self.applier,
+            self.init.mode,
+            answer=self.answer,
+            on_done=self._synced,
+            on_progress=_relay_progress,
+            unclean=self.unclean,
+        )
+        try:
+            if not receiver.welcome(conn, module):
+                emit("refused", peer=peer, reason=f"asks for module {module!r}", count=1)
                 return
-            if not self.stop_event.is_set():
-                emit("lost", reason=why, fatal=False)
+        except OSError:
+            return
+        emit("connected", peer=peer)
+        why = "the primary closed the connection"
+        try:
+            receiver.serve(conn, self.stop_event)
+        except Exception as e:  # FrameError, OSError: the stream is unusable
+            why = f"replication stream broken: {e!r}"
+        finally:
+            self.applier.forget()  # here only: this session owns the cached descriptors
+        if self.keeper is not None:
+            self.keeper.save()  # what was kept so far, if the resynchronisation stopped
+        if receiver.fatal:
+            emit("lost", reason=f"cannot apply: {receiver.fatal}", fatal=True)
+            self.stop_event.set()  # the replica gives up: no other session
+            self.listener.close()
+            return
+        if not self.stop_event.is_set():
+            emit("lost", reason=why, fatal=False)
 
     def _synced(self) -> None:
         keeper, self.keeper = self.keeper, None
@@ -527,10 +555,14 @@ class Secondary:
     def stop(self) -> None:
         self.stop_event.set()
         self.listener.close()
-        if self.conn is not None:
+        with self._conn_lock:
+            conn = self.conn
+        if conn is not None:
             with contextlib.suppress(OSError):
-                self.conn.shutdown(socket.SHUT_RDWR)
-        self.applier.forget()
+                conn.shutdown(socket.SHUT_RDWR)
+        # the session ends (and closes its descriptors) before the directories are released
+        if self._session.acquire(timeout=STOP_WAIT):
+            self._session.release()
         done = [f"{d['path']}: {w}" for d in self.init.dirs if (w := _unbind(d["path"]))]
         emit("stopped", unmounted=done)
 
@@ -546,6 +578,10 @@ def release(path: str) -> list[str]:
     if what:
         out.append(f"{path}: read-only bind {what}")
     return out
+
+
+def _report_refused(peer: str, reason: str, count: int) -> None:
+    emit("refused", peer=peer, reason=reason, count=count)
 
 
 def _relay_progress(blob: bytes) -> None:

@@ -75,10 +75,13 @@ def parent_of(roots: list[int], path: bytes) -> Iterator[tuple[int, bytes]]:
 
     The descriptor is valid inside the `with` block only."""
     parts = _components(path)
-    try:
-        root = roots[int(parts[0])]
-    except (ValueError, IndexError):
-        raise PathRefused(E.EINVAL, f"no replicated directory for {path!r}") from None
+    index = parts[0]
+    # decimal digits only, no sign or leading zero: `-1` is not the last directory
+    if not (index.isdigit() and (index == b"0" or not index.startswith(b"0"))):
+        raise PathRefused(E.EPROTO, f"bad directory index in {path!r}")
+    if int(index) >= len(roots):
+        raise PathRefused(E.EPROTO, f"no replicated directory {int(index)} for {path!r}")
+    root = roots[int(index)]
     fd = os.dup(root)
     parts = [b"."] if len(parts) == 1 else parts[1:]  # `INDEX` alone: the directory itself
     try:
@@ -92,7 +95,11 @@ def parent_of(roots: list[int], path: bytes) -> Iterator[tuple[int, bytes]]:
 
 
 class Applier:
-    """Applies operations below `roots` (open directories, by index; not closed here)."""
+    """Applies operations below `roots` (open directories, by index; not closed here).
+
+    Not thread-safe: `apply` and `forget` belong to one thread at a time, the secondary's
+    current session (its cached descriptors are closed by that session only); only
+    `make_durable` runs beside it, on descriptors of its own."""
 
     def __init__(self, roots: list[int]) -> None:
         self.roots = roots
@@ -138,9 +145,9 @@ class Applier:
 
     def forget(self) -> None:
         """Close the cached descriptors (names changed, or the replica is released)."""
-        for fd in self._fds.values():
+        fds, self._fds = self._fds, {}
+        for fd in fds.values():
             os.close(fd)
-        self._fds.clear()
 
     def _cached(self, path: bytes) -> int:
         fd = self._fds.get(path)

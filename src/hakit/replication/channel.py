@@ -3,11 +3,12 @@
 Threads, not asyncio: on the primary the callers are libfuse's worker threads, each blocked in
 a file operation of the application until its acknowledgement arrives.
 
-- Handshake: the secondary sends a random challenge; the primary answers with the module name
-  and HMAC(key, challenge | module); the secondary checks it before reading any operation and
-  answers `Y` plus one flags byte (`UNCLEAN`: this replica was a primary that stopped without
-  draining, so it may hold writes that were never replicated). The key is derived from the
-  cluster secret, distinct from the heartbeat and API keys.
+- Connection: mutual TLS 1.3 with the cluster's certificates (`hakit.tls`): the primary
+  checks that the secondary's certificate names the module's other node, the secondary's
+  listener that the primary's does (`listener.py`, with its pre-authentication limits). Inside
+  TLS, the primary's hello is the module name (`u8 length | name`); the secondary answers `Y`
+  plus one flags byte (`UNCLEAN`: this replica was a primary that stopped without draining,
+  so it may hold writes that were never replicated), or `N` for a module it does not serve.
 - Operations flow in sequence order, pipelined: the primary does not wait for one operation's
   acknowledgement before sending the next; each caller waits for its own (`submit` then `wait`).
 - Acknowledgement modes: `sync` — the secondary acknowledges an operation once applied, and an
@@ -25,17 +26,17 @@ from __future__ import annotations
 
 import contextlib
 import errno as E
-import hashlib
-import hmac
-import secrets
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Protocol
 
 from hakit.replication.apply import Applier
+from hakit.replication.stream import TlsStream
 from hakit.wire.replication import (
     DURABILITY,
     QUERIES,
@@ -48,8 +49,6 @@ from hakit.wire.replication import (
     encode,
 )
 
-CHALLENGE = 32
-MAC = 32
 UNCLEAN = 1
 FATAL_ERRNOS = frozenset({E.ENOSPC, E.EDQUOT, E.EIO, E.EROFS})
 """Errors of the secondary's disk: the secondary cannot go on and leaves."""
@@ -64,17 +63,40 @@ class ChannelError(Exception):
     """The channel is unusable (refused, broken, timed out); the reason says which."""
 
 
-def channel_key(secret: bytes, cluster: str) -> bytes:
-    return hmac.new(secret, b"hakit replication v1|" + cluster.encode(), hashlib.sha256).digest()
+class Stream(Protocol):
+    """What the channel needs of a connection (a `TlsStream`; a plain socket in tests)."""
+
+    def recv(self, n: int, /) -> bytes: ...
+    def sendall(self, data: bytes, /) -> None: ...
+    def settimeout(self, timeout: float | None, /) -> None: ...
+    def shutdown(self, how: int, /) -> None: ...
+    def close(self) -> None: ...
 
 
-def _proof(key: bytes, challenge: bytes, module: str) -> bytes:
-    return hmac.new(key, challenge + b"|" + module.encode(), hashlib.sha256).digest()
+def hello(module: str) -> bytes:
+    name = module.encode()
+    if not 0 < len(name) < 256:
+        raise ValueError(f"module name {module!r} cannot be sent")
+    return bytes((len(name),)) + name
 
 
-def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+def read_hello(sock: Stream, deadline: float) -> str:
+    """The module name the primary asks for, before `deadline` (monotonic)."""
+    n = _recv_exactly(sock, 1, deadline)[0]
+    name = _recv_exactly(sock, n, deadline)
+    try:
+        return name.decode()
+    except UnicodeDecodeError:
+        raise ChannelError(f"module name {name!r} is not UTF-8") from None
+
+
+def _recv_exactly(sock: Stream, n: int, deadline: float) -> bytes:
     buf = bytearray()
     while len(buf) < n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("handshake not done in time")
+        sock.settimeout(left)
         chunk = sock.recv(n - len(buf))
         if not chunk:
             raise ConnectionError("connection closed during the handshake")
@@ -94,7 +116,6 @@ class Receiver:
     """Serves one module's replica on one connection: authenticates, applies, acknowledges."""
 
     module: str
-    key: bytes
     applier: Applier
     mode: Mode = Mode.SYNC
     answer: Answer = lambda op: ack(op.seq, E.EINVAL)
@@ -106,23 +127,16 @@ class Receiver:
     last_seq: int = 0
     fatal: str = ""  # why the replica gave up (disk full, I/O error)
 
-    def handshake(self, sock: socket.socket, timeout: float = 10.0) -> bool:
-        sock.settimeout(timeout)
-        challenge = secrets.token_bytes(CHALLENGE)
-        sock.sendall(challenge)
-        n = _recv_exactly(sock, 1)[0]
-        name = _recv_exactly(sock, n)
-        proof = _recv_exactly(sock, MAC)
-        if name.decode(errors="replace") != self.module or not hmac.compare_digest(
-            proof, _proof(self.key, challenge, self.module)
-        ):
+    def welcome(self, sock: Stream, module: str) -> bool:
+        """Answer an authenticated primary's hello: `Y` and the flags, or `N` (another
+        module's primary, e.g. two modules configured with one port)."""
+        if module != self.module:
             sock.sendall(b"N")
             return False
         sock.sendall(b"Y" + bytes((UNCLEAN if self.unclean else 0,)))
-        sock.settimeout(None)
         return True
 
-    def serve(self, sock: socket.socket, stop: threading.Event) -> None:
+    def serve(self, sock: Stream, stop: threading.Event) -> None:
         """Apply the stream until it ends, `stop` is set or the replica fails (`fatal`).
 
         Queries are answered by another thread, beside the stream: a long listing must not
@@ -169,7 +183,7 @@ class Receiver:
             worker.join(timeout=5)
             flusher.join(timeout=30)
 
-    def _make_durable(self, sock: socket.socket) -> None:
+    def _make_durable(self, sock: Stream) -> None:
         """FSYNC and SYNCFS, in order, beside the stream: whatever was applied before one was
         handed over is durable when it is acknowledged."""
         while True:
@@ -191,7 +205,7 @@ class Receiver:
             except OSError:
                 return
 
-    def _answer_queries(self, sock: socket.socket, stop: threading.Event) -> None:
+    def _answer_queries(self, sock: Stream, stop: threading.Event) -> None:
         while True:
             with self._query_ready:
                 while not self._queries:
@@ -252,7 +266,7 @@ class Sender:
     the reply frame for a query. Late errors (a second ACK in `semi` mode) go to `on_late_error`.
     """
 
-    sock: socket.socket
+    sock: Stream
     ack_timeout: float = 1.0
     unclean_peer: bool = False
     on_late_error: Callable[[Op, int], None] = lambda op, err: None
@@ -269,25 +283,51 @@ class Sender:
 
     @classmethod
     def connect(
-        cls, host: str, port: int, module: str, key: bytes, ack_timeout: float = 1.0
+        cls,
+        host: str,
+        port: int,
+        module: str,
+        ctx: ssl.SSLContext,
+        server_name: str,
+        ack_timeout: float = 1.0,
     ) -> Sender:
+        """Reach the replica over mutual TLS (`ctx`: `hakit.tls.client_context`); its
+        certificate must name `server_name` (the module's other node)."""
+        deadline = time.monotonic() + max(ack_timeout, 3.0)
         try:
             sock = socket.create_connection((host, port), timeout=max(ack_timeout, 1.0))
+        except OSError as e:
+            raise ChannelError(f"cannot reach the replica at {host}:{port}: {e!r}") from None
+        stream = TlsStream(sock, ctx, server_side=False, server_hostname=server_name)
+        try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            challenge = _recv_exactly(sock, CHALLENGE)
-            name = module.encode()
-            sock.sendall(bytes((len(name),)) + name + _proof(key, challenge, module))
-            answer = _recv_exactly(sock, 1)
-            flags = _recv_exactly(sock, 1)[0] if answer == b"Y" else 0
+            stream.handshake(deadline)
+            stream.sendall(hello(module))
+            answer = _recv_exactly(stream, 1, deadline)
+            flags = _recv_exactly(stream, 1, deadline)[0] if answer == b"Y" else 0
+        except ssl.SSLCertVerificationError as e:
+            stream.close()
+            raise ChannelError(
+                f"the replica at {host}:{port} is not {server_name}: {e.verify_message}"
+            ) from None
+        except ssl.SSLError as e:
+            stream.close()
+            why = str(e.reason or e)
+            raise ChannelError(
+                f"the replica at {host}:{port} refused our certificate ({why}): another "
+                "cluster secret?"
+                if "ALERT" in why
+                else f"no TLS session with the replica at {host}:{port} ({why}): not a hakit "
+                "replication port, or an older hakit?"
+            ) from None
         except OSError as e:  # includes TimeoutError and ConnectionError
+            stream.close()
             raise ChannelError(f"cannot reach the replica at {host}:{port}: {e!r}") from None
         if answer != b"Y":
-            sock.close()
-            raise ChannelError(
-                f"the replica at {host}:{port} refused module {module!r} (wrong secret?)"
-            )
-        sock.settimeout(ack_timeout)  # bounds a send blocked by a full socket buffer
-        s = cls(sock, ack_timeout, unclean_peer=bool(flags & UNCLEAN))
+            stream.close()
+            raise ChannelError(f"the replica at {host}:{port} does not serve module {module!r}")
+        stream.settimeout(ack_timeout)  # bounds a send blocked by a full socket buffer
+        s = cls(stream, ack_timeout, unclean_peer=bool(flags & UNCLEAN))
         threading.Thread(target=s._read, name="replication-acks", daemon=True).start()
         return s
 

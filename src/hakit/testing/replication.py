@@ -16,7 +16,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-KEY = "5a" * 32
+from hakit.replication.stream import export_identity
+from hakit.tls import identity
+
+SECRET = b"\x5a" * 32
+CLUSTER = "lab"
+NODES = {"primary": ("node1", "node2"), "secondary": ("node2", "node1")}  # role -> (us, peer)
 
 
 @dataclass
@@ -31,6 +36,8 @@ class ReplicatorProcess:
     ack_timeout: float = 0.8
     bandwidth: int = 0
     module: str = "m"
+    secret: bytes = SECRET  # another one: a node of another cluster
+    peer_addresses: tuple[str, ...] = ("127.0.0.1",)
     events: list[dict[str, Any]] = field(default_factory=list)
     stderr: list[str] = field(default_factory=list)
 
@@ -48,7 +55,9 @@ class ReplicatorProcess:
         init = {
             "role": self.role,
             "module": self.module,
-            "key": KEY,
+            "tls": export_identity(identity(self.secret, CLUSTER, NODES[self.role][0])),
+            "peer": NODES[self.role][1],
+            "peer_addresses": list(self.peer_addresses),
             "dirs": self.dirs,
             "mode": self.mode,
             "state_dir": self.state_dir,

@@ -188,7 +188,41 @@ def _decode_frame(frame: bytes) -> Op:
         raise FrameError(f"{kind.name}: truncated frame ({e})") from None
     if pos != len(frame):
         raise FrameError(f"{kind.name}: {len(frame) - pos} trailing bytes")
-    return Op(kind, seq, tuple(ints), tuple(blobs))
+    op = Op(kind, seq, tuple(ints), tuple(blobs))
+    _check(op)
+    return op
+
+
+MAX_OFFSET = (1 << 63) - 1  # file offsets and sizes (off_t)
+MAX_SUM_BLOCK = 16 * 1024 * 1024
+_OFFSETS: dict[Kind, tuple[int, ...]] = {  # positions of u64 fields that are off_t
+    Kind.WRITE: (0,),
+    Kind.TRUNCATE: (0,),
+    Kind.FALLOCATE: (1, 2),
+}
+_OWNERS: dict[Kind, tuple[int, int]] = {  # positions of (uid, gid), -1 = unchanged
+    Kind.CREATE: (1, 2),
+    Kind.MKDIR: (1, 2),
+    Kind.MKNOD: (2, 3),
+    Kind.SYMLINK: (0, 1),
+    Kind.CHOWN: (0, 1),
+}
+
+
+def _check(op: Op) -> None:
+    """Bounds of decoded fields that the applier hands to the kernel as they are."""
+    for i in _OFFSETS.get(op.kind, ()):
+        if op.ints[i] > MAX_OFFSET:
+            raise FrameError(f"{op.kind.name}: offset or size {op.ints[i]} out of range")
+    for i in _OWNERS.get(op.kind, ()):
+        if op.ints[i] < -1:
+            raise FrameError(f"{op.kind.name}: owner id {op.ints[i]} out of range")
+    if op.kind is Kind.RENAME and op.ints[0] not in (0, 1, 2):
+        raise FrameError(f"RENAME: flags {op.ints[0]} (0, NOREPLACE=1 or EXCHANGE=2)")
+    if op.kind is Kind.FSYNC and op.ints[0] > 1:
+        raise FrameError(f"FSYNC: datasync flag {op.ints[0]}")
+    if op.kind is Kind.SUMS and op.ints[0] > MAX_SUM_BLOCK:
+        raise FrameError(f"SUMS: block size {op.ints[0]} over {MAX_SUM_BLOCK}")
 
 
 # --- bodies of resynchronisation frames ------------------------------------------------------
