@@ -24,7 +24,7 @@ import pytest
 
 from hakit.replication.apply import Applier
 from hakit.replication.channel import ChannelError, Mode, Receiver, Sender
-from hakit.replication.listener import Limits, Listener
+from hakit.replication.listener import Limits, Listener, keepalive
 from hakit.replication.stream import TlsStream
 from hakit.tls import NodeIdentity, client_context, identity, server_context
 from hakit.wire.replication import Decoder, Kind, Op, ack, encode
@@ -305,3 +305,20 @@ def test_refusals_are_reported_at_most_once_per_period(tmp_path: Path) -> None:
         assert len(s.refused) == 1
     finally:
         s.close()
+
+
+def test_an_accepted_connection_ends_when_its_peer_vanishes_without_closing_it() -> None:
+    """A primary that loses power never closes its connection: keepalive probes (idle) and a
+    TCP user timeout (unacknowledged acks) end it within `dead_after`, so the session does not
+    wait for ever. Checked on a real accepted socket (dropping packets needs a namespace)."""
+    with socket.create_server(("127.0.0.1", 0)) as lsock:
+        client = socket.create_connection(lsock.getsockname())
+        conn, _ = lsock.accept()
+        with client, conn:
+            keepalive(conn, 8.0)
+            assert conn.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            idle = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)
+            count = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT)
+            interval = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL)
+            assert idle + count * interval <= 8
+            assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 8000

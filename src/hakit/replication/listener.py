@@ -33,6 +33,7 @@ class Limits:
     pending: int = 16  # unauthenticated connections at once
     backlog: int = 128  # the kernel's queue of connections not accepted yet
     report_every: float = 10.0  # at most one refusal report per this many seconds
+    dead_after: float = 8.0  # an accepted primary silent (no TCP ack) this long is gone
 
 
 Session = Callable[[TlsStream, str, str], None]
@@ -119,6 +120,7 @@ class Listener:
             conn.close()
             self._refuse(addr, f"{addr} is not an address of {self.peer}")
             return
+        keepalive(conn, self.limits.dead_after)
         with self._lock:
             if len(self._pending) >= self.limits.pending:
                 # its thread sees the end of the stream and closes it (under the lock: one
@@ -179,6 +181,18 @@ class Listener:
                 return
             count, self._refusals, self._reported = self._refusals, 0, now
         self.on_refused(addr, reason, count)
+
+
+def keepalive(conn: socket.socket, dead_after: float) -> None:
+    """End a connection whose peer vanished (power cut, cable) without closing it: TCP
+    keepalive probes when idle, and a user timeout when what we sent stays unacknowledged."""
+    idle = max(1, int(dead_after / 2))
+    with contextlib.suppress(OSError):
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, max(1, int(dead_after) - idle))
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(dead_after * 1000))
 
 
 def _cut(conn: socket.socket) -> None:
