@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from hakit.config import rules
+from hakit.config import rules, safeyaml
 from hakit.config.model import NAME_PATTERN, Cluster
 from hakit.errors import ConfigError, ConfigIssue
 
@@ -77,19 +77,9 @@ def dotted(loc: Loc) -> str:
 
 
 def parse_yaml(text: str, file: str) -> tuple[Any, Marks]:
-    """Parse YAML text; syntax errors and duplicate keys become `ConfigError`."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        line = mark.line + 1 if mark else None
-        problem = e.problem or "invalid YAML"
-        raise ConfigError(
-            [ConfigIssue(file, line, "", None, f"YAML syntax error: {problem}")]
-        ) from None
-    except yaml.YAMLError as e:
-        raise ConfigError([ConfigIssue(file, None, "", None, f"YAML error: {e}")]) from None
+    """Parse YAML text (bounded: see `safeyaml`); every error, duplicate keys included, is a
+    `ConfigError`."""
+    data, root = safeyaml.load(text, file)
     marks = Marks({}, {})
     issues: list[ConfigIssue] = []
     if root is not None:
@@ -268,7 +258,7 @@ class ClusterFile:
 
 def read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        return safeyaml.read_file(path)
     except FileNotFoundError:
         raise ConfigError(
             [
@@ -282,8 +272,10 @@ def read_text(path: Path) -> str:
                 )
             ]
         ) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError([ConfigIssue(str(path), None, "", None, f"cannot read: {e}")]) from None
+    except OSError as e:
+        raise ConfigError(
+            [ConfigIssue(str(path), None, "", None, f"cannot read: {e.strerror or e}")]
+        ) from None
 
 
 def load_secret(path: Path, config_file: str, line: int | None) -> bytes:

@@ -1,0 +1,56 @@
+"""Hostile or broken input through the real command line and the real daemon: located errors,
+never a traceback; one broken module never takes the daemon or the other modules down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hakit.config.starter import new_secret, render_cluster_yaml
+from tests.daemon.conftest import Node
+
+GOOD_MODULE = (
+    "kind: mirror\nnodes: [node1, node2]\nscripts: {start_timeout: 10, stop_timeout: 10}\n"
+)
+HOSTILE = {
+    "timestamp": "kind: mirror\ncreated: !!timestamp 200112-14\n",
+    "recursive": "kind: mirror\nnodes: &a [*a]\n",
+    "deep": "kind: mirror\nnodes: " + "[" * 5000 + "]" * 5000 + "\n",
+    "bomb": "kind: mirror\na0: &a0 [x, x, x, x, x, x, x, x, x, x]\n"
+    + "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9)),
+}
+LINE = {"timestamp": 2, "recursive": 2, "deep": 2, "bomb": 6}  # a4: 10^5 values
+
+
+def node_with_cluster(root: Path) -> Node:
+    for d in ("etc", "var", "log"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    spec = {"node1": {"lo": "127.0.0.11"}, "node2": {"lo": "127.0.0.12"}}
+    (root / "etc" / "cluster.yaml").write_text(render_cluster_yaml("loop", spec, port=5999))
+    key = root / "etc" / "cluster.key"
+    key.write_text(new_secret())
+    key.chmod(0o600)
+    return Node("node1", root)
+
+
+def assert_located(r: object, where: str, line: int | None) -> None:
+    stderr = r.stderr  # type: ignore[attr-defined]
+    assert r.returncode == 2, stderr  # type: ignore[attr-defined]
+    assert "Traceback" not in stderr
+    assert (f"{where}:{line}: " if line else f"{where}: ") in stderr
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+def test_hostile_yaml_is_a_located_error_in_every_command(tmp_path: Path, kind: str) -> None:
+    node = node_with_cluster(tmp_path)
+    folder = tmp_path / "web"
+    folder.mkdir()
+    (folder / "module.yaml").write_text(HOSTILE[kind])
+    where = f"{folder}/module.yaml"
+    assert_located(node.hakit("module", "check", str(folder)), where, LINE[kind])
+    assert_located(node.hakit("module", "install", str(folder)), where, LINE[kind])
+    assert not (tmp_path / "etc" / "modules" / "web").exists()
+    cfg = tmp_path / "etc" / "cluster.yaml"
+    cfg.write_text(HOSTILE[kind].replace("kind: mirror\n", "cluster: loop\n"))
+    assert_located(node.hakit("config", "check"), str(cfg), LINE[kind])
