@@ -110,7 +110,10 @@ class ModuleManager:
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             while True:
-                await self._rescan()
+                try:
+                    await self._rescan()
+                except Exception:  # e.g. the modules folder unreadable: retried, never fatal
+                    log.exception("scanning %s failed", self.paths.modules)
                 await asyncio.sleep(RESCAN_EVERY)
 
     def _found(self) -> dict[str, float]:
@@ -155,8 +158,10 @@ class ModuleManager:
     def _load(self, name: str, mtime: float) -> None:
         try:
             mf = load_module(self.paths.modules / name, self.cluster.config)
-        except ConfigError as e:
-            msg = str(e)
+        except Exception as e:  # one broken module never takes the daemon down
+            if not isinstance(e, ConfigError):
+                log.exception("module %s: loading failed", name)
+            msg = str(e) if isinstance(e, ConfigError) else f"internal error while loading: {e!r}"
             if self.broken.get(name) != msg:
                 self.broken[name] = msg
                 self._event(
