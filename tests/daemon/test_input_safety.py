@@ -85,3 +85,24 @@ def test_a_broken_installed_module_never_takes_the_daemon_down(tmp_path: Path, k
         assert "Traceback" not in (tmp_path / "daemon.out").read_text()
     finally:
         node.kill()
+
+
+def test_config_check_checks_the_installed_modules(tmp_path: Path) -> None:
+    """Finding 7: `config check` (the unit's ExecStartPre) ignored broken installed modules."""
+    node = node_with_cluster(tmp_path)
+    modules = tmp_path / "etc" / "modules"
+    for name, text in (("good", GOOD_MODULE), ("bad", HOSTILE["timestamp"])):
+        (modules / name).mkdir(parents=True)
+        (modules / name / "module.yaml").write_text(text)
+    r = node.hakit("config", "check")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "1 module(s) OK (good)" in r.stdout
+    assert f"module bad: {modules}/bad/module.yaml:2: " in r.stderr
+    assert "Traceback" not in r.stderr
+    r = node.hakit("config", "check", "--modules-warn")
+    assert r.returncode == 0, r.stderr
+    assert "warning: module bad:" in r.stderr
+    (modules / "bad" / "module.yaml").write_text(GOOD_MODULE)
+    r = node.hakit("config", "check")
+    assert r.returncode == 0, r.stderr
+    assert "2 module(s) OK (bad, good)" in r.stdout

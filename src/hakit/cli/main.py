@@ -17,6 +17,7 @@ from hakit.cli.lab import lab
 from hakit.cli.params import MODULE
 from hakit.cli.replication import verify
 from hakit.cli.witness import witness
+from hakit.config.model import Cluster
 from hakit.errors import ConfigError, HakitError
 from hakit.paths import Paths
 
@@ -78,11 +79,19 @@ def config() -> None:
     type=click.Path(path_type=Path),
     help="Cluster configuration to check (default: $HAKIT_ETC/cluster.yaml).",
 )
-def config_check(file: Path | None) -> None:
-    """Validate the configuration without starting anything; non-zero exit on any error."""
+@click.option(
+    "--modules-warn",
+    is_flag=True,
+    help="Report broken installed modules as warnings and exit 0 (the systemd unit does: the "
+    "daemon then starts and shows them in error).",
+)
+def config_check(file: Path | None, modules_warn: bool) -> None:
+    """Validate the configuration and the installed modules without starting anything;
+    non-zero exit on any error."""
     from hakit.config.load import load_cluster
 
-    path = file or Paths.from_env().cluster_config
+    paths = Paths.from_env()
+    path = file or paths.cluster_config
     cf = load_cluster(path)
     c = cf.config
     click.echo(
@@ -95,6 +104,37 @@ def config_check(file: Path | None) -> None:
             "[yellow]warning: one network only; with two, losing a network is not mistaken "
             "for losing a node[/]"
         )
+    if file is None:
+        _check_installed(paths, c, modules_warn)
+
+
+def _check_installed(paths: Paths, cluster: Cluster, warn: bool) -> None:
+    """Every installed module, as the daemon will load it, and their port clashes."""
+    from hakit.config.clashes import refuse_clashes
+    from hakit.config.module import MODULE_FILE, MODULE_NAME, load_module
+
+    root = paths.modules
+    folders = sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+    good, bad = [], []
+    for d in folders:
+        if not MODULE_NAME.match(d.name) or not (d / MODULE_FILE).is_file():
+            continue
+        try:
+            refuse_clashes(load_module(d, cluster), root, cluster)
+        except HakitError as e:
+            bad.append(f"{d.name}: {e}")
+        else:
+            good.append(d.name)
+    if good:
+        click.echo(f"{root}: {len(good)} module(s) OK ({', '.join(good)})")
+    for problem in bad:
+        colour = "yellow" if warn else "bold red"
+        label = "warning" if warn else "error"
+        err_console.print(
+            f"[{colour}]{label}:[/] module {problem}", highlight=False, soft_wrap=True
+        )
+    if bad and not warn:
+        raise click.exceptions.Exit(2)
 
 
 @cli.group()
@@ -185,7 +225,9 @@ modules.register(cli)
 def main(argv: list[str] | None = None) -> None:
     """The `hakit` command: every error a message and an exit status, never a traceback."""
     try:
-        cli.main(args=argv, prog_name="hakit", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="hakit", standalone_mode=False)
+        if isinstance(code, int) and code:  # a `click.exceptions.Exit(code)` in a command
+            sys.exit(code)
     except click.exceptions.Abort:
         err_console.print("aborted")
         sys.exit(130)
