@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 
 @dataclass(frozen=True)
@@ -47,3 +48,22 @@ class Paths:
     def events_log(self) -> Path:
         """Timeline of decisions, one JSON object per line."""
         return self.log / "events.jsonl"
+
+
+LOG_DIR_MODE = 0o750
+LOG_FILE_MODE = 0o640
+
+
+def open_log(path: Path) -> TextIO:
+    """Open a log for appending, readable by root and the log's group only (as the journal):
+    its folder 0750 and the file 0640, also when they already exist with wider modes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.parent.stat().st_mode & 0o7777 & ~LOG_DIR_MODE:
+        os.chmod(path.parent, LOG_DIR_MODE)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, LOG_FILE_MODE)
+    try:
+        os.fchmod(fd, LOG_FILE_MODE)
+        return os.fdopen(fd, "a", encoding="utf-8")
+    except BaseException:
+        os.close(fd)
+        raise

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from hakit.paths import open_log
+
 TIMELINE_KEPT = 2000
 LOGGER = "hakit"
 
@@ -45,7 +47,7 @@ class _JsonLinesHandler(logging.Handler):
 
     def __init__(self, path: Path) -> None:
         super().__init__()
-        self._file = path.open("a", encoding="utf-8")
+        self._file = open_log(path)
 
     def emit(self, record: logging.LogRecord) -> None:
         ev = getattr(record, "event", None)
@@ -91,7 +93,8 @@ def daemon_logging(log_dir: Path, node: str, *, to_stderr: bool = True) -> Itera
         "%Y-%m-%dT%H:%M:%S",
     )
     handlers: list[logging.Handler] = []
-    file_handler = logging.FileHandler(log_dir / "hakit.log", encoding="utf-8")
+    log_file = open_log(log_dir / "hakit.log")
+    file_handler = logging.StreamHandler(log_file)
     file_handler.setFormatter(fmt)
     handlers.append(file_handler)
     if to_stderr:
@@ -114,3 +117,4 @@ def daemon_logging(log_dir: Path, node: str, *, to_stderr: bool = True) -> Itera
         listener.stop()
         for h in handlers:
             h.close()
+        log_file.close()

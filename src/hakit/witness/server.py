@@ -41,7 +41,7 @@ from hakit.adapters.udp import IP_FREEBIND, IPV6_FREEBIND
 from hakit.config.witness import WitnessFile, load_witness
 from hakit.core import witness as arbiter
 from hakit.errors import HakitError
-from hakit.paths import Paths
+from hakit.paths import Paths, open_log
 from hakit.wire.heartbeat import make_boot_id
 from hakit.wire.witness import (
     DecodeError,
@@ -122,8 +122,7 @@ class WitnessLog:
         self._thread = threading.Thread(target=self._run, name="witness-log", daemon=True)
 
     def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("a", encoding="utf-8")
+        self._file = open_log(self.path)
         self._thread.start()
 
     def emit(self, level: str, message: str, record: dict[str, Any]) -> None:
