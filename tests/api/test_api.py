@@ -71,7 +71,7 @@ class Source:
     def events(self, limit: int, module: str | None = None) -> list[dict[str, Any]]:
         return [{"at": 1.0, "kind": "peer-lost", "message": "node3 lost"}][-limit:]
 
-    def install(self, package: bytes, name: str, force: bool) -> str:
+    async def install(self, package: bytes, name: str, force: bool) -> str:
         if not package.startswith(b"PK"):
             raise HakitError("not a zip")
         return f"module {name} installed"

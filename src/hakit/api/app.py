@@ -42,8 +42,9 @@ class StatusSource(Protocol):
         """(accepted, message); raises `HakitError` for an unknown module."""
         ...
 
-    def install(self, package: bytes, name: str, force: bool) -> str:
-        """Install a module package; the message; `HakitError` if invalid."""
+    async def install(self, package: bytes, name: str, force: bool) -> str:
+        """Install a module package (validated off the event loop); the message; `HakitError`
+        if invalid."""
         ...
 
     async def verify(self, module: str) -> dict[str, Any]:
@@ -118,7 +119,7 @@ def create_app(source: StatusSource) -> FastAPI:
     async def install(request: Request, name: str, force: bool = False) -> JSONResponse:
         data = await request.body()
         try:
-            message = source.install(data, name, force)
+            message = await source.install(data, name, force)
         except HakitError as e:
             return JSONResponse({"installed": False, "detail": str(e)}, status_code=400)
         return JSONResponse({"installed": True, "message": message})

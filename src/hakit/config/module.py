@@ -737,7 +737,7 @@ class ModuleFile:
         return self.dir / "bin"
 
 
-MODULE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
+MODULE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}\Z")
 
 
 def load_module(directory: Path, cluster: Cluster, name: str | None = None) -> ModuleFile:

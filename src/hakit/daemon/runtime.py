@@ -211,10 +211,11 @@ class NodeDaemon:
     def events(self, limit: int, module: str | None = None) -> list[dict[str, Any]]:
         return [e.to_json() for e in self.timeline.recent(limit, module)]
 
-    def install(self, package: bytes, name: str, force: bool) -> str:
+    async def install(self, package: bytes, name: str, force: bool) -> str:
         if force and name in self.modules.entries and not self.modules.entries[name].runner.stopped:
             raise HakitError(f"module {name} is running on {self.local}: stop it first")
-        mf = install_bytes(self.paths, package, name, force)
+        # unpacking and validating a package is bounded but not instant: never on the loop
+        mf = await asyncio.to_thread(install_bytes, self.paths, package, name, force)
         self.record(
             Event(time.time(), self.local, "module-installed", f"{name}: installed", module=name)
         )
