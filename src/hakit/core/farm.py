@@ -699,5 +699,5 @@ def from_wire(obj: object) -> Published | None:
             state=str(obj.get("st", "STOP")),
             status=str(obj.get("su", "not-ready")),
         )
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):
         return None

@@ -431,5 +431,5 @@ def peer_from_wire(alive: bool, obj: object, fresh: bool = True) -> PeerInfo:
             vouches,
             blocked,
         )
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):
         return PeerInfo(alive=True, installed=False)

@@ -28,6 +28,7 @@ from hakit.core import mirror as mm
 from hakit.core.outcomes import Accepted, Explain, Refused
 from hakit.daemon.logs import LOGGER
 from hakit.daemon.module_runner import ModuleRunner
+from hakit.wire.heartbeat import module_payload
 
 log = logging.getLogger(LOGGER + ".farm")
 
@@ -124,13 +125,7 @@ class FarmRunner(ModuleRunner):
             if p is None or p.get("state") == "unknown":
                 continue
             alive = any(up for n, up in p["networks"].items() if nets is None or n in nets)
-            pub: fm.Published | None = None
-            if alive and p.get("payload"):
-                try:
-                    obj = json.loads(bytes.fromhex(p["payload"])).get("m", {}).get(self.name)
-                except (ValueError, AttributeError):
-                    obj = None
-                pub = fm.from_wire(obj)
+            pub = fm.from_wire(module_payload(p.get("payload") or "", self.name)) if alive else None
             if self.peer_alive.get(node) != alive:
                 self.peer_alive[node] = alive
                 changed = True

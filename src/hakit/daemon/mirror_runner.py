@@ -10,7 +10,6 @@ completion comes back as an event.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import secrets
@@ -34,6 +33,7 @@ from hakit.daemon.replication_link import ReplicationLink, kill_leftover
 from hakit.paths import Paths
 from hakit.replication.stream import export_identity
 from hakit.tls import identity
+from hakit.wire.heartbeat import module_payload
 
 log = logging.getLogger(LOGGER + ".mirror")
 
@@ -130,12 +130,7 @@ class MirrorRunner(ModuleRunner):
         alive = bool(p) and any(p["networks"].get(n, False) for n in nets)
         heard = [t for n in nets if (t := (p.get("last_heard") or {}).get(n)) is not None]
         fresh = alive and bool(heard) and self.env.now() - max(heard) <= self.vouch_window
-        payload: Any = None
-        if alive and p.get("payload"):
-            try:
-                payload = json.loads(bytes.fromhex(p["payload"])).get("m", {}).get(self.name)
-            except (ValueError, AttributeError):
-                payload = None
+        payload = module_payload(p.get("payload") or "", self.name) if alive else None
         info = mm.peer_from_wire(alive, payload, fresh)
         if self._last_peer != info:
             self._last_peer = info

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import struct
 from dataclasses import dataclass
 from enum import StrEnum
@@ -161,3 +162,17 @@ class Codec:
         if net_tag != self._net_tag(network):
             raise DecodeError(Reject.WRONG_NETWORK, f"sent for another network than {network}")
         return Heartbeat(sender, receiver, network, boot, seq, sent_at, echo, payload)
+
+
+def module_payload(payload_hex: str, module: str) -> object:
+    """What `module` publishes in a peer's heartbeat payload (hex of JSON `{"m": {module: …}}`),
+    or None if the payload is absent or malformed. Bounded: at most `MAX_PAYLOAD` bytes, and
+    nesting too deep for the JSON parser is malformed, not an exception."""
+    if not isinstance(payload_hex, str) or len(payload_hex) > 2 * MAX_PAYLOAD:
+        return None
+    try:
+        obj = json.loads(bytes.fromhex(payload_hex))
+    except (ValueError, RecursionError):
+        return None
+    mods = obj.get("m") if isinstance(obj, dict) else None
+    return mods.get(module) if isinstance(mods, dict) else None
