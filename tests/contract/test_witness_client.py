@@ -239,6 +239,19 @@ def fake_harness(quarantine: float) -> FakeHarness:
     return FakeHarness(fw)
 
 
+def quarantined(
+    kind: str, real_witness: Callable[[float], RealWitness], quarantine: float
+) -> Harness:
+    """A fresh witness (real or fake) with this quarantine, once it is over."""
+    if kind == "real":
+        w = real_witness(quarantine)
+        w.wait_quarantine_over()
+        return RealHarness(w)
+    h = fake_harness(quarantine)
+    h.witness.advance(quarantine)
+    return h
+
+
 @pytest.fixture(params=["real", "fake"])
 def harness(request: pytest.FixtureRequest) -> Harness:
     """A witness whose quarantine is over."""
@@ -456,14 +469,7 @@ def test_a_restarted_witness_grants_no_new_lease_during_its_quarantine(
 ) -> None:
     """The holder keeps its lease across a witness restart; nobody else gets it meanwhile."""
     quarantine, ttl, grace = 6.0, 4.0, 0.5  # the lease outlives the restart of the process
-    h: Harness
-    if kind == "real":
-        w = real_witness(quarantine)
-        w.wait_quarantine_over()
-        h = RealHarness(w)
-    else:
-        h = fake_harness(quarantine)
-        h.witness.advance(quarantine)
+    h = quarantined(kind, real_witness, quarantine)
 
     async def scenario() -> None:
         n1, n2 = h.client("node1"), h.client("node2")
@@ -497,14 +503,7 @@ def test_a_copy_outdated_by_a_node_serving_alone_is_refused_even_after_a_restart
     so node2 is refused after node1's lease and grace, and after a witness restart, until its
     operator forces it."""
     quarantine = 2.0
-    h: Harness
-    if kind == "real":
-        w = real_witness(quarantine)
-        w.wait_quarantine_over()
-        h = RealHarness(w)
-    else:
-        h = fake_harness(quarantine)
-        h.witness.advance(quarantine)
+    h = quarantined(kind, real_witness, quarantine)
 
     async def scenario() -> None:
         n1, n2 = h.client("node1"), h.client("node2")
@@ -515,7 +514,7 @@ def test_a_copy_outdated_by_a_node_serving_alone_is_refused_even_after_a_restart
         assert "the copy on node2 is outdated" in r.reason
         h.restart()
         await h.pass_time(quarantine + 0.1)
-        if isinstance(h.witness, RealWitness):
+        if isinstance(h, RealHarness):
             h.witness.wait_quarantine_over()
         r = await ask(n2, "acquire", module, alone=True)
         assert not r.granted
@@ -525,7 +524,7 @@ def test_a_copy_outdated_by_a_node_serving_alone_is_refused_even_after_a_restart
         assert r.granted, r.reason
 
     run(scenario())
-    if isinstance(h.witness, RealWitness):
+    if isinstance(h, RealHarness):
         assert h.witness.latest() == [["shop", module, "node2"]]
 
 
