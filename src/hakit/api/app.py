@@ -74,7 +74,9 @@ async def _refuse(scope: Any, send: Any, status: int, why: str) -> None:
     async def nothing() -> Any:
         return {"type": "http.disconnect"}
 
-    await JSONResponse({"detail": why}, status_code=status)(scope, nothing, send)
+    # closing the connection: the rest of a refused body is never read
+    response = JSONResponse({"detail": why}, status_code=status, headers={"Connection": "close"})
+    await response(scope, nothing, send)
 
 
 class Guard:
