@@ -82,8 +82,8 @@ def _answer(r: httpx.Response, accept: tuple[int, ...]) -> Any:
         if r.status_code == 404 and "detail" in answer and "uninstalled" not in answer:
             raise HakitError(str(answer["detail"]))
         return answer
-    if r.status_code == 401:
-        raise HakitError(f"refused by the remote daemon: {r.json().get('detail')}")
+    if r.status_code in (400, 401, 413):
+        raise HakitError(f"refused by the daemon (HTTP {r.status_code}): {r.json().get('detail')}")
     r.raise_for_status()
     return r.json()
 
