@@ -179,6 +179,11 @@ def test_time_nan_and_non_ascii_headers_are_401_not_500() -> None:
             401,
             {"detail": "malformed x-hakit-auth header: not printable ASCII"},
         )
+        # a raw non-ASCII request target: the HTTP parser's 400, not a 500
+        line = b"GET /v1/state?\xff HTTP/1.1\r\nHost: x\r\n"
+        with tls_socket(s) as conn:
+            conn.sendall(line + auth_lines(s) + b"X-Hakit-Auth: " + b"0" * 64 + b"\r\n\r\n")
+            assert conn.recv(65536).startswith(b"HTTP/1.1 400 ")
 
 
 # --- raw HTTP over TLS: what the server reads before it refuses --------------------------------

@@ -96,9 +96,9 @@ class Guard:
             return
         method, path = scope["method"], scope["path"]
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        signed = self.verifier is not None and (method, path) != ("GET", HELLO_PATH)
-        if self.verifier is not None and signed:
-            why = self.verifier.precheck(headers, self.now())
+        verifier = None if (method, path) == ("GET", HELLO_PATH) else self.verifier
+        if verifier is not None:
+            why = verifier.precheck(headers, self.now())
             if why is not None:
                 await _refuse(scope, send, 401, why)
                 return
@@ -124,11 +124,10 @@ class Guard:
             if not msg.get("more_body"):
                 break
         body = b"".join(chunks)
-        if self.verifier is not None and signed:
-            target = path + (
-                ("?" + scope["query_string"].decode()) if scope["query_string"] else ""
-            )
-            why = self.verifier.check(headers, method, target, body, self.now())
+        if verifier is not None:
+            query = scope["query_string"].decode("latin-1")
+            target = path + ("?" + query if query else "")
+            why = verifier.check(headers, method, target, body, self.now())
             if why is not None:
                 await _refuse(scope, send, 401, why)
                 return
