@@ -15,7 +15,6 @@ from hakit.waiting import wait_until
 from hakit.wire.apiauth import api_key, sign
 from tests.daemon.conftest import Cluster
 
-URL = "https://127.0.0.11:7351"
 SNI = {"sni_hostname": "node1.loop.hakit"}
 
 
@@ -24,6 +23,7 @@ def test_cli_over_tls_and_no_replay_after_a_restart(
 ) -> None:
     c = loopback_cluster(2)
     n1, n2 = c["node1"], c["node2"]
+    url = f"https://127.0.0.11:{c.api_port}"
     r = n2.hakit("state", "--json", "--node", "node1")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["node"] == "node1"
@@ -33,13 +33,13 @@ def test_cli_over_tls_and_no_replay_after_a_restart(
 
     def hello() -> str:
         with httpx.Client(verify=tls, trust_env=False, timeout=5) as cl:
-            boot = cl.get(URL + "/v1/hello", extensions=SNI).json()["boot"]
+            boot = cl.get(url + "/v1/hello", extensions=SNI).json()["boot"]
         assert isinstance(boot, str)
         return boot
 
     def get(headers: dict[str, str]) -> httpx.Response:
         with httpx.Client(verify=tls, trust_env=False, timeout=5) as cl:
-            return cl.get(URL + "/v1/state", headers=headers, extensions=SNI)
+            return cl.get(url + "/v1/state", headers=headers, extensions=SNI)
 
     boot = hello()
     key = api_key(secret, "loop")

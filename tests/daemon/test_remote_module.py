@@ -31,7 +31,8 @@ def test_a_module_checker_reads_another_clusters_module(
 
     def probe(**kw: object) -> tuple[bool, str]:
         spec = {"name": "db", "type": "module", "module": "db", "timeout": 2.0}
-        remote = {"name": "loop", "nodes": {"node1": "127.0.0.11"}, "secret_file": str(key)}
+        remote = {"name": "loop", "nodes": {"node1": "127.0.0.11"}, "port": c.api_port}
+        remote["secret_file"] = str(key)
         spec["cluster"] = remote
         checker = TypeAdapter(Checker).validate_python(spec | kw)
         ctx = ProbeContext(bin_dir=tmp_path, env={})
@@ -51,7 +52,12 @@ def test_a_module_checker_reads_another_clusters_module(
     wrong = tmp_path / "wrong.key"
     wrong.write_text("x" * 40)
     ok, detail = probe(
-        cluster={"name": "loop", "nodes": {"node1": "127.0.0.11"}, "secret_file": str(wrong)}
+        cluster={
+            "name": "loop",
+            "nodes": {"node1": "127.0.0.11"},
+            "port": c.api_port,
+            "secret_file": str(wrong),
+        }
     )
     assert not ok  # another secret: another CA, the TLS handshake fails
     assert detail.startswith("cluster loop does not answer (127.0.0.11: ")
