@@ -53,7 +53,7 @@ SNAPSHOT = {
 
 def request(method: str, path: str, body: bytes = b"", **params: Any) -> httpx.Response:
     async def go() -> httpx.Response:
-        transport = httpx.ASGITransport(app=create_app(Source()))
+        transport = httpx.ASGITransport(app=create_app(Source(), {"node": "node1", "boot": "b"}))
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
             return await c.request(method, path, params=params, content=body)
 

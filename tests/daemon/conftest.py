@@ -25,6 +25,13 @@ def free_udp_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_tcp_port() -> int:
+    """A TCP port free on every address (test runs elsewhere on the machine use the default)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("0.0.0.0", 0))
+        return int(s.getsockname()[1])
+
+
 @dataclass
 class Node:
     name: str
@@ -82,6 +89,7 @@ class Cluster:
     nodes: dict[str, Node] = field(default_factory=dict)
     interval: float = 0.2
     timeout: float = 1.0
+    api_port: int = 0
 
     def __getitem__(self, name: str) -> Node:
         return self.nodes[name]
@@ -94,9 +102,10 @@ def loopback_cluster(tmp_path: Path) -> Iterator[Callable[[int], Cluster]]:
     def make(n: int) -> Cluster:
         port = free_udp_port()
         spec = {f"node{i}": {"lo": f"127.0.0.{10 + i}"} for i in range(1, n + 1)}
-        text = render_cluster_yaml("loop", spec, port=port)
+        api_port = free_tcp_port()
+        text = render_cluster_yaml("loop", spec, port=port) + f"api: {{port: {api_port}}}\n"
         secret = new_secret()
-        c = Cluster()
+        c = Cluster(api_port=api_port)
         for name in spec:
             root = tmp_path / name
             for d in ("etc", "var", "log"):

@@ -1,6 +1,7 @@
 """The foundation's acceptance tests, in a real lab: real daemons in namespaces, real faults.
 
-3 nodes on 2 networks see each other; a power cut is detected by both survivors within the
+3 nodes on 2 networks see each other; `--node` and `--all` reach the other daemons over
+mutual TLS; a power cut is detected by both survivors within the
 timeout plus one pulse; cutting one of two networks loses nobody; forged, replayed and garbage
 heartbeats are rejected and counted.
 """
@@ -77,6 +78,27 @@ def test_three_nodes_see_each_other_on_two_networks(lab: Lab) -> None:
     assert st["modules"] == {}
     # every node has its own identity from its own (private) host name and files
     assert state(lab, "node2")["node"] == "node2"
+
+
+def test_node_and_all_reach_the_other_daemons_over_mutual_tls(lab: Lab) -> None:
+    """`--node` and `--all` go through the other nodes' APIs (HTTPS, mutual TLS, signed)."""
+    remote = json.loads(
+        lab.exec("node1", ["hakit", "state", "--json", "--node", "node3"], capture=True).stdout
+    )
+    assert remote["node"] == "node3"
+    folder = lab.host_path("node1", "/tmp/tlsmod")
+    folder.mkdir(exist_ok=True)
+    (folder / "module.yaml").write_text(
+        "kind: mirror\nnodes: [node1, node2]\nscripts: {start_timeout: 10, stop_timeout: 10}\n"
+    )
+    r = lab.exec("node1", ["hakit", "module", "install", "/tmp/tlsmod", "--all"], capture=True)
+    assert all(f"node{i}: " in r.stdout for i in (1, 2, 3)), r.stdout
+    wait_until(lambda: "tlsmod" in state(lab, "node2")["modules"], 10, "tlsmod on node2")
+    r = lab.exec("node2", ["hakit", "stop", "tlsmod", "--all"], capture=True)
+    assert all(f"node{i}: " in r.stdout for i in (1, 2)), r.stdout
+    r = lab.exec("node3", ["hakit", "module", "uninstall", "tlsmod", "--all"], capture=True)
+    assert all(f"node{i}: " in r.stdout for i in (1, 2, 3)), r.stdout
+    wait_until(lambda: not state(lab, "node1")["modules"], 10, "tlsmod gone from node1")
 
 
 def test_cutting_one_of_two_networks_keeps_membership(lab: Lab) -> None:

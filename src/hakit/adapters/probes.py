@@ -15,7 +15,6 @@ import contextlib
 import ipaddress
 import os
 import re
-import secrets
 import signal
 import socket
 import struct
@@ -27,6 +26,7 @@ from typing import Protocol
 
 import httpx
 
+from hakit.adapters.nodeapi import NodeApi, NodeUnreachable
 from hakit.adapters.scripts import BASE_ENV
 from hakit.config.checkers import (
     CheckerBase,
@@ -39,7 +39,6 @@ from hakit.config.checkers import (
     TcpChecker,
     VipChecker,
 )
-from hakit.wire.apiauth import api_key, sign
 
 ProbeResult = tuple[bool, str]
 BODY_LIMIT = 65536
@@ -297,34 +296,30 @@ def module_state(c: ModuleChecker, states: dict[str, tuple[str, str]] | None) ->
 
 
 async def remote_module(c: ModuleChecker) -> ProbeResult:
-    """The module's state in another cluster: `GET /v1/state` of one of its nodes, signed with
-    that cluster's secret (each address in turn)."""
+    """The module's state in another cluster: `GET /v1/state` of one of its nodes, over mutual
+    TLS and signed with that cluster's secret (each node in turn)."""
     rc = c.cluster
     assert rc is not None
     try:
         secret = (await asyncio.to_thread(Path(rc.secret_file).read_bytes)).strip()
     except OSError as e:
         return False, f"cannot read {rc.secret_file}: {e.strerror}"
-    key = api_key(secret, rc.name)
     errors = []
-    for addr in rc.addresses:
-        host = f"[{addr}]" if addr.version == 6 else str(addr)
-        target = "/v1/state"
-        headers = sign(key, "checker", "GET", target, b"", time.time(), secrets.token_hex(12))
+    for node, addr in rc.nodes.items():
+        api = NodeApi(
+            secret, rc.name, node, [str(addr)], rc.port, timeout=c.timeout, sender="checker"
+        )
         try:
-            async with httpx.AsyncClient(
-                base_url=f"http://{host}:{rc.port}", timeout=c.timeout, trust_env=False
-            ) as client:
-                r = await client.get(target, headers=headers)
-        except httpx.HTTPError as e:
-            errors.append(f"{addr}: {type(e).__name__}")
+            r = await asyncio.to_thread(api.request, "GET", "/v1/state")
+        except NodeUnreachable as e:
+            errors.extend(e.errors)
             continue
         if r.status_code != 200:
             errors.append(f"{addr}: HTTP {r.status_code}")
             continue
         mod = r.json().get("modules", {}).get(c.module)
         if mod is None:
-            return False, f"module {c.module} is not installed on {addr} (cluster {rc.name})"
+            return False, f"module {c.module} is not installed on {node} (cluster {rc.name})"
         states = {n: (v.get("state", "STOP"), v.get("status", "")) for n, v in mod["nodes"].items()}
         ok, detail = module_state(c, states)
         return ok, f"{detail} (cluster {rc.name})"

@@ -60,10 +60,33 @@ class StatusSource(Protocol):
         ...
 
 
-class Authenticated:
-    """ASGI middleware: every request must be signed with the cluster secret (TCP API)."""
+BODY_LIMIT = 64 * 1024
+PACKAGE_LIMIT = 64 * 1024 * 1024
+PACKAGE_PATH = API_PREFIX + "/modules"
+HELLO_PATH = API_PREFIX + "/hello"
 
-    def __init__(self, app: Any, verifier: Verifier, now: Callable[[], float]) -> None:
+
+def body_limit(method: str, path: str) -> int:
+    """The largest body a request may have: a module package, or an ordinary request."""
+    return PACKAGE_LIMIT if (method, path) == ("POST", PACKAGE_PATH) else BODY_LIMIT
+
+
+async def _refuse(scope: Any, send: Any, status: int, why: str) -> None:
+    async def nothing() -> Any:
+        return {"type": "http.disconnect"}
+
+    # closing the connection: the rest of a refused body is never read
+    response = JSONResponse({"detail": why}, status_code=status, headers={"Connection": "close"})
+    await response(scope, nothing, send)
+
+
+class Guard:
+    """ASGI middleware in front of the API: the body is bounded (`body_limit`, refused with 413
+    as soon as its length or the bytes received pass it) and, on the TCP API (`verifier`), every
+    request but `GET /v1/hello` must be signed for this node and boot: all checks but the MAC
+    come before any body is read; every refusal is a JSON `{"detail": …}`."""
+
+    def __init__(self, app: Any, verifier: Verifier | None, now: Callable[[], float]) -> None:
         self.app = app
         self.verifier = verifier
         self.now = now
@@ -72,31 +95,57 @@ class Authenticated:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        body, messages = b"", []
+        method, path = scope["method"], scope["path"]
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        verifier = None if (method, path) == ("GET", HELLO_PATH) else self.verifier
+        if verifier is not None:
+            why = verifier.precheck(headers, self.now())
+            if why is not None:
+                await _refuse(scope, send, 401, why)
+                return
+        limit = body_limit(method, path)
+        length = headers.get("content-length", "0")
+        if not (length.isascii() and length.isdigit()):
+            await _refuse(scope, send, 400, "malformed content-length header")
+            return
+        if int(length) > limit:
+            await _refuse(scope, send, 413, f"body of {length} bytes, limit {limit}")
+            return
+        chunks, size = [], 0
         while True:
             msg = await receive()
-            messages.append(msg)
-            body += msg.get("body", b"")
+            if msg["type"] != "http.request":
+                return  # the client went away
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await _refuse(scope, send, 413, f"body over the limit of {limit} bytes")
+                return
+            chunks.append(chunk)
             if not msg.get("more_body"):
                 break
-        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
-        target = scope["path"] + (
-            ("?" + scope["query_string"].decode()) if scope["query_string"] else ""
-        )
-        why = self.verifier.check(headers, scope["method"], target, body, self.now())
-        if why is not None:
-            response = JSONResponse({"detail": why}, status_code=401)
-            await response(scope, receive, send)
-            return
-        replay = iter(messages)
+        body = b"".join(chunks)
+        if verifier is not None:
+            query = scope["query_string"].decode("latin-1")
+            target = path + ("?" + query if query else "")
+            why = verifier.check(headers, method, target, body, self.now())
+            if why is not None:
+                await _refuse(scope, send, 401, why)
+                return
+        sent = False
 
         async def again() -> Any:
-            return next(replay, {"type": "http.disconnect"})
+            nonlocal sent
+            if sent:
+                return await receive()  # waits for the disconnect
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
 
         await self.app(scope, again, send)
 
 
-def create_app(source: StatusSource) -> FastAPI:
+def create_app(source: StatusSource, hello: dict[str, str]) -> FastAPI:
+    """The API; `hello` ({"node", "boot"}) is what `GET /v1/hello` answers."""
     app = FastAPI(
         title="hakit node API",
         version=__version__,
@@ -174,6 +223,10 @@ def create_app(source: StatusSource) -> FastAPI:
         return JSONResponse(
             {"accepted": accepted, "message": message}, status_code=200 if accepted else 409
         )
+
+    @app.get(HELLO_PATH, summary="This node's name and its daemon's boot id (no signature)")
+    def hello_() -> dict[str, str]:
+        return hello
 
     @app.get(API_PREFIX + "/health", summary="200 while the daemon runs")
     def health() -> dict[str, str]:

@@ -1,4 +1,7 @@
-"""`hakit daemon`: the node daemon and its API, in one process, under one task group."""
+"""`hakit daemon`: the node daemon and its API, in one process, under one task group.
+
+The API listens on a root-only unix socket (plain HTTP) and on `api.port` of the node's cluster
+addresses (HTTPS, mutual TLS, signed requests; see docs/security.md)."""
 
 from __future__ import annotations
 
@@ -6,17 +9,20 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import socket
+import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from hakit.adapters.udp import IP_FREEBIND
-from hakit.api.app import Authenticated, create_app
+from hakit.api.app import Guard, create_app
 from hakit.config.load import load_cluster
 from hakit.daemon.logs import LOGGER, daemon_logging
 from hakit.daemon.runtime import (
@@ -26,6 +32,7 @@ from hakit.daemon.runtime import (
     single_instance,
 )
 from hakit.paths import Paths
+from hakit.tls import NodeIdentity, identity, peer_node, server_context
 from hakit.wire.apiauth import Verifier, api_key
 
 log = logging.getLogger(LOGGER)
@@ -76,18 +83,52 @@ def _tcp_sockets(addresses: list[str], port: int) -> list[socket.socket]:
     return socks
 
 
-def _server(app: Any) -> _Server:
-    config = uvicorn.Config(app, log_config=None, lifespan="off", access_log=False, loop="asyncio")
+def _node_peers(cluster: str, nodes: Iterable[str]) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol that closes every TLS connection whose (verified) client
+    certificate does not name one of the cluster's `nodes`."""
+    names = tuple(nodes)
+
+    class NodePeers(H11Protocol):
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            tls = transport.get_extra_info("ssl_object")
+            if peer_node(tls.getpeercert() if tls else None, cluster, names) is None:
+                log.warning("API: closed a TLS connection from %s: not a node", self.client)
+                transport.close()
+
+    return NodePeers
+
+
+def _server(app: Any, tls: ssl.SSLContext | None = None, http: Any = "h11") -> _Server:
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        lifespan="off",
+        access_log=False,
+        loop="asyncio",
+        http=http,
+        ssl_context_factory=None if tls is None else lambda _config, _default: tls,
+    )
     return _Server(config)
+
+
+def tcp_server(app: Any, ident: NodeIdentity, nodes: Iterable[str]) -> _Server:
+    """The TCP API: mutual TLS with the cluster's certificates, clients must be nodes."""
+    return _server(app, server_context(ident), _node_peers(ident.cluster, nodes))
 
 
 async def _serve(daemon: NodeDaemon, paths: Paths) -> None:
     sock = _unix_socket(paths.socket)
     cfg = daemon.cluster.config
-    server = _server(create_app(daemon))
-    verifier = Verifier(api_key(daemon.cluster.secret, cfg.cluster))
+    hello = {"node": daemon.local, "boot": secrets.token_hex(16)}
+    server = _server(Guard(create_app(daemon, hello), None, time.time))
+    verifier = Verifier(api_key(daemon.cluster.secret, cfg.cluster), daemon.local, hello["boot"])
     addresses = [str(a) for a in cfg.nodes[daemon.local].addresses.values()]
-    remote = _server(Authenticated(create_app(daemon), verifier, time.time))
+    remote = tcp_server(
+        Guard(create_app(daemon, hello), verifier, time.time),
+        identity(daemon.cluster.secret, cfg.cluster, daemon.local),
+        cfg.nodes,
+    )
     tcp = _tcp_sockets(addresses, cfg.api.port)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

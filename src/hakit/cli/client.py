@@ -1,17 +1,16 @@
-"""The CLI's clients: the local daemon (unix socket) or another node's daemon (signed TCP)."""
+"""The CLI's clients: the local daemon (unix socket) or another node's daemon (mutual TLS,
+signed requests)."""
 
 from __future__ import annotations
 
-import secrets
-import time
 from typing import Any
 
 import httpx
 
+from hakit.adapters.nodeapi import NodeApi, NodeUnreachable
 from hakit.config.load import load_cluster
 from hakit.errors import DaemonUnavailable, HakitError
 from hakit.paths import Paths
-from hakit.wire.apiauth import api_key, sign
 
 TIMEOUT = 5.0
 
@@ -83,14 +82,15 @@ def _answer(r: httpx.Response, accept: tuple[int, ...]) -> Any:
         if r.status_code == 404 and "detail" in answer and "uninstalled" not in answer:
             raise HakitError(str(answer["detail"]))
         return answer
-    if r.status_code == 401:
-        raise HakitError(f"refused by the remote daemon: {r.json().get('detail')}")
+    if r.status_code in (400, 401, 413):
+        raise HakitError(f"refused by the daemon (HTTP {r.status_code}): {r.json().get('detail')}")
     r.raise_for_status()
     return r.json()
 
 
 class RemoteClient(_Client):
-    """Another node's daemon, over TCP on its cluster addresses, requests signed with the secret."""
+    """Another node's daemon, over mutual TLS on its cluster addresses, requests signed with
+    the secret for that node and its daemon's boot."""
 
     def __init__(self, paths: Paths, node: str) -> None:
         cf = load_cluster(paths.cluster_config)
@@ -98,9 +98,16 @@ class RemoteClient(_Client):
         if node not in cfg.nodes:
             raise HakitError(f"no node {node!r} in the cluster; nodes: {', '.join(cfg.nodes)}")
         self.node = node
-        self.key = api_key(cf.secret, cfg.cluster)
         self.port = cfg.api.port
-        self.addresses = [str(a) for a in cfg.nodes[node].addresses.values()]
+        self.api = NodeApi(
+            cf.secret,
+            cfg.cluster,
+            node,
+            [str(a) for a in cfg.nodes[node].addresses.values()],
+            cfg.api.port,
+            timeout=self.timeout,
+            sender="cli",
+        )
 
     def request(
         self,
@@ -110,29 +117,14 @@ class RemoteClient(_Client):
         accept: tuple[int, ...] = (),
         body: bytes = b"",
     ) -> Any:
-        url = httpx.URL("/v1" + path, params=params or {})
-        target = url.raw_path.decode()
-        errors = []
-        for addr in self.addresses:
-            host = f"[{addr}]" if ":" in addr else addr
-            headers = sign(
-                self.key, "cli", method, target, body, time.time(), secrets.token_hex(12)
-            )
-            try:
-                with httpx.Client(
-                    base_url=f"http://{host}:{self.port}",
-                    timeout=httpx.Timeout(self.timeout, connect=1.0),
-                ) as c:
-                    r = c.request(method, target, headers=headers, content=body)
-            except httpx.HTTPError as e:
-                errors.append(f"{addr}: {e}")
-                continue
-            return _answer(r, accept)
-        raise DaemonUnavailable(
-            f"the hakit daemon on {self.node} does not answer on port {self.port} ("
-            + "; ".join(errors)
-            + ")"
-        )
+        self.api.timeout = self.timeout
+        try:
+            r = self.api.request(method, "/v1" + path, params=params, body=body)
+        except NodeUnreachable as e:
+            raise DaemonUnavailable(
+                f"the hakit daemon on {self.node} does not answer on port {self.port} ({e})"
+            ) from None
+        return _answer(r, accept)
 
 
 def client_for(paths: Paths, node: str | None) -> DaemonClient | RemoteClient:

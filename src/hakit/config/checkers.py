@@ -234,11 +234,14 @@ class CustomChecker(CheckerBase):
 
 
 class RemoteCluster(Frozen):
-    """Another hakit cluster, read through the signed API of its nodes (`GET /v1/state`)."""
+    """Another hakit cluster, read through the API of its nodes (`GET /v1/state`, mutual TLS,
+    signed)."""
 
     name: Name = Field(description="Its cluster name (`cluster` in its cluster.yaml).")
-    addresses: tuple[IPvAnyAddress, ...] = Field(
-        min_length=1, description="Addresses of its nodes' APIs, tried in turn."
+    nodes: dict[Name, IPvAnyAddress] = Field(
+        min_length=1,
+        description="Its nodes, each with the address of its API, tried in turn (the name is "
+        "checked in the node's TLS certificate).",
     )
     port: int = Field(7351, ge=1, le=65535, description="Its `api.port`.")
     secret_file: str = Field(

@@ -90,8 +90,10 @@ class Api(Frozen):
         ge=1,
         le=65535,
         description=(
-            "TCP port of each daemon's API on its cluster addresses. Requests are signed with "
-            "the cluster secret and must be within 5 minutes of the receiver's clock."
+            "TCP port of each daemon's API on its cluster addresses: HTTPS with mutual TLS "
+            "(node certificates of the cluster CA). Requests are signed with the cluster secret "
+            "for the target node and its daemon's boot and must be within 5 minutes of the "
+            "receiver's clock."
         ),
     )
 
