@@ -23,6 +23,7 @@ from hakit.config.witness import load_witness
 from hakit.core import farm as fm
 from hakit.core import mirror_model as mm
 from hakit.errors import ConfigError, HakitError
+from hakit.wire import apiauth
 from hakit.wire import heartbeat as hb
 from hakit.wire import replication as rp
 from hakit.wire import witness as wt
@@ -202,3 +203,35 @@ def test_cluster_module_and_witness_files(folder: Path, cluster: Cluster, text: 
     for load in loaders:
         with contextlib.suppress(ConfigError, HakitError):
             load()
+
+
+# --- node API signatures ------------------------------------------------------------------------
+
+API_KEY = apiauth.api_key(SECRET, "shop")
+HEADER_VALUE = st.one_of(
+    st.text(max_size=80),
+    st.sampled_from(["nan", "inf", "-inf", "1e999", "", "node2", "é", "\x00", "1" * 400]),
+)
+
+
+@FAST
+@given(
+    st.dictionaries(st.sampled_from(apiauth.HEADERS), HEADER_VALUE, max_size=6),
+    st.binary(max_size=64),
+)
+@example(dict.fromkeys(apiauth.HEADERS, "nan"), b"")  # once skipped the freshness check
+def test_api_request_headers(headers: dict[str, str], body: bytes) -> None:
+    """Any headers: a reason to refuse, or None only for a correctly signed request."""
+    v = apiauth.Verifier(API_KEY, "node2", "boot1")
+    why = v.check(headers, "POST", "/v1/x", body, 1000.0)
+    assert why is None or isinstance(why, str)
+    assert why is not None  # random headers never carry this cluster's MAC
+
+
+def test_api_a_signed_request_passes_the_fuzzed_verifier() -> None:
+    """The property above is not vacuous: a real signature is accepted."""
+    headers = apiauth.sign(API_KEY, "node1", "node2", "boot1", "POST", "/v1/x", b"b", 1000.0, "n")
+    v = apiauth.Verifier(API_KEY, "node2", "boot1")
+    assert (
+        v.check({k.lower(): x for k, x in headers.items()}, "POST", "/v1/x", b"b", 1000.0) is None
+    )
