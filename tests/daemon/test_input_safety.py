@@ -106,3 +106,27 @@ def test_config_check_checks_the_installed_modules(tmp_path: Path) -> None:
     r = node.hakit("config", "check")
     assert r.returncode == 0, r.stderr
     assert "2 module(s) OK (bad, good)" in r.stdout
+
+
+def test_a_damaged_state_file_puts_only_its_module_in_error(tmp_path: Path) -> None:
+    """A module's state.json that is not an object crashed the daemon when it built the
+    module's runner; now only that module is in error."""
+    node = node_with_cluster(tmp_path)
+    modules = tmp_path / "etc" / "modules"
+    for name in ("good", "web"):
+        (modules / name).mkdir(parents=True)
+        (modules / name / "module.yaml").write_text(GOOD_MODULE)
+    damaged = tmp_path / "var" / "modules" / "web"
+    damaged.mkdir(parents=True)
+    (damaged / "state.json").write_text('"not an object"')
+    node.start()
+    try:
+        wait_until(lambda: "error" in node.state()["modules"].get("web", {}), 15, "web in error")
+        time.sleep(2)
+        assert node.proc is not None
+        assert node.proc.poll() is None, (tmp_path / "daemon.out").read_text()[-3000:]
+        mods = node.state()["modules"]
+        assert "error" not in mods["good"]
+        assert node.hakit("prim", "good").returncode == 0
+    finally:
+        node.kill()

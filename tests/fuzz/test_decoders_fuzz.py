@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import struct
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from hakit.adapters.statefile import StateFileError, read_json
 from hakit.config.load import load_cluster, parse_yaml
 from hakit.config.model import Cluster
 from hakit.config.module import load_module
@@ -103,9 +105,13 @@ def test_module_payloads_in_heartbeats(text: str) -> None:
 @given(PEER_KEYS | JSON)
 @example({"g": float("inf"), "i": "x", "h": [], "a": 1, "c": 1, "r": "p", "p": "PRIM", "w": ""})
 @example({"g": 1, "i": "x", "h": [[1e308 * 10, "y"]], "a": 1, "c": 1, "r": "p"})
+@example(
+    {"g": 1, "i": "x", "h": [], "a": 1, "c": 1, "r": "p", "t": "nan", "p": "PRIM", "w": "", "o": 1}
+)
 def test_mirror_publications(obj: object) -> None:
     info = mm.peer_from_wire(True, obj)
     assert isinstance(info, mm.PeerInfo)
+    assert math.isfinite(info.since)
 
 
 @FAST
@@ -235,3 +241,16 @@ def test_api_a_signed_request_passes_the_fuzzed_verifier() -> None:
     assert (
         v.check({k.lower(): x for k, x in headers.items()}, "POST", "/v1/x", b"b", 1000.0) is None
     )
+
+
+# --- state files --------------------------------------------------------------------------------
+
+
+@FAST
+@given(st.binary(max_size=200) | JSON.map(lambda o: json.dumps(o).encode()))
+@example(b"[" * 100_000)  # RecursionError in json.loads, once
+def test_state_files(folder: Path, data: bytes) -> None:
+    path = folder / "state.json"
+    path.write_bytes(data)
+    with contextlib.suppress(StateFileError):
+        read_json(path)

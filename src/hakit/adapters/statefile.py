@@ -68,8 +68,9 @@ def read_json(path: Path) -> Any | None:
         ) from e
     try:
         return json.loads(data.decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        what = "it is empty" if not data.strip() else f"it is not valid JSON ({e})"
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        # RecursionError: arrays nested thousands deep, which hakit never writes
+        what = "it is empty" if not data.strip() else f"it is not valid JSON ({str(e)[:200]})"
         raise StateFileError(
             f"state file {path} is corrupt: {what}. hakit wrote it atomically, so something else "
             f"changed or damaged it. Inspect it, then restore it or move it aside "

@@ -6,6 +6,7 @@ the peer as published in its heartbeats, and the compact form a node publishes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -417,6 +418,8 @@ def peer_from_wire(alive: bool, obj: object, fresh: bool = True) -> PeerInfo:
             last_role=str(obj["r"]),
         )
         since = float(obj.get("t", 0.0))
+        if not math.isfinite(since):
+            raise ValueError("primary_since is not a finite number")
         vouches = bool(obj.get("v", 0))
         blocked = str(obj.get("b", ""))[:MAX_PUBLISHED_REASON]
         return PeerInfo(

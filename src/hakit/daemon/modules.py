@@ -174,10 +174,17 @@ class ModuleManager:
             return
         self.elsewhere.pop(name, None)
         runner: Runner
-        if isinstance(mf.config, FarmModule):
-            runner = FarmRunner(mf, self._env())
-        else:
-            runner = MirrorRunner(mf, self._env())
+        try:
+            if isinstance(mf.config, FarmModule):
+                runner = FarmRunner(mf, self._env())
+            else:
+                runner = MirrorRunner(mf, self._env())
+        except Exception as e:  # e.g. a damaged state file: this module only is in error
+            log.exception("module %s cannot start", name)
+            self.crashed[name] = mtime  # until its configuration changes
+            self.broken[name] = str(e) if isinstance(e, HakitError) else f"internal error: {e!r}"
+            self._event(name, "module-error", f"{name}: not loaded:\n{self.broken[name]}")
+            return
         task = self._tg.create_task(self._guard(name, runner), name=f"module {name}")
         self.entries[name] = Entry(runner, task, mtime)
         self._event(
@@ -192,7 +199,11 @@ class ModuleManager:
             await runner.run()
         except Exception as e:
             log.exception("module %s failed", name)
-            released = await asyncio.to_thread(runner.release_vips)
+            try:
+                released = await asyncio.to_thread(runner.release_vips)
+            except Exception as r:
+                log.exception("module %s: releasing its VIPs failed", name)
+                released = [f"releasing them failed: {r!r}"]
             entry = self.entries.pop(name, None)
             self.crashed[name] = entry.mtime if entry else 0.0
             self.broken[name] = f"internal error: {e!r}"
