@@ -21,7 +21,6 @@ from hakit.daemon.packages import install, package, package_bytes, uninstall
 from hakit.errors import DaemonUnavailable, HakitError
 from hakit.paths import Paths
 
-PACKAGE_SUFFIX = ".hakit"
 STATES = ("STOP", "WAIT", "ALONE", "PRIM", "SECOND", "UP")
 
 out = Console(highlight=False, soft_wrap=True)
