@@ -21,7 +21,7 @@ import pytest
 
 from hakit.adapters.nodeapi import NodeApi, NodeUnreachable
 from hakit.api.app import BODY_LIMIT, Guard, create_app
-from hakit.api.server import tcp_server
+from hakit.api.server import HANDSHAKE_TIMEOUT, tcp_server
 from hakit.tls import client_context, identity
 from hakit.waiting import wait_until
 from hakit.wire.apiauth import Verifier, api_key, sign
@@ -285,3 +285,16 @@ def test_signed_bodies_up_to_their_limits_pass_larger_ones_get_413() -> None:
             413,
             {"detail": f"body of {BODY_LIMIT + 1} bytes, limit {BODY_LIMIT}"},
         )
+
+
+def test_a_connection_that_never_completes_its_handshake_is_closed_after_the_deadline() -> None:
+    """Before authentication a connection costs the server at most HANDSHAKE_TIMEOUT seconds
+    (asyncio's default was 60 s): an idle TCP connection is closed by the server."""
+    with serving("node1") as s:
+        idle = socket.create_connection(("127.0.0.1", s.port), timeout=DEADLINE + 20)
+        with idle:
+            started = time.monotonic()
+            assert idle.recv(1) == b""  # the server closed it (a timeout would raise)
+            waited = time.monotonic() - started
+        assert HANDSHAKE_TIMEOUT - 1 < waited < 30, waited
+        assert api(s).request("GET", "/v1/state").status_code == 200  # a node still gets in

@@ -112,9 +112,45 @@ def _server(app: Any, tls: ssl.SSLContext | None = None, http: Any = "h11") -> _
     return _Server(config)
 
 
+HANDSHAKE_TIMEOUT = 5.0  # seconds from the accept to the end of the TLS handshake
+
+
+class _TlsServer(_Server):
+    """The TCP API on the daemon's sockets, with a short TLS handshake deadline: asyncio's
+    default is 60 s and uvicorn does not expose it, so this is uvicorn's start for given
+    sockets with `ssl_handshake_timeout`."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        assert sockets, "the TCP API serves the sockets the daemon bound"
+        await self.lifespan.startup()
+        config = self.config
+
+        def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config,
+                server_state=self.server_state,
+                app_state=self.lifespan.state,
+                _loop=_loop,
+            )
+
+        loop = asyncio.get_running_loop()
+        self.servers = [
+            await loop.create_server(
+                create_protocol,
+                sock=sock,
+                ssl=config.ssl,
+                backlog=config.backlog,
+                ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
+            )
+            for sock in sockets
+        ]
+        self.started = True
+
+
 def tcp_server(app: Any, ident: NodeIdentity, nodes: Iterable[str]) -> _Server:
     """The TCP API: mutual TLS with the cluster's certificates, clients must be nodes."""
-    return _server(app, server_context(ident), _node_peers(ident.cluster, nodes))
+    plain = _server(app, server_context(ident), _node_peers(ident.cluster, nodes))
+    return _TlsServer(plain.config)
 
 
 async def _serve(daemon: NodeDaemon, paths: Paths) -> None:
