@@ -21,7 +21,7 @@ import pytest
 
 from hakit.adapters.nodeapi import NodeApi, NodeUnreachable
 from hakit.api.app import BODY_LIMIT, Guard, create_app
-from hakit.api.server import HANDSHAKE_TIMEOUT, tcp_server
+from hakit.api.server import HANDSHAKE_TIMEOUT, PENDING_PER_ADDRESS, tcp_server
 from hakit.tls import client_context, identity
 from hakit.waiting import wait_until
 from hakit.wire.apiauth import Verifier, api_key, sign
@@ -298,3 +298,30 @@ def test_a_connection_that_never_completes_its_handshake_is_closed_after_the_dea
             waited = time.monotonic() - started
         assert HANDSHAKE_TIMEOUT - 1 < waited < 30, waited
         assert api(s).request("GET", "/v1/state").status_code == 200  # a node still gets in
+
+
+def test_connections_beyond_the_pending_bound_of_an_address_are_refused() -> None:
+    """At most PENDING_PER_ADDRESS connections of one address wait for their handshake; the
+    next ones are closed at once, and a node gets in again once they are gone."""
+    with serving("node1") as s:
+        idle = [
+            socket.create_connection(("127.0.0.1", s.port), timeout=DEADLINE)
+            for _ in range(PENDING_PER_ADDRESS)
+        ]
+        try:
+            wait_until(lambda: not _accepted(s.port), DEADLINE, "one more refused")
+        finally:
+            for c in idle:
+                c.close()
+        wait_until(lambda: _accepted(s.port), DEADLINE, "accepted again")
+        assert api(s).request("GET", "/v1/state").status_code == 200
+
+
+def _accepted(port: int) -> bool:
+    """Whether the server keeps a new connection open (it closes refused ones at once)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as c:
+        c.settimeout(0.5)
+        try:
+            return c.recv(1) != b""
+        except TimeoutError:
+            return True

@@ -113,38 +113,74 @@ def _server(app: Any, tls: ssl.SSLContext | None = None, http: Any = "h11") -> _
 
 
 HANDSHAKE_TIMEOUT = 5.0  # seconds from the accept to the end of the TLS handshake
+PENDING_PER_ADDRESS = 16  # connections of one address still in their handshake
+PENDING_TOTAL = 128  # all connections still in their handshake
 
 
 class _TlsServer(_Server):
-    """The TCP API on the daemon's sockets, with a short TLS handshake deadline: asyncio's
-    default is 60 s and uvicorn does not expose it, so this is uvicorn's start for given
-    sockets with `ssl_handshake_timeout`."""
+    """The TCP API on the daemon's sockets with bounds before authentication: our own accept
+    loop hands each connection to uvicorn's protocol through a TLS handshake of at most
+    HANDSHAKE_TIMEOUT seconds (asyncio's default is 60 s and uvicorn does not expose it), and
+    refuses connections beyond PENDING_PER_ADDRESS / PENDING_TOTAL still in their handshake."""
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         assert sockets, "the TCP API serves the sockets the daemon bound"
         await self.lifespan.startup()
+        self.servers = []
+        self._pending: dict[str, int] = {}
+        self._handshakes: set[asyncio.Task[None]] = set()
+        self._accepting = [asyncio.create_task(self._accept(sock)) for sock in sockets]
+        self.started = True
+
+    def _protocol(self) -> asyncio.Protocol:
         config = self.config
+        return config.http_protocol_class(  # type: ignore[call-arg]
+            config=config, server_state=self.server_state, app_state=self.lifespan.state
+        )
 
-        def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
-            return config.http_protocol_class(  # type: ignore[call-arg]
-                config=config,
-                server_state=self.server_state,
-                app_state=self.lifespan.state,
-                _loop=_loop,
-            )
-
+    async def _accept(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        self.servers = [
-            await loop.create_server(
-                create_protocol,
-                sock=sock,
-                ssl=config.ssl,
-                backlog=config.backlog,
+        while True:
+            try:
+                conn, peer = await loop.sock_accept(sock)
+            except OSError as e:  # e.g. out of descriptors: retry, never stop serving
+                log.warning("API: accept failed: %s", e)
+                await asyncio.sleep(0.1)
+                continue
+            addr = str(peer[0])
+            if (
+                self._pending.get(addr, 0) >= PENDING_PER_ADDRESS
+                or sum(self._pending.values()) >= PENDING_TOTAL
+            ):
+                conn.close()  # beyond the bounds before authentication
+                continue
+            self._pending[addr] = self._pending.get(addr, 0) + 1
+            task = loop.create_task(self._handshake(conn, addr))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
+
+    async def _handshake(self, conn: socket.socket, addr: str) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.connect_accepted_socket(
+                self._protocol,
+                conn,
+                ssl=self.config.ssl,
                 ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
             )
-            for sock in sockets
-        ]
-        self.started = True
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError):
+            conn.close()
+        finally:
+            left = self._pending.get(addr, 1) - 1
+            if left:
+                self._pending[addr] = left
+            else:
+                self._pending.pop(addr, None)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for t in [*getattr(self, "_accepting", []), *getattr(self, "_handshakes", ())]:
+            t.cancel()
+        await super().shutdown(sockets)
 
 
 def tcp_server(app: Any, ident: NodeIdentity, nodes: Iterable[str]) -> _Server:
