@@ -99,7 +99,9 @@ def _node_peers(cluster: str, nodes: Iterable[str]) -> type[asyncio.Protocol]:
     return NodePeers
 
 
-def _server(app: Any, tls: ssl.SSLContext | None = None, http: Any = "h11") -> _Server:
+def _server(
+    app: Any, tls: ssl.SSLContext | None = None, http: Any = "h11", kind: type[_Server] = _Server
+) -> _Server:
     config = uvicorn.Config(
         app,
         log_config=None,
@@ -109,7 +111,7 @@ def _server(app: Any, tls: ssl.SSLContext | None = None, http: Any = "h11") -> _
         http=http,
         ssl_context_factory=None if tls is None else lambda _config, _default: tls,
     )
-    return _Server(config)
+    return kind(config)
 
 
 HANDSHAKE_TIMEOUT = 5.0  # seconds from the accept to the end of the TLS handshake
@@ -185,8 +187,7 @@ class _TlsServer(_Server):
 
 def tcp_server(app: Any, ident: NodeIdentity, nodes: Iterable[str]) -> _Server:
     """The TCP API: mutual TLS with the cluster's certificates, clients must be nodes."""
-    plain = _server(app, server_context(ident), _node_peers(ident.cluster, nodes))
-    return _TlsServer(plain.config)
+    return _server(app, server_context(ident), _node_peers(ident.cluster, nodes), _TlsServer)
 
 
 async def _serve(daemon: NodeDaemon, paths: Paths) -> None:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import re
-
 import click
 
-from hakit.config.model import NAME_PATTERN
+from hakit.config.module import MODULE_NAME
 
 
 class NameType(click.ParamType[str]):
@@ -21,7 +19,7 @@ class NameType(click.ParamType[str]):
         self, value: object, param: click.Parameter | None, ctx: click.Context | None
     ) -> str:
         text = str(value)
-        if not re.match(NAME_PATTERN, text) or text.endswith("\n"):
+        if not MODULE_NAME.match(text):  # anchored with \Z: no trailing newline
             self.fail(
                 f"{text!r} is not a {self.what} name (a letter, then up to 31 letters, digits, "
                 "'-' or '_')",
