@@ -71,10 +71,10 @@ class Source:
     def events(self, limit: int, module: str | None = None) -> list[dict[str, Any]]:
         return [{"at": 1.0, "kind": "peer-lost", "message": "node3 lost"}][-limit:]
 
-    async def install(self, package: bytes, name: str, force: bool) -> str:
+    async def install(self, package: bytes, name: str, force: bool) -> tuple[bool | None, str]:
         if not package.startswith(b"PK"):
             raise HakitError("not a zip")
-        return f"module {name} installed"
+        return True, f"module {name} installed"
 
     def uninstall(self, name: str) -> str:
         if name != "app":
@@ -156,7 +156,7 @@ def test_module_commands() -> None:
 
 def test_install_and_uninstall() -> None:
     ok = request("POST", "/v1/modules", body=b"PK...", name="web", force="false")
-    assert ok.json() == {"installed": True, "message": "module web installed"}
+    assert ok.json() == {"installed": True, "loaded": True, "message": "module web installed"}
     bad = request("POST", "/v1/modules", body=b"nope", name="web")
     assert bad.status_code == 400
     assert bad.json()["detail"] == "not a zip"

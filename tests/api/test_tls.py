@@ -278,7 +278,7 @@ def test_signed_bodies_up_to_their_limits_pass_larger_ones_get_413() -> None:
         r = api(s).request("POST", "/v1/modules", params={"name": "x"}, body=package)
         assert (r.status_code, r.json()) == (
             200,
-            {"installed": True, "message": "module x installed"},
+            {"installed": True, "loaded": True, "message": "module x installed"},
         )
         r = api(s).request("POST", "/v1/modules/app/stop", body=b"\0" * (BODY_LIMIT + 1))
         assert (r.status_code, r.json()) == (

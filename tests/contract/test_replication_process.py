@@ -1047,6 +1047,32 @@ def test_interrupted_resync_resumes_where_it_stopped(rig: Rig) -> None:
     assert resent <= 0.7 * total
 
 
+def test_progress_is_reported_while_one_large_file_is_copied(rig: Rig) -> None:
+    """A resync of one large file shows its bytes, rate and ETA as it goes (on the primary
+    and, relayed, on the secondary), not only between files."""
+    p, s, port = rig.dir("p"), rig.dir("s"), free_port()
+    size = 24 * MiB
+    write_file(p / "big", random.Random(SEED + 12).randbytes(size))
+    sec = rig.secondary(s, port)
+    pri = rig.primary(p, bandwidth=8 * MiB)  # about 3 s of copying
+    at, sat = pri.mark(), sec.mark()
+    pri.connect(port)
+    synced = wait_synced(pri, at)
+    seen = [e for e in pri.events[at:] if e["event"] == "progress" and e["phase"] == "copying"]
+    partial = [e for e in seen if 0 < e["bytes_done"] < size]
+    assert len(partial) >= 3, seen
+    assert all(e["files_total"] == 1 and e["bytes_total"] == size for e in partial)
+    done = [e["bytes_done"] for e in partial]
+    assert done == sorted(done)
+    assert len(set(done)) == len(done)
+    assert all(e["rate"] > 0 and e["eta"] > 0 for e in partial)
+    relayed = [
+        e for e in sec.events[sat:] if e["event"] == "progress" and 0 < e["bytes_done"] < size
+    ]
+    assert relayed, sec.events[sat:]
+    assert synced["bytes_sent"] >= size
+
+
 # --- 5. the primary crashes -----------------------------------------------------------------
 
 

@@ -71,7 +71,11 @@ def test_valid_module(tmp_path: Path) -> None:
     ("old", "new", "expected"),
     [
         ("nodes: [alpha, beta]", "nodes: [alpha, delta]", "nodes[1] = delta: not a cluster node"),
-        ("nodes: [alpha, beta]", "nodes: [alpha]", "nodes[1]: item 2 is missing"),
+        (
+            "nodes: [alpha, beta]",
+            "nodes: [alpha]",
+            "nodes = ['alpha']: expected at least 2 items, got 1",
+        ),
         (
             "nodes: [alpha, beta]",
             "nodes: [alpha, gamma]",

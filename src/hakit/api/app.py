@@ -42,9 +42,10 @@ class StatusSource(Protocol):
         """(accepted, message); raises `HakitError` for an unknown module."""
         ...
 
-    async def install(self, package: bytes, name: str, force: bool) -> str:
-        """Install a module package (validated off the event loop); the message; `HakitError`
-        if invalid."""
+    async def install(self, package: bytes, name: str, force: bool) -> tuple[bool | None, str]:
+        """Install a module package (validated off the event loop) and load it: (loaded as its
+        configuration says — None if modules are not started yet —, message); `HakitError` if
+        invalid (nothing installed)."""
         ...
 
     async def verify(self, module: str) -> dict[str, Any]:
@@ -164,14 +165,17 @@ def create_app(source: StatusSource, hello: dict[str, str]) -> FastAPI:
     ) -> list[dict[str, Any]]:
         return source.events(limit, module)
 
-    @app.post(API_PREFIX + "/modules", summary="Install a module package (zip body)")
+    @app.post(
+        API_PREFIX + "/modules",
+        summary="Install a module package (zip body); answers once this node has loaded it",
+    )
     async def install(request: Request, name: str, force: bool = False) -> JSONResponse:
         data = await request.body()
         try:
-            message = await source.install(data, name, force)
+            loaded, message = await source.install(data, name, force)
         except HakitError as e:
             return JSONResponse({"installed": False, "detail": str(e)}, status_code=400)
-        return JSONResponse({"installed": True, "message": message})
+        return JSONResponse({"installed": True, "loaded": loaded, "message": message})
 
     @app.delete(API_PREFIX + "/modules/{module}", summary="Uninstall a stopped module")
     def uninstall(module: str) -> JSONResponse:

@@ -3,6 +3,7 @@ signed requests)."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import httpx
@@ -58,8 +59,18 @@ class DaemonClient(_Client):
         body: bytes = b"",
     ) -> Any:
         sock = self.paths.socket
-        if not sock.exists():
-            raise self._unavailable("no socket")
+        try:
+            os.stat(sock)
+            allowed = os.access(sock, os.R_OK | os.W_OK)
+        except FileNotFoundError:
+            raise self._unavailable("no socket") from None
+        except PermissionError:
+            allowed = False
+        if not allowed:
+            raise HakitError(
+                f"permission denied on {sock}: the hakit daemon answers only root there "
+                "(run the command as root, e.g. with sudo)"
+            )
         transport = httpx.HTTPTransport(uds=str(sock))
         try:
             with httpx.Client(

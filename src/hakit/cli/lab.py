@@ -11,6 +11,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from hakit.cli.params import HelpGroup
 from hakit.lab.lab import DAEMON_TIMEOUT, Lab
 from hakit.lab.namespaces import check_environment, host_env
 from hakit.lab.topology import Cut
@@ -41,7 +42,7 @@ def _cuts_text(cuts: tuple[Cut, ...] | list[Cut]) -> str:
     return "cuts: " + ", ".join(f"{c.a} x {c.b} on {c.network}" for c in cuts)
 
 
-@click.group("lab")
+@click.group("lab", cls=HelpGroup)
 def lab() -> None:
     """Multi-node hakit clusters on this machine: namespaces, bridges, real daemons, faults.
 

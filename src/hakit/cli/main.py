@@ -14,7 +14,7 @@ from rich.console import Console
 from hakit import __version__
 from hakit.cli import modules
 from hakit.cli.lab import lab
-from hakit.cli.params import MODULE
+from hakit.cli.params import MODULE, HelpGroup
 from hakit.cli.replication import verify
 from hakit.cli.witness import witness
 from hakit.config.model import Cluster
@@ -24,7 +24,7 @@ from hakit.paths import Paths
 err_console = Console(stderr=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=HelpGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", message="%(version)s")
 def cli() -> None:
     """hakit: high availability and load balancing for Linux applications."""

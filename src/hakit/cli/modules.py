@@ -12,32 +12,31 @@ from typing import Any
 import click
 from rich.console import Console
 
-from hakit.cli.client import DaemonClient, RemoteClient, client_for
-from hakit.cli.params import CHECKER, MODULE
+from hakit.cli.client import DaemonClient, RemoteClient
+from hakit.cli.everywhere import (
+    Refused,
+    client,
+    cluster_nodes,
+    each_node,
+    module_nodes,
+    module_state,
+    run_command,
+    run_everywhere,
+)
+from hakit.cli.params import CHECKER, MODULE, HelpGroup
 from hakit.config.clashes import refuse_clashes
 from hakit.config.load import load_cluster
 from hakit.config.module import MODULE_FILE, FarmModule, load_module
+from hakit.daemon.packages import check as check_package
 from hakit.daemon.packages import install, package, package_bytes, uninstall
 from hakit.errors import DaemonUnavailable, HakitError
 from hakit.paths import Paths
 
 STATES = ("STOP", "WAIT", "ALONE", "PRIM", "SECOND", "UP")
+STOPPED_GRACE = 2.0  # `wait`: a module stopped this long will not get anywhere by itself
 
 out = Console(highlight=False, soft_wrap=True)
-
-
-class Refused(HakitError):
-    exit_code = 1
-
-
-# --- packages ------------------------------------------------------------------------------------
-
-
-# --- talking to the daemon --------------------------------------------------------------------
-
-
-def _client(node: str | None = None) -> DaemonClient | RemoteClient:
-    return client_for(Paths.from_env(), node)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 node_option = click.option(
@@ -48,70 +47,10 @@ all_option = click.option(
 )
 
 
-def _module_state(st: dict[str, Any], module: str) -> dict[str, Any]:
-    mod = st["modules"].get(module)
-    if mod is None:
-        raise HakitError(
-            f"no module {module!r} on {st['node']}; installed: {', '.join(st['modules']) or 'none'}"
-        )
-    return mod  # type: ignore[no-any-return]
-
-
-def run_command(module: str, command: str, node: str | None = None) -> None:
-    r = _client(node).post(f"/modules/{module}/{command}")
-    where = f"{node}: " if node else ""
-    if r.get("accepted"):
-        out.print(where + r["message"])
-        return
-    raise Refused(where + (r.get("message") or r.get("detail") or "refused"))
-
-
-def module_nodes(module: str, command: str) -> list[str]:
-    """The module's nodes, in the order `--all` acts on them: for stops, the primary last."""
-    st = _client().get("/state")
-    mod = _module_state(st, module)
-    nodes = list(mod["nodes"])
-    if command in ("stop", "stopstart"):
-        nodes.sort(key=lambda n: mod["nodes"][n].get("state") in ("ALONE", "PRIM"))
-    return nodes
-
-
-ALL_STEP_TIMEOUT = 180.0
-
-
-def _settled(module: str, node: str, want: str | None) -> bool:
-    st = _client(node).get("/state")
-    me = _module_state(st, module)["nodes"].get(node, {})
-    if me.get("status") == "transient":
-        return False
-    return want is None or me.get("state") == want
-
-
-def run_everywhere(module: str, command: str) -> None:
-    """`--all`: node after node, each done before the next (a stop ends in STOP first), so a
-    global stop stops the secondary before the primary and causes no useless failover."""
-    failures = []
-    for n in module_nodes(module, command):
-        want = "STOP" if command == "stop" else None
-        deadline = time.monotonic() + ALL_STEP_TIMEOUT
-        while not _settled(module, n, None) and time.monotonic() < deadline:
-            time.sleep(0.2)  # busy with an earlier step: let it finish
-        try:
-            run_command(module, command, n)
-        except HakitError as e:
-            failures.append(str(e))
-            out.print(f"[red]{e}[/]", markup=True)
-            continue
-        while not _settled(module, n, want) and time.monotonic() < deadline:
-            time.sleep(0.2)
-    if failures:
-        raise Refused(f"{len(failures)} node(s) refused or failed")
-
-
 # --- click commands ---------------------------------------------------------------------------
 
 
-@click.group("module")
+@click.group("module", cls=HelpGroup)
 def module_group() -> None:
     """Install, check and list modules."""
 
@@ -122,61 +61,94 @@ def module_group() -> None:
 @click.option("--force", is_flag=True, help="Replace an installed module of the same name.")
 @click.option("--all", "all_nodes", is_flag=True, help="Install on every node of the cluster.")
 def module_install(source: Path, name: str | None, force: bool, all_nodes: bool) -> None:
-    """Install a module from a folder or a NAME.hakit package on this node (or all nodes)."""
+    """Install a module from a folder or a NAME.hakit package on this node (or all nodes);
+    returns once each daemon has loaded it (or says why not)."""
     paths = Paths.from_env()
-    if not all_nodes:
-        mf = install(paths, source, name, force)
-        out.print(
-            f"module {mf.name} installed in {mf.dir} ({mf.config.kind} on "
-            f"{' and '.join(mf.config.nodes)}); the daemon loads it within a second — "
-            f"then `hakit prim {mf.name}` on the node with the good data"
-        )
-        return
+    mname = check_package(paths, source, name).name  # errors located in SOURCE, not sent
     data = source.read_bytes() if source.is_file() else package_bytes(source)
-    mname = name or source.name.removesuffix(".hakit")
-    failures = []
-    for node in load_cluster(paths.cluster_config, with_secret=False).config.nodes:
-        params = {"name": mname, "force": str(force).lower()}
-        r = RemoteClient(paths, node).request(
-            "POST", "/modules", params=params, body=data, accept=(400, 409)
+    params = {"name": mname, "force": str(force).lower()}
+
+    def on(api: DaemonClient | RemoteClient) -> str:
+        r = api.request("POST", "/modules", params=params, body=data, accept=(400, 409))
+        if not r.get("installed"):
+            raise Refused(str(r.get("detail") or r.get("message")))
+        if r.get("loaded") is False:
+            raise Refused(str(r["message"]))
+        return str(r["message"])
+
+    if all_nodes:
+        each_node(f"install {mname}", cluster_nodes(paths), lambda n: on(RemoteClient(paths, n)))
+        return
+    try:
+        message = on(DaemonClient(paths))
+    except DaemonUnavailable:
+        mf = install(paths, source, name, force)
+        message = (
+            f"module {mf.name} installed in {mf.dir} ({mf.config.kind} on "
+            f"{' and '.join(mf.config.nodes)}); the daemon is not running here: it loads the "
+            "module when it starts"
         )
-        if r.get("installed"):
-            out.print(f"{node}: {r['message']}")
-        else:
-            failures.append(node)
-            out.print(f"[red]{node}: {r.get('detail') or r.get('message')}[/]", markup=True)
-    if failures:
-        raise Refused(f"not installed on {', '.join(failures)}")
+    out.print(message + f" — then `hakit prim {mname}` on the node with the good data")
 
 
 @module_group.command("uninstall")
 @click.argument("module", type=MODULE)
 @click.option("--all", "all_nodes", is_flag=True, help="Uninstall from every node.")
-def module_uninstall(module: str, all_nodes: bool) -> None:
-    """Remove an installed module (it must be stopped); its state is kept for a reinstall."""
+@click.option(
+    "--stop",
+    "stop_first",
+    is_flag=True,
+    help="With --all: stop the module everywhere first (secondaries before the primary).",
+)
+def module_uninstall(module: str, all_nodes: bool, stop_first: bool) -> None:
+    """Remove an installed module (it must be stopped); its state is kept for a reinstall.
+    With --all, nothing is removed anywhere while it runs on a node, unless --stop."""
     paths = Paths.from_env()
+
+    def on(api: DaemonClient | RemoteClient) -> str:
+        r = api.request("DELETE", f"/modules/{module}", accept=(404, 409))
+        if not r.get("uninstalled"):
+            raise Refused(str(r.get("detail") or r.get("message")))
+        return str(r["message"])
+
     if all_nodes:
-        failures = []
-        for node in load_cluster(paths.cluster_config, with_secret=False).config.nodes:
-            r = RemoteClient(paths, node).request("DELETE", f"/modules/{module}", accept=(404, 409))
-            ok = r.get("uninstalled")
-            out.print(f"{node}: {r.get('message') or r.get('detail')}")
-            if not ok:
-                failures.append(node)
-        if failures:
-            raise Refused(f"not uninstalled on {', '.join(failures)}")
+        nodes = cluster_nodes(paths)
+        running = _running_on(module, nodes)
+        if running and not stop_first:
+            where = ", ".join(f"{n} ({s})" for n, s in running.items())
+            raise Refused(
+                f"{module} runs on {where}: nothing uninstalled. `hakit stop {module} --all` "
+                f"first, or `hakit module uninstall {module} --all --stop`"
+            )
+        if running:
+            order = [n for n in module_nodes(module, "stop") if n in running]
+            run_everywhere(module, "stop", order)
+        each_node(f"uninstall {module}", nodes, lambda n: on(RemoteClient(paths, n)))
         return
+    if stop_first:
+        raise click.UsageError("--stop goes with --all (here: `hakit stop MODULE` first)")
     try:
-        st = _client().get("/state")
-        mod = st["modules"].get(module)
-        if mod and mod.get("nodes", {}).get(st["node"], {}).get("state", "STOP") != "STOP":
-            raise HakitError(f"module {module} is running here: `hakit stop {module}` first")
+        out.print(on(DaemonClient(paths)))
     except DaemonUnavailable:
-        pass
-    uninstall(paths, module)
-    out.print(
-        f"module {module} uninstalled (its state in {paths.var / 'modules' / module} is kept)"
-    )
+        uninstall(paths, module)
+        out.print(
+            f"module {module} uninstalled (its state in {paths.var / 'modules' / module} is kept)"
+        )
+
+
+def _running_on(module: str, nodes: list[str]) -> dict[str, str]:
+    """The nodes where `module` is not stopped, as each says (unreachable ones are left to the
+    uninstall itself, which reports them)."""
+    running = {}
+    for n in nodes:
+        try:
+            st = client(n).get("/state")
+        except HakitError:
+            continue
+        me = st["modules"].get(module, {}).get("nodes", {}).get(n)
+        if me and me.get("state", "STOP") != "STOP":
+            running[n] = f"{me['state']} {me['status']}"
+    return running
 
 
 @module_group.command("list")
@@ -190,7 +162,7 @@ def module_list(as_json: bool) -> None:
         else []
     )
     try:
-        mods = _client().get("/state")["modules"]
+        mods = client().get("/state")["modules"]
     except DaemonUnavailable:
         mods = {}
     rows = {n: mods.get(n, {}) for n in names}
@@ -210,28 +182,36 @@ def module_list(as_json: bool) -> None:
 
 
 @module_group.command("check")
-@click.argument("module")  # a name or a folder
+@click.argument("module")  # a name, a folder or a package
 def module_check(module: str) -> None:
-    """Validate an installed module (by name) or a module folder, without starting anything."""
+    """Validate an installed module (by name), a module folder or a NAME.hakit package,
+    without starting or installing anything."""
     paths = Paths.from_env()
     cluster = load_cluster(paths.cluster_config, with_secret=False).config
-    folder = Path(module) if Path(module).is_dir() else paths.modules / module
-    if not folder.is_dir():
-        raise HakitError(f"no module folder {module!r} (installed modules are in {paths.modules})")
-    mf = load_module(folder, cluster)
-    refuse_clashes(mf, paths.modules, cluster)  # against the modules installed on this node
+    if Path(module).is_file():
+        mf = check_package(paths, Path(module))
+        where = module
+    else:
+        folder = Path(module) if Path(module).is_dir() else paths.modules / module
+        if not folder.is_dir():
+            raise HakitError(
+                f"no module folder or package {module!r} (installed modules are in {paths.modules})"
+            )
+        mf = load_module(folder, cluster)
+        refuse_clashes(mf, paths.modules, cluster)  # against the modules installed on this node
+        where = str(folder / MODULE_FILE)
     c = mf.config
     vips = ", ".join(str(v.address) for v in c.vips) or "none"
     if isinstance(c, FarmModule):
         weights = ", ".join(f"{n} {c.weight(n)}" for n in c.nodes)
         rules = ", ".join(f"{r.protocol} {r.port or 'any'} by {r.by}" for r in c.rules)
         out.print(
-            f"{folder / MODULE_FILE}: OK — farm module {mf.name} on {len(c.nodes)} nodes "
+            f"{where}: OK — farm module {mf.name} on {len(c.nodes)} nodes "
             f"(weights {weights}), VIPs {vips}, virtual MAC {c.mac}, rules {rules}"
         )
         return
     out.print(
-        f"{folder / MODULE_FILE}: OK — {c.kind} module {mf.name} on {' and '.join(c.nodes)}, "
+        f"{where}: OK — {c.kind} module {mf.name} on {' and '.join(c.nodes)}, "
         f"VIPs {vips}, failover {'on' if c.failover else 'off'}, default primary "
         f"{c.default_primary}"
     )
@@ -254,7 +234,7 @@ def _control(command: str, doc: str) -> click.Command:
         if all_nodes:
             run_everywhere(module, command)
         else:
-            run_command(module, command, node)
+            out.print((f"{node}: " if node else "") + run_command(module, command, node))
 
     return cmd
 
@@ -281,7 +261,7 @@ def failover(mode: str, module: str, node: str | None, all_nodes: bool) -> None:
     if all_nodes:
         run_everywhere(module, f"failover-{mode}")
     else:
-        run_command(module, f"failover-{mode}", node)
+        out.print((f"{node}: " if node else "") + run_command(module, f"failover-{mode}", node))
 
 
 @click.command("checker")
@@ -296,10 +276,17 @@ def checker(
     """Switch the checkers of MODULE off for maintenance, or on again (one CHECKER, or all of
     them). Off: no probe, no action, shown in `hakit state`; kept across daemon restarts."""
     path = f"/modules/{module}/checkers/{checker or '*'}/{switch}"
-    nodes = module_nodes(module, "checker") if all_nodes else [node]
-    for n in nodes:
-        r = _client(n).post(path)
-        out.print((f"{n}: " if n else "") + str(r.get("message") or r.get("detail")))
+
+    def on(n: str | None) -> str:
+        r = client(n).post(path)
+        if not r.get("accepted"):
+            raise Refused(str(r.get("message") or r.get("detail")))
+        return str(r["message"])
+
+    if all_nodes:
+        each_node(f"checker {switch} {module}", module_nodes(module, "checker"), on)
+    else:
+        out.print((f"{node}: " if node else "") + on(node))
 
 
 @click.command("wait")
@@ -313,14 +300,21 @@ def wait(module: str, state: str, timeout: float, node: str | None) -> None:
     from hakit.cli.replication import ProgressBar
 
     state = state.upper()
-    deadline = time.monotonic() + timeout
-    last = ""
-    client = _client(node)
+    start = time.monotonic()
+    deadline = start + timeout
+    api = client(node)
     bar = ProgressBar(out)  # shown while a resynchronisation runs
     try:
         while True:
-            st = client.get("/state")
-            mod = _module_state(st, module)
+            st = api.get("/state")
+            mod = module_state(st, module)
+            if mod.get("error"):
+                raise Refused(f"{module} is not loaded on {st['node']}: {mod['error']}")
+            if mod.get("here") is False:
+                raise Refused(
+                    f"{st['node']} is not one of the nodes of {module} "
+                    f"({', '.join(mod['nodes'])}): `--node NODE` to wait on one of them"
+                )
             me = mod["nodes"].get(st["node"], {})
             bar.update((mod.get("replication") or {}).get("progress"))
             last = f"{me.get('state')} ({me.get('status')})"
@@ -331,6 +325,12 @@ def wait(module: str, state: str, timeout: float, node: str | None) -> None:
                 bar.close(done=True)
                 out.print(f"{module} is {last} on {st['node']}")
                 return
+            stopped = me.get("state") == "STOP" and me.get("status") != "transient"
+            if stopped and time.monotonic() - start > STOPPED_GRACE:
+                raise Refused(
+                    f"{module} is stopped on {st['node']} ({last}): it will not become {state} "
+                    f"by itself; `hakit start {module}` (or prim/second) first"
+                )
             if time.monotonic() > deadline:
                 raise Refused(
                     f"{module} is {last} on {st['node']} after {timeout:g} s, not {state}"
@@ -354,7 +354,10 @@ def _events(paths: Paths, module: str) -> Iterator[dict[str, Any]]:
                 yield ev
 
 
-def _print_event(ev: dict[str, Any]) -> None:
+def _print_event(ev: dict[str, Any], as_json: bool = False) -> None:
+    if as_json:
+        click.echo(json.dumps(ev, sort_keys=False))
+        return
     t = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ev["at"]))
     style = {"module-warning": "yellow", "module-error": "bold red"}.get(ev.get("kind", ""), "")
     text = f"{t}.{int(ev['at'] % 1 * 1000):03d} {ev['message']}"
@@ -365,20 +368,25 @@ def _print_event(ev: dict[str, Any]) -> None:
 @click.argument("module", type=MODULE)
 @click.option("-n", "--lines", type=int, default=50, show_default=True)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new entries.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="One JSON object per entry and line (JSON Lines)."
+)
 @node_option
-def log_cmd(module: str, lines: int, follow: bool, node: str | None) -> None:
+def log_cmd(module: str, lines: int, follow: bool, as_json: bool, node: str | None) -> None:
     """The timeline of MODULE on this node: every decision and action with its cause."""
     paths = Paths.from_env()
     if node is not None:
-        for ev in _client(node).get("/events", limit=min(lines, 2000), module=module):
-            _print_event(ev)
+        if follow:
+            raise click.UsageError("--follow reads this node's timeline; without --node")
+        for ev in client(node).get("/events", limit=min(lines, 2000), module=module):
+            _print_event(ev, as_json)
         return
     entries = list(_events(paths, module))
     for ev in entries[-lines:]:
-        _print_event(ev)
+        _print_event(ev, as_json)
     if not follow:
-        if not entries:
-            out.print(f"no timeline entries for {module} in {paths.events_log}")
+        if not entries and not as_json:
+            err.print(f"no timeline entries for {module} in {paths.events_log}")
         return
     path = paths.events_log
     while not path.exists():  # like `tail -F`: the daemon creates it when it starts
@@ -395,7 +403,7 @@ def log_cmd(module: str, lines: int, follow: bool, node: str | None) -> None:
             except ValueError:
                 continue
             if ev.get("module") == module:
-                _print_event(ev)
+                _print_event(ev, as_json)
 
 
 def register(cli: click.Group) -> None:

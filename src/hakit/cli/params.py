@@ -31,3 +31,21 @@ class NameType(click.ParamType[str]):
 
 MODULE = NameType("module")
 CHECKER = NameType("checker")
+
+
+class HelpGroup(click.Group):
+    """A group whose command list shows each command's whole first paragraph, wrapped, where
+    click cuts it at the terminal's width with "..."; its sub-groups are of this class too."""
+
+    group_class = type
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is None or cmd.hidden:
+                continue
+            rows.append((name, cmd.get_short_help_str(limit=10_000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import click
@@ -48,9 +49,14 @@ def progress_line(p: dict[str, Any]) -> str:
 
 
 class ProgressBar:
-    """A live bar fed with the `replication.progress` objects of successive states."""
+    """A live bar fed with the `replication.progress` objects of successive states; where the
+    output is not a terminal (a log, a pipe), a progress line every `LINE_EVERY` seconds."""
+
+    LINE_EVERY = 2.0
 
     def __init__(self, console: Console) -> None:
+        self.console = console
+        self._line_at = 0.0
         self.bar = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -66,6 +72,12 @@ class ProgressBar:
 
     def update(self, p: dict[str, Any] | None) -> None:
         if p is None:
+            return
+        if not self.console.is_terminal:
+            now = time.monotonic()
+            if now - self._line_at >= self.LINE_EVERY:
+                self._line_at = now
+                self.console.print(progress_line(p))
             return
         files = f"{p.get('files_done')}/{p.get('files_total')} files"
         if self.task is None:

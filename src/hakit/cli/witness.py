@@ -12,6 +12,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from hakit.cli.params import HelpGroup
 from hakit.config.witness import default_path, load_witness
 from hakit.paths import Paths
 
@@ -27,7 +28,7 @@ def _out() -> Console:
     return Console(highlight=False, soft_wrap=True)
 
 
-@click.group("witness")
+@click.group("witness", cls=HelpGroup)
 def witness() -> None:
     """The split-brain witness: grants module leases to cluster nodes (see docs/witness.md).
 

@@ -190,9 +190,17 @@ def _expected(err: Any, model: type[BaseModel], loc: Loc, data: Any) -> str:
         allowed = _allowed_keys(model, loc[:-1], data)
         return "unknown key" + (f"; expected one of: {', '.join(allowed)}" if allowed else "")
     if kind == "missing":
-        if loc and isinstance(loc[-1], int):
-            return f"item {loc[-1] + 1} is missing: the list is too short"
         return "required key is missing"
+    if kind in ("too_short", "too_long"):
+        ctx = err.get("ctx", {})
+        bound = ctx.get("min_length" if kind == "too_short" else "max_length")
+        what = "character" if ctx.get("field_type") == "Value" else "item"
+        desc = _description(model, loc, data)
+        return (
+            f"expected {'at least' if kind == 'too_short' else 'at most'} {bound} {what}"
+            f"{'' if bound == 1 else 's'}, got {ctx.get('actual_length')}"
+            + ("" if desc.startswith("a value of") else f" ({desc[0].lower()}{desc[1:]})")
+        )
     msg = str(err["msg"])
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
@@ -205,6 +213,28 @@ def _expected(err: Any, model: type[BaseModel], loc: Loc, data: Any) -> str:
     if msg.startswith("Input should be "):
         return "expected " + msg[len("Input should be ") :]
     return "expected: " + msg[0].lower() + msg[1:] if msg else kind
+
+
+def _member_at(data: Any, loc: Loc) -> Any:
+    for part in loc:
+        if isinstance(data, dict):
+            data = data.get(part)
+        elif isinstance(data, list) and isinstance(part, int) and part < len(data):
+            data = data[part]
+        else:
+            return None
+    return data
+
+
+def _short_lists(data: Any, exc: ValidationError) -> dict[Loc, int]:
+    """Lists of a fixed length given too few items: their location -> the length expected."""
+    out: dict[Loc, int] = {}
+    for err in exc.errors():
+        loc = _data_loc(data, tuple(err["loc"]))
+        at_item = err["type"] == "missing" and loc and isinstance(loc[-1], int)
+        if at_item and isinstance(_member_at(data, loc[:-1]), list):
+            out[loc[:-1]] = max(out.get(loc[:-1], 0), int(loc[-1]) + 1)
+    return out
 
 
 def validate(model: type[BaseModel], data: Any, marks: Marks, file: str) -> Any:
@@ -220,9 +250,20 @@ def validate(model: type[BaseModel], data: Any, marks: Marks, file: str) -> Any:
     except ValidationError as exc:
         issues: list[ConfigIssue] = []
         seen: set[tuple[Loc, str]] = set()
+        short = _short_lists(data, exc)
         for raw in exc.errors():
             err: dict[str, Any] = dict(raw)
             loc: Loc = _data_loc(data, tuple(err["loc"]))
+            if err["type"] == "missing" and loc[:-1] in short:
+                # the items a fixed-length list lacks: one issue for the list
+                have = len(_member_at(data, loc[:-1]))
+                loc = loc[:-1]
+                err = {
+                    **err,
+                    "type": "too_short",
+                    "input": _member_at(data, loc),
+                    "ctx": {"min_length": short[loc], "actual_length": have},
+                }
             if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
                 tags = _tags(_model_at(model, loc, data))
                 err = {**err, "input": err.get("ctx", {}).get("tag"), "tags": tags}
@@ -256,22 +297,18 @@ class ClusterFile:
         return f"ClusterFile(path={self.path!s}, cluster={self.config.cluster!r})"
 
 
-def read_text(path: Path) -> str:
+CLUSTER_MISSING = (
+    "file not found; create it with `hakit cluster init` "
+    "(or set HAKIT_ETC to the folder holding cluster.yaml)"
+)
+
+
+def read_text(path: Path, missing: str = CLUSTER_MISSING) -> str:
+    """The text of a configuration file; `missing`: what to say when it does not exist."""
     try:
         return safeyaml.read_file(path)
     except FileNotFoundError:
-        raise ConfigError(
-            [
-                ConfigIssue(
-                    str(path),
-                    None,
-                    "",
-                    None,
-                    "file not found; create it with `hakit cluster init` "
-                    "(or set HAKIT_ETC to the folder holding cluster.yaml)",
-                )
-            ]
-        ) from None
+        raise ConfigError([ConfigIssue(str(path), None, "", None, missing)]) from None
     except OSError as e:
         raise ConfigError(
             [ConfigIssue(str(path), None, "", None, f"cannot read: {e.strerror or e}")]

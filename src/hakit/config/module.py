@@ -757,7 +757,12 @@ def load_module(directory: Path, cluster: Cluster, name: str | None = None) -> M
                 )
             ]
         )
-    data, marks = parse_yaml(read_text(path), file)
+    missing = (
+        f"file not found: a module folder holds its {MODULE_FILE} (and bin/ with its "
+        "scripts); `hakit module check FOLDER` checks one, docs/mirror.md and docs/farm.md "
+        "describe them"
+    )
+    data, marks = parse_yaml(read_text(path, missing), file)
     kind = data.get("kind") if isinstance(data, dict) else None
     if kind not in ("mirror", "farm"):
         raise ConfigError(

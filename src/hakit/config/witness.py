@@ -85,20 +85,11 @@ def default_path(etc: Path) -> Path:
 def load_witness(path: Path) -> WitnessFile:
     """Load and fully check `witness.yaml` and every cluster's secret, or raise `ConfigError`."""
     file = str(path)
-    if not path.exists():
-        raise ConfigError(
-            [
-                ConfigIssue(
-                    file,
-                    None,
-                    "",
-                    None,
-                    "file not found; write it as described in docs/witness.md "
-                    "(or pass --config PATH, or set HAKIT_ETC to the folder holding it)",
-                )
-            ]
-        )
-    data, marks = parse_yaml(read_text(path), file)
+    missing = (
+        "file not found; write it as described in docs/witness.md "
+        "(or pass --config PATH, or set HAKIT_ETC to the folder holding it)"
+    )
+    data, marks = parse_yaml(read_text(path, missing), file)
     config: WitnessConfig = validate(WitnessConfig, data, marks, file)
     issues: list[ConfigIssue] = []
     seen: dict[str, int] = {}

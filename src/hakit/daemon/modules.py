@@ -28,6 +28,7 @@ from hakit.daemon.farm_runner import FarmRunner
 from hakit.daemon.logs import LOGGER, Event
 from hakit.daemon.mirror_runner import MirrorRunner
 from hakit.daemon.module_runner import Environment
+from hakit.daemon.status import heard_modules
 from hakit.errors import ConfigError, HakitError
 from hakit.paths import Paths
 
@@ -51,6 +52,23 @@ class Entry:
     stale_config: bool = False
 
 
+@dataclass(frozen=True)
+class Elsewhere:
+    """A module installed on this node that runs on other nodes only."""
+
+    mtime: float
+    kind: str
+    nodes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """Where an installed module stands on this node right after it was (re)scanned."""
+
+    ok: bool  # loaded as its configuration says: running here, or not one of its nodes
+    message: str
+
+
 @dataclass
 class ModuleManager:
     paths: Paths
@@ -64,9 +82,12 @@ class ModuleManager:
     entries: dict[str, Entry] = field(default_factory=dict)
     broken: dict[str, str] = field(default_factory=dict)  # module -> configuration error
     crashed: dict[str, float] = field(default_factory=dict)  # module -> mtime when it crashed
-    elsewhere: dict[str, float] = field(default_factory=dict)  # installed, runs on other nodes
+    elsewhere: dict[str, Elsewhere] = field(default_factory=dict)  # installed, runs elsewhere
+    peers: dict[str, Any] = field(default_factory=dict)  # the latest heartbeat snapshot's
     _why: dict[str, str] = field(default_factory=dict)  # peer -> last membership sentence
     _witnesses: dict[tuple[tuple[str, int], ...], WitnessPort] = field(default_factory=dict)
+    _scanning: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _running: bool = False
 
     def _env(self) -> Environment:
         cfg = self.cluster.config
@@ -109,12 +130,38 @@ class ModuleManager:
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
-            while True:
-                try:
-                    await self._rescan()
-                except Exception:  # e.g. the modules folder unreadable: retried, never fatal
-                    log.exception("scanning %s failed", self.paths.modules)
-                await asyncio.sleep(RESCAN_EVERY)
+            self._running = True
+            try:
+                while True:
+                    await self.rescan()
+                    await asyncio.sleep(RESCAN_EVERY)
+            finally:
+                self._running = False
+
+    async def rescan(self) -> None:
+        """Scan the modules folder now (also between the periodic scans: right after an
+        install, so that the install returns with the module loaded)."""
+        async with self._scanning:
+            try:
+                await self._rescan()
+            except Exception:  # e.g. the modules folder unreadable: retried, never fatal
+                log.exception("scanning %s failed", self.paths.modules)
+
+    async def load_now(self, name: str) -> Loaded | None:
+        """Rescan, then say how `name` stands; None while modules are not started yet (the
+        daemon starts them once its heartbeats run)."""
+        if not self._running:
+            return None
+        await self.rescan()
+        if name in self.entries:
+            cfg = self.entries[name].runner.module.config
+            return Loaded(True, f"loaded ({cfg.kind} on {' and '.join(cfg.nodes)})")
+        if name in self.broken:
+            return Loaded(False, f"NOT loaded: {self.broken[name]}")
+        if name in self.elsewhere:
+            nodes = " and ".join(self.elsewhere[name].nodes)
+            return Loaded(True, f"not one of its nodes ({nodes}): kept for the cluster view")
+        return Loaded(False, "NOT loaded: not found in the modules folder")
 
     def _found(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -135,7 +182,8 @@ class ModuleManager:
         for name, mtime in found.items():
             e = self.entries.get(name)
             if e is None:
-                if self.crashed.get(name) == mtime or self.elsewhere.get(name) == mtime:
+                away = self.elsewhere.get(name)
+                if self.crashed.get(name) == mtime or (away is not None and away.mtime == mtime):
                     continue  # crashed, or not for this node: until its configuration changes
                 self._load(name, mtime)
             elif mtime != e.mtime:
@@ -154,6 +202,9 @@ class ModuleManager:
             if name not in found:
                 del self.broken[name]
                 self.crashed.pop(name, None)
+        for name in list(self.elsewhere):
+            if name not in found:
+                del self.elsewhere[name]
 
     def _load(self, name: str, mtime: float) -> None:
         try:
@@ -170,7 +221,7 @@ class ModuleManager:
             return
         self.broken.pop(name, None)
         if self.local not in mf.config.nodes:
-            self.elsewhere[name] = mtime  # installed here but runs on other nodes
+            self.elsewhere[name] = Elsewhere(mtime, mf.config.kind, tuple(mf.config.nodes))
             return
         self.elsewhere.pop(name, None)
         runner: Runner
@@ -247,15 +298,21 @@ class ModuleManager:
     def snapshot(self, snap: dict[str, Any]) -> None:
         """A heartbeat snapshot: give every module its (possibly new) view of its peers."""
         peers = snap.get("peers", {})
+        self.peers = peers
         for e in self.entries.values():
             e.runner.heard(peers, self._why)
 
     # --- queries and commands ------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
+        """Every module this node knows of: those it runs (in full), those installed here in
+        error, and those run by other nodes only (as their heartbeats say: the cluster view)."""
         out: dict[str, Any] = {n: e.runner.status() for n, e in self.entries.items()}
         for name, err in self.broken.items():
             out[name] = {"kind": self._kind(name), "nodes": {}, "error": err}
+        installed = {n: (e.kind, e.nodes) for n, e in self.elsewhere.items()}
+        for name, mod in heard_modules(self.peers, installed, set(out)).items():
+            out[name] = mod
         return out
 
     def _kind(self, name: str) -> str:

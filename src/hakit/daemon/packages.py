@@ -19,13 +19,15 @@ import stat
 import tempfile
 import zipfile
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import IO
 
 from hakit.config.clashes import refuse_clashes
 from hakit.config.load import load_cluster
+from hakit.config.model import Cluster
 from hakit.config.module import MODULE_FILE, ModuleFile, load_module
-from hakit.errors import HakitError
+from hakit.errors import ConfigError, HakitError
 from hakit.paths import Paths
 
 PACKAGE_SUFFIX = ".hakit"
@@ -162,14 +164,38 @@ def _unpack(source: Path, into: Path) -> Path:
     raise HakitError(f"{source}: no {MODULE_FILE} in the package")
 
 
+def _checked(
+    paths: Paths, source: Path, tmp: Path, name: str | None, cluster: Cluster
+) -> tuple[Path, ModuleFile]:
+    """Unpack `source` (a folder or a package) into `tmp` under the package policy and check
+    it as the daemon will load it, against the modules installed here: (its folder, module).
+    Errors name the file as `SOURCE/…/module.yaml` (inside the package), not the temporary
+    copy."""
+    try:
+        folder = _unpack(source, tmp)
+        default = folder.name if folder != tmp else source.name.removesuffix(PACKAGE_SUFFIX)
+        mf = load_module(folder, cluster, name=name or default)
+        refuse_clashes(mf, paths.modules, cluster)  # ports and VIPs of the installed modules
+    except ConfigError as e:
+        inside = str(source) if source.is_file() else str(source.parent)
+        raise ConfigError(
+            [replace(i, file=i.file.replace(str(tmp), inside, 1)) for i in e.issues]
+        ) from None
+    return folder, mf
+
+
+def check(paths: Paths, source: Path, name: str | None = None) -> ModuleFile:
+    """Check a module folder or package exactly as `install` would, installing nothing."""
+    cluster = load_cluster(paths.cluster_config, with_secret=False).config
+    with tempfile.TemporaryDirectory(prefix="hakit-check-") as tmp:
+        return _checked(paths, source, Path(tmp), name, cluster)[1]
+
+
 def install(paths: Paths, source: Path, name: str | None, force: bool) -> ModuleFile:
     cluster = load_cluster(paths.cluster_config, with_secret=False).config
     with tempfile.TemporaryDirectory(prefix="hakit-module-") as tmp:
-        folder = _unpack(source, Path(tmp))
-        default = folder.name if folder != Path(tmp) else source.name.removesuffix(PACKAGE_SUFFIX)
-        mname = name or default
-        mf = load_module(folder, cluster, name=mname)
-        refuse_clashes(mf, paths.modules, cluster)  # ports and VIPs of the installed modules
+        folder, mf = _checked(paths, source, Path(tmp), name, cluster)
+        mname = mf.name
         target = paths.modules / mname
         if target.exists() and not force:
             raise HakitError(f"module {mname} is already installed ({target}); --force replaces it")

@@ -211,7 +211,7 @@ class NodeDaemon:
     def events(self, limit: int, module: str | None = None) -> list[dict[str, Any]]:
         return [e.to_json() for e in self.timeline.recent(limit, module)]
 
-    async def install(self, package: bytes, name: str, force: bool) -> str:
+    async def install(self, package: bytes, name: str, force: bool) -> tuple[bool | None, str]:
         if force and name in self.modules.entries and not self.modules.entries[name].runner.stopped:
             raise HakitError(f"module {name} is running on {self.local}: stop it first")
         # unpacking and validating a package is bounded but not instant: never on the loop
@@ -219,7 +219,13 @@ class NodeDaemon:
         self.record(
             Event(time.time(), self.local, "module-installed", f"{name}: installed", module=name)
         )
-        return f"module {mf.name} installed on {self.local}"
+        loaded = await self.modules.load_now(mf.name)
+        if loaded is None:
+            return None, (
+                f"module {mf.name} installed on {self.local}; it is loaded once this daemon's "
+                "heartbeats run (see `hakit state`)"
+            )
+        return loaded.ok, f"module {mf.name} installed on {self.local}, {loaded.message}"
 
     def uninstall(self, name: str) -> str:
         e = self.modules.entries.get(name)

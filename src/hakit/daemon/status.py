@@ -10,6 +10,9 @@ import time
 from typing import Any
 
 from hakit.config.model import Cluster
+from hakit.core import farm as fm
+from hakit.core import mirror as mm
+from hakit.wire.heartbeat import module_payloads
 
 
 def build_status(
@@ -73,3 +76,54 @@ def build_status(
         },
         "daemon": daemon,
     }
+
+
+def heard_modules(
+    peers: dict[str, Any],
+    installed: dict[str, tuple[str, tuple[str, ...]]],
+    known: set[str],
+) -> dict[str, Any]:
+    """The modules this node does not run, as the other nodes' heartbeats describe them: those
+    installed here for other nodes (`installed`: name -> (kind, nodes)) and any other module a
+    peer publishes; `known` (the modules this node runs or has in error) are left out.
+
+    Each one: `{"kind", "here": False, "installed_here", "nodes": {NODE: {"state", "status",
+    "reachable", "running"}}}` — a node of the module that publishes nothing for it is STOP."""
+    heard: dict[str, dict[str, object]] = {}  # module -> node -> its publication
+    alive: dict[str, bool] = {}
+    for node, p in peers.items():
+        alive[node] = bool(p.get("alive"))
+        if not alive[node]:
+            continue
+        for name, wire in module_payloads(p.get("payload") or "").items():
+            heard.setdefault(name, {})[node] = wire
+    out: dict[str, Any] = {}
+    for name in sorted((set(installed) | set(heard)) - known):
+        pubs = heard.get(name, {})
+        kind = installed[name][0] if name in installed else _kind_of(next(iter(pubs.values())))
+        nodes = installed[name][1] if name in installed else tuple(sorted(pubs))
+        out[name] = {
+            "kind": kind,
+            "here": False,
+            "installed_here": name in installed,
+            "nodes": {n: _heard_state(kind, pubs.get(n), alive.get(n, False)) for n in nodes},
+        }
+    return out
+
+
+def _kind_of(wire: object) -> str:
+    return "farm" if isinstance(wire, dict) and wire.get("k") == "farm" else "mirror"
+
+
+def _heard_state(kind: str, wire: object, alive: bool) -> dict[str, Any]:
+    state, status = "STOP", "not-ready"
+    if wire is not None:
+        if kind == "farm":
+            pub = fm.from_wire(wire)
+            if pub is not None:
+                state, status = pub.state, pub.status
+        else:
+            info = mm.peer_from_wire(True, wire)
+            if info.present:
+                state, status = mm.Mirror("", "", "", phase=info.phase).display()
+    return {"state": state, "status": status, "reachable": alive, "running": wire is not None}

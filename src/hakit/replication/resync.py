@@ -44,7 +44,7 @@ from hakit.wire.replication import (
 )
 
 MAX_PASSES = 8
-SUMS_CHUNK = 64 * 1024 * 1024  # bytes of file per checksum query
+SUMS_CHUNK = 8 * 1024 * 1024  # bytes of file per checksum query (and per progress step)
 INFLIGHT = 64  # blocks sent before waiting for their acknowledgements
 REPORT_EVERY = 0.5
 
@@ -367,13 +367,14 @@ class Resync:
                 if path is None:
                     return
                 differ = self._differing(path, fd, chunk)
+            compared = sum(min(n, max(size - o, 0)) for o, n in chunk)
+            same = compared - sum(min(SUM_BLOCK, max(size - o, 0)) for o in differ)
+            self.progress.bytes_done += same  # compared and equal: done
             for offset in differ:
                 if not self._send_block(fd, offset):
                     return
-                if len(self._waiting) >= INFLIGHT:
-                    self._drain()
-            self.progress.bytes_done += sum(min(n, max(size - o, 0)) for o, n in chunk)
-            self._tick()
+                self.progress.bytes_done += min(SUM_BLOCK, max(size - offset, 0))
+                self._tick()  # live progress within a large file, not only between files
         with self.rep.order:
             path = self.rep.copying
             if path is None:

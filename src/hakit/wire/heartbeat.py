@@ -164,15 +164,20 @@ class Codec:
         return Heartbeat(sender, receiver, network, boot, seq, sent_at, echo, payload)
 
 
-def module_payload(payload_hex: str, module: str) -> object:
-    """What `module` publishes in a peer's heartbeat payload (hex of JSON `{"m": {module: …}}`),
-    or None if the payload is absent or malformed. Bounded: at most `MAX_PAYLOAD` bytes, and
-    nesting too deep for the JSON parser is malformed, not an exception."""
+def module_payloads(payload_hex: str) -> dict[str, object]:
+    """Every module's publication in a peer's heartbeat payload (hex of JSON `{"m": {module:
+    …}}`); empty if the payload is absent or malformed. Bounded: at most `MAX_PAYLOAD` bytes,
+    and nesting too deep for the JSON parser is malformed, not an exception."""
     if not isinstance(payload_hex, str) or len(payload_hex) > 2 * MAX_PAYLOAD:
-        return None
+        return {}
     try:
         obj = json.loads(bytes.fromhex(payload_hex))
     except (ValueError, RecursionError):
-        return None
+        return {}
     mods = obj.get("m") if isinstance(obj, dict) else None
-    return mods.get(module) if isinstance(mods, dict) else None
+    return {str(k): v for k, v in mods.items()} if isinstance(mods, dict) else {}
+
+
+def module_payload(payload_hex: str, module: str) -> object:
+    """What `module` publishes in a peer's heartbeat payload, or None (see `module_payloads`)."""
+    return module_payloads(payload_hex).get(module)
