@@ -90,12 +90,18 @@ def module_nodes(module: str, command: str) -> list[str]:
     return nodes
 
 
-def settled(module: str, node: str, want: str | None) -> bool:
+def node_state(module: str, node: str) -> dict[str, Any]:
     st = client(node).get("/state")
-    me = module_state(st, module)["nodes"].get(node, {})
-    if me.get("status") == "transient":
-        return False
-    return want is None or me.get("state") == want
+    return module_state(st, module)["nodes"].get(node, {})  # type: ignore[no-any-return]
+
+
+def settled(me: dict[str, Any]) -> bool:
+    return me.get("status") != "transient"
+
+
+STARTS = ("start", "prim", "second", "stopstart", "restart", "swap")
+STOP_GRACE = 3.0  # a start that shows STOP this long after being accepted has failed
+UP_GRACE = 15.0  # a farm node UP but not ready yet: its checkers' first probes
 
 
 def run_command(module: str, command: str, node: str | None = None) -> str:
@@ -107,21 +113,37 @@ def run_command(module: str, command: str, node: str | None = None) -> str:
 
 
 def run_everywhere(module: str, command: str, nodes: list[str] | None = None) -> None:
-    """`--all`: node after node, each done before the next (a stop ends in STOP first), so a
-    global stop stops the secondary before the primary and causes no useless failover."""
-    want = "STOP" if command == "stop" else None
+    """`--all`: node after node, each done before the next (a stop ends in STOP, a start out of
+    STOP and settled), so a global stop stops the secondary before the primary and causes no
+    useless failover, and a farm started on all nodes serves on all of them."""
 
     def step(n: str) -> str:
         deadline = time.monotonic() + ALL_STEP_TIMEOUT
-        while not settled(module, n, None):  # busy with an earlier step: let it finish
+        while not settled(node_state(module, n)):  # busy with an earlier step: let it finish
             if time.monotonic() > deadline:
                 raise Refused(f"{module} still busy after {ALL_STEP_TIMEOUT:g} s")
             time.sleep(0.2)
         message = run_command(module, command, n)
-        while not settled(module, n, want):
+        accepted = time.monotonic()
+        while True:
+            me = node_state(module, n)
+            state = me.get("state")
+            if command == "stop" and state == "STOP" and settled(me):
+                return message
+            joining = state == "UP" and me.get("status") != "ready"  # checkers not passed yet
+            if joining and time.monotonic() - accepted < UP_GRACE:
+                time.sleep(0.2)
+                continue
+            if command in STARTS and settled(me):
+                if state != "STOP":
+                    return message + f" — now {state} {me.get('status')}"
+                if time.monotonic() - accepted > STOP_GRACE:
+                    why = me.get("blocked") or me.get("reason") or "see `hakit log`"
+                    raise Refused(f"{message}, but it is STOP again: {why}")
+            if command not in STARTS and command != "stop":
+                return message
             if time.monotonic() > deadline:
                 return message + f" (not settled after {ALL_STEP_TIMEOUT:g} s)"
             time.sleep(0.2)
-        return message
 
     each_node(f"{command} {module}", nodes or module_nodes(module, command), step)
