@@ -88,15 +88,18 @@ def apt(*args: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def deb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     out = tmp_path_factory.mktemp("deb")
-    start = time.monotonic()
-    print(run([ROOT / "packaging" / "build-deb", "--out", out], timeout=900).strip())
-    debs = sorted(out.glob("hakit_*.deb"))
-    assert [d.name.split("_")[1] for d in debs] == [VERSION]
-    size = debs[0].stat().st_size
-    print(f"package build: {time.monotonic() - start:.0f} s, {size / 2**20:.1f} MiB")
-    return debs[0]
+    try:
+        start = time.monotonic()
+        print(run([ROOT / "packaging" / "build-deb", "--out", out], timeout=900).strip())
+        debs = sorted(out.glob("hakit_*.deb"))
+        assert [d.name.split("_")[1] for d in debs] == [VERSION]
+        size = debs[0].stat().st_size
+        print(f"package build: {time.monotonic() - start:.0f} s, {size / 2**20:.1f} MiB")
+        yield debs[0]
+    finally:
+        shutil.rmtree(out)
 
 
 @pytest.fixture(scope="module")
@@ -110,11 +113,14 @@ def files(deb: Path) -> dict[str, tarfile.TarInfo]:
 
 
 @pytest.fixture(scope="module")
-def unpacked(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def unpacked(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The package's files, unpacked into a folder."""
     tree = tmp_path_factory.mktemp("unpacked")
-    run(["dpkg-deb", "--extract", deb, tree])
-    return tree
+    try:
+        run(["dpkg-deb", "--extract", deb, tree])
+        yield tree
+    finally:
+        shutil.rmtree(tree)
 
 
 def site_packages(files: dict[str, tarfile.TarInfo]) -> str:
