@@ -264,6 +264,15 @@ def test_the_installed_command_runs_from_opt_with_man_pages_and_completion() -> 
     assert where.startswith(f"{VENV}/lib/python3")
     r = subprocess.run([VENV / "bin" / "python", "-c", "import pytest"], capture_output=True)
     assert r.returncode != 0
+    # its byte code is up to date: a run that may write byte code adds or changes nothing
+    code = "import hakit.daemon.runtime, hakit.lab.lab, hakit.replication.primary"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    run([VENV / "bin" / "python", "-c", code], env=env)
+    run([HAKIT, "state", "--help"], env=env)
+    assert run(["dpkg", "--verify", "hakit"]) == ""
+    owned = set(run(["dpkg", "-L", "hakit"]).splitlines())
+    present = {str(p) for p in VENV.rglob("*")}
+    assert present <= owned, f"not the package's: {sorted(present - owned)[:5]}"
     page = gzip.decompress(Path("/usr/share/man/man1/hakit-module-install.1.gz").read_bytes())
     assert b"\\-\\-all" in page
     # bash completion as bash does it: the shipped function asks the /usr/bin one
