@@ -161,7 +161,7 @@ def test_the_package_holds_the_locked_dependencies_and_no_development_tool(
 
 
 def test_the_package_ships_the_command_units_completion_and_policies(
-    files: dict[str, tarfile.TarInfo],
+    files: dict[str, tarfile.TarInfo], unpacked: Path
 ) -> None:
     link = files["usr/bin/hakit"]
     assert link.issym()
@@ -186,7 +186,7 @@ def test_the_package_ships_the_command_units_completion_and_policies(
     for d in FOLDERS:
         assert str(d).lstrip("/") not in files
     for unit in ("hakit.service", "hakit-witness.service"):
-        text = (ROOT / "packaging" / "systemd" / unit).read_text()
+        text = (unpacked / "lib/systemd/system" / unit).read_text()
         execs = re.findall(r"^Exec\w*=(\S+)", text, re.M)
         assert execs
         assert set(execs) == {"/usr/bin/hakit"}
