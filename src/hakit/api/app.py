@@ -291,7 +291,9 @@ def create_app(source: StatusSource, hello: dict[str, str]) -> FastAPI:
         API_PREFIX + "/join-tokens",
         summary="A one-time join token for NODE (valid TTL s), which opens the join listener",
     )
-    def join_token(node: str, ttl: float = Query(DEFAULT_TTL, gt=0, le=MAX_TTL)) -> JSONResponse:
+    async def join_token(
+        node: str, ttl: float = Query(DEFAULT_TTL, gt=0, le=MAX_TTL)
+    ) -> JSONResponse:  # on the event loop: the daemon's join listener belongs to it
         try:
             return JSONResponse(source.issue_join_token(node, ttl))
         except HakitError as e:

@@ -80,6 +80,10 @@ class JoinService:
             out.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
         return out
 
+    def joining(self) -> list[str]:
+        """Nodes with a token outstanding here: admitted, not joined yet."""
+        return sorted({e.node for e in self.book.outstanding(self.clock())})
+
     def issue(self, node: str, ttl: float) -> dict[str, Any]:
         """A new token for `node` (which must be in the cluster), the listener opened."""
         cf = self.cluster()
@@ -188,16 +192,19 @@ class JoinService:
         except (OSError, ssl.SSLError, TimeoutError, ValueError, wire.JoinProtocolError) as e:
             log.info("join listener: connection from %s ended: %s", addr, e or type(e).__name__)
         finally:
-            conn.close()
             self._admission.give_back(addr)
 
     async def _exchange(self, conn: socket.socket, addr: str) -> None:
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=wire.REQUEST_LIMIT)
         protocol = asyncio.StreamReaderProtocol(reader)
-        transport, _ = await loop.connect_accepted_socket(
-            lambda: protocol, conn, ssl=self._ctx, ssl_handshake_timeout=HANDSHAKE_TIMEOUT
-        )
+        try:
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: protocol, conn, ssl=self._ctx, ssl_handshake_timeout=HANDSHAKE_TIMEOUT
+            )
+        except BaseException:
+            conn.close()  # never handed over (a transport that took it closes it itself)
+            raise
         writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         try:
             cf = self.cluster()
@@ -209,8 +216,10 @@ class JoinService:
             writer.write(self._answer(credential, addr))
             await writer.drain()
         finally:
-            writer.close()
             self._changed.set()  # a token may be spent: the listener may close now
+            writer.close()  # the transport closes the socket, once unregistered
+            with contextlib.suppress(OSError, ssl.SSLError):
+                await writer.wait_closed()
 
     def _answer(self, credential: str, addr: str) -> bytes:
         book, outcome = jt.redeem(self.book, credential, addr, self.clock())

@@ -247,6 +247,7 @@ class NodeDaemon:
             "node": self.local,
             "config": self.cluster.config.model_dump(mode="json"),
             "pending_restart": list(self.pending_restart),
+            "joining": self.join.joining(),
         }
 
     def check_cluster(self, text: str) -> dict[str, Any]:
@@ -300,25 +301,33 @@ class NodeDaemon:
         if not change.live:
             self.pending_restart = change.restart
             message = (
-                f"cluster.yaml written ({change.summary()}); this daemon takes "
-                f"{', '.join(change.restart)} when it restarts — which stops its modules (their "
-                "peers take over): restart one node at a time"
+                f"written; takes {', '.join(change.restart)} when its daemon restarts (which "
+                "stops its modules: their peers take over; one node at a time)"
             )
-            self.record(Event(time.time(), self.local, "config-pending", message))
+            self.record(
+                Event(
+                    time.time(),
+                    self.local,
+                    "config-pending",
+                    f"cluster.yaml written ({change.summary()}): {message}",
+                )
+            )
             return message
         self.cluster = cf
         self.modules.cluster = cf
         self.heartbeat.reconfigure(heartbeat_peers(cf.config, self.local))
         self.pending_restart = ()
         nodes = cf.config.nodes
-        message = (
-            f"applied live: {change.summary()} — {len(nodes)} node(s): {', '.join(nodes)}; "
-            "modules kept running"
-        )
         self.record(
-            Event(time.time(), self.local, "config-applied", f"cluster configuration {message}")
+            Event(
+                time.time(),
+                self.local,
+                "config-applied",
+                f"cluster configuration applied live ({change.summary()}): {len(nodes)} "
+                f"node(s), {', '.join(nodes)}; modules kept running",
+            )
         )
-        return message
+        return f"applied live ({change.summary()}); modules kept running"
 
     def issue_join_token(self, node: str, ttl: float) -> dict[str, Any]:
         return self.join.issue(node, ttl)
