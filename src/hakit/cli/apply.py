@@ -161,8 +161,7 @@ def apply(p: Plan, paths: Paths) -> dict[str, dict[str, object]]:
             + "\n".join(lines)
         )
     results = {
-        n: checks[n] if checks[n].get("joining") else _ask(p, paths, n, "apply")
-        for n in p.targets
+        n: checks[n] if checks[n].get("joining") else _ask(p, paths, n, "apply") for n in p.targets
     }
     rows = []
     for n in p.targets:

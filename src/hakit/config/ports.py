@@ -149,8 +149,9 @@ def _elements(addresses: Iterable[str]) -> str:
 
 def nftables(uses: Sequence[PortUse], node: str, cluster: str) -> str:
     """An `nft -f` script for `node`: its table `inet hakit_ports` accepts each of hakit's ports
-    from the hosts that must reach it and drops it from anyone else; all other traffic is left
-    to the host's own rules. Loading it again replaces it (one transaction)."""
+    from the other hosts that must reach it (the node's own traffic comes over `lo`) and drops
+    it from anyone else; all other traffic is left to the host's own rules. Loading it again
+    replaces it (one transaction)."""
     lines = [
         "#!/usr/sbin/nft -f",
         f"# hakit cluster {cluster}, node {node}: `hakit config ports --nftables`",
@@ -168,7 +169,7 @@ def nftables(uses: Sequence[PortUse], node: str, cluster: str) -> str:
         dests = [a for h, a in u.listen if h == node]
         for fam in ("ip", "ip6"):
             here = [a for a in dests if _family(a) == fam]
-            srcs = [a for _, a in u.sources if _family(a) == fam]
+            srcs = [a for h, a in u.sources if _family(a) == fam and h != node]
             if not here or not srcs:
                 continue
             lines.append(
@@ -195,7 +196,9 @@ def firewalld(uses: Sequence[PortUse], node: str, cluster: str, zone: str | None
         if not any(h == node for h, _ in u.listen):
             continue
         lines.append(f"# {u.what}: {u.protocol.upper()} {u.port}")
-        for _, src in u.sources:
+        for h, src in u.sources:
+            if h == node:
+                continue  # its own traffic arrives on the loopback interface
             fam = "ipv6" if _family(src) == "ip6" else "ipv4"
             lines.append(
                 f'firewall-cmd --permanent{z} --add-rich-rule=\'rule family="{fam}" source '

@@ -160,7 +160,7 @@ def _prune(book: Book, now: float) -> Book:
 def issue(book: Book, token: Token, node: str, now: float, ttl: float) -> Book:
     """The book with `token` outstanding for `node` until `now + ttl`."""
     if not 0 < ttl <= MAX_TTL:
-        raise ValueError(f"a token lives between 1 s and {MAX_TTL / 3600:g} h")
+        raise ValueError(f"a token lives more than 0 s and at most {MAX_TTL / 3600:g} h")
     book = _prune(book, now)
     if len(book.outstanding(now)) >= MAX_OUTSTANDING:
         raise TooManyTokens(
