@@ -102,9 +102,10 @@ def test_init_add_node_join_and_remove_node(built: Built) -> None:
     r = built["node2"].hakit("cluster", "remove-node", "node3")
     assert r.returncode == 0, r.stderr
     assert "node3 removed from cluster loop" in r.stdout
-    for n in ("node1", "node2"):
-        wait_until(lambda n=n: sees(built[n], "node1", "node2"), 10, f"{n} without node3")  # type: ignore[misc]
-        text = (built[n].root / "etc" / "cluster.yaml").read_text()
+    for name in ("node1", "node2"):
+        node = built[name]
+        wait_until(lambda node=node: sees(node, "node1", "node2"), 10, f"{name} without node3")  # type: ignore[misc]
+        text = (node.root / "etc" / "cluster.yaml").read_text()
         assert "node3" not in text
         assert "# TCP: the daemons' API between nodes" in text  # comments kept
 
