@@ -61,7 +61,7 @@ def cluster_ports(cluster: Cluster, modules: Sequence[ModuleFile]) -> list[PortU
             cluster.heartbeat.port,
             every,
             every,
-            "HMAC-SHA256 keyed from the cluster secret; sequence numbers and boot ids",
+            "HMAC of the cluster secret, replay-proof",
         ),
         PortUse(
             "node API",
@@ -69,8 +69,8 @@ def cluster_ports(cluster: Cluster, modules: Sequence[ModuleFile]) -> list[PortU
             cluster.api.port,
             every,
             every,
-            "mutual TLS 1.3 (node certificates of the cluster CA) + signed requests",
-            "`hakit … --node/--all`, remote checkers, `config apply`",
+            "mutual TLS 1.3 + signed requests",
+            "--node/--all, config apply",
         ),
         PortUse(
             "join",
@@ -78,9 +78,8 @@ def cluster_ports(cluster: Cluster, modules: Sequence[ModuleFile]) -> list[PortU
             cluster.api.join_port,
             every,
             every,
-            "TLS 1.3 (the member's certificate, checked against the token's CA fingerprint) "
-            "+ a one-time join token",
-            "open only while a token made by `hakit cluster add-node` is outstanding",
+            "TLS 1.3 (CA fingerprint) + one-time token",
+            "open while a token is outstanding",
         ),
     ]
     for mf in modules:
@@ -96,7 +95,7 @@ def cluster_ports(cluster: Cluster, modules: Sequence[ModuleFile]) -> list[PortU
                     listener.port,
                     ((listener.node, listener.address),),
                     _all(cluster, [peer]),
-                    "mutual TLS 1.3 (certificate names = the module's two nodes)",
+                    "mutual TLS 1.3 (the module's nodes)",
                     f"{listener.node} listens while it is the secondary",
                 )
             )
@@ -110,8 +109,8 @@ def cluster_ports(cluster: Cluster, modules: Sequence[ModuleFile]) -> list[PortU
                     w.port,
                     tuple((owner.get(str(a), "witness"), str(a)) for a in w.addresses),
                     _all(cluster, m.nodes),
-                    "HMAC-SHA256 keyed from the cluster secret; boot id + sequence window",
-                    "`hakit witness` on a third machine",
+                    "HMAC of the cluster secret, replay-proof",
+                    "`hakit witness`",
                 )
             )
     return _merged(uses)
