@@ -66,6 +66,8 @@ def test_own_settings_are_written_and_taken_at_the_next_restart(
         st = node.state()
         assert st["daemon"]["config_pending_restart"] == ["heartbeat.timeout"]
         assert st["heartbeat"]["timeout"] == 1.0  # still running with the old one
+    shown = c["node2"].hakit("state").stdout
+    assert "cluster.yaml changed heartbeat.timeout: taken when this daemon restarts" in shown
 
 
 def test_sighup_takes_cluster_yaml_as_it_is_and_refuses_a_broken_one(

@@ -88,7 +88,11 @@ class JoinService:
         """A new token for `node` (which must be in the cluster), the listener opened."""
         cf = self.cluster()
         cfg = cf.config
-        if node not in cfg.nodes:
+        try:  # the file the joiner will receive (it may have changes taken at the next restart)
+            on_disk = load_cluster_text(read_text(self.paths.cluster_config), cf.path).config
+        except ConfigError as e:
+            raise JoinError(f"no token made: {e}") from None
+        if node not in on_disk.nodes:
             raise JoinError(
                 f"node {node} is not in the cluster: `hakit cluster add-node "
                 f"{node}:NETWORK=ADDRESS` adds it and makes its token"
@@ -147,11 +151,16 @@ class JoinService:
         while True:
             await self._opened.wait()
             try:
-                async with asyncio.TaskGroup() as tg:
-                    accepting = [tg.create_task(self._accept(s, tg)) for s in self._socks]
-                    await self._until_closed()
-                    for t in accepting:
-                        t.cancel()
+                while True:
+                    async with asyncio.TaskGroup() as tg:
+                        accepting = [tg.create_task(self._accept(s, tg)) for s in self._socks]
+                        await self._until_closed()
+                        for t in accepting:
+                            t.cancel()
+                    # connections still in their exchange have ended; a token made meanwhile
+                    # keeps the sockets (no await between this check and their closing)
+                    if not self.book.is_open(self.clock()):
+                        break
             finally:
                 for s in self._socks:
                     s.close()
