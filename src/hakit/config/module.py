@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
+    BeforeValidator,
     Field,
     IPvAnyAddress,
     IPvAnyInterface,
@@ -27,6 +28,7 @@ from hakit.config.checkers import Checker, ModuleChecker, Recovery, VipChecker
 from hakit.config.load import Marks, dotted, parse_yaml, read_text, validate
 from hakit.config.model import Cluster, Frozen, Name, Regex
 from hakit.config.rules import Problem
+from hakit.core.boot import Policy
 from hakit.errors import ConfigError, ConfigIssue, HakitError
 
 MODULE_FILE = "module.yaml"
@@ -276,6 +278,20 @@ class SplitBrain(Frozen):
     )
 
 
+def _on_off(value: object) -> object:
+    """YAML reads a bare `on` / `off` as a boolean: take it as the word."""
+    return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
+BootPolicy = Annotated[Policy, BeforeValidator(_on_off)]
+
+BOOT_DESCRIPTION = (
+    "Whether the module starts when this node's machine starts: `auto` (again if it was "
+    "running before the restart), `on` (always), `off` (never: an operator starts it). A "
+    "restart of the daemon alone (an upgrade, a crash) always resumes what was running."
+)
+
+
 class MirrorModule(Frozen):
     """A mirror module: the application runs on one of two nodes, the primary."""
 
@@ -306,6 +322,7 @@ class MirrorModule(Frozen):
         ),
     )
     scripts: Scripts = Field(default_factory=Scripts, description="Script time limits.")
+    boot: BootPolicy = Field("auto", description=BOOT_DESCRIPTION)
     replication: Replication | None = Field(
         None, description="Directories replicated to the secondary (none: no replication)."
     )
@@ -390,6 +407,7 @@ class FarmModule(Frozen):
             "first VIP's four bytes). Must be a locally administered unicast address."
         ),
     )
+    boot: BootPolicy = Field("auto", description=BOOT_DESCRIPTION)
     checkers: tuple[Checker, ...] = Field(
         (),
         description=(

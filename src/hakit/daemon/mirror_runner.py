@@ -75,6 +75,7 @@ class MirrorRunner(ModuleRunner):
             failover=bool(saved.get("failover", cfg.failover)),
         )
         self.run_flag = bool(saved.get("run", False))
+        self.boot_start = self.at_daemon_start(saved)
         self.saved_phase = str(saved.get("phase", "stopped"))
         sb = cfg.split_brain
         fence = self.module.bin / "fence"
@@ -186,6 +187,7 @@ class MirrorRunner(ModuleRunner):
                 },
             },
             "failover": m.failover,
+            "boot": cfg.boot,
             "unprotected": mm.unprotected(m) or None,
             "default_primary": cfg.default_primary,
             "vips": [str(v) for v in self.vip_list],
@@ -223,8 +225,9 @@ class MirrorRunner(ModuleRunner):
                 )
             if self._latest_peer is not None:
                 await self._handle(Pending(self._latest_peer))
-            if self.run_flag:
-                self._note("resuming: the module was started before the daemon stopped")
+            if self.boot_start.why:
+                self._note(self.boot_start.why)
+            if self.boot_start.start:
                 await self._handle(Pending(mm.Command(mm.Cmd.START)))
             self.ready = True
             self.env.published()
@@ -293,6 +296,7 @@ class MirrorRunner(ModuleRunner):
                 "run": m.phase is not mm.Phase.STOPPED or self.shutting_down,
                 "phase": m.phase.value,
                 "saved_at": self.env.now(),
+                "machine_boot": self.env.machine_boot,
             },
         )
 

@@ -79,6 +79,7 @@ class ModuleManager:
     record: Callable[[Event], None]
     publish: Callable[[bytes], None]  # new heartbeat payload
     hold: Callable[[list[Vip]], None]  # VIPs to release if the daemon dies
+    machine_boot: str = ""  # this machine's boot id: the modules' `boot` policy
     entries: dict[str, Entry] = field(default_factory=dict)
     broken: dict[str, str] = field(default_factory=dict)  # module -> configuration error
     crashed: dict[str, float] = field(default_factory=dict)  # module -> mtime when it crashed
@@ -111,6 +112,7 @@ class ModuleManager:
             module_states=self.module_states,
             cluster_secret=self.cluster.secret,
             witness_client=self._witness_client,
+            machine_boot=self.machine_boot,
         )
 
     def _witness_client(
