@@ -585,8 +585,18 @@ class Replication:
     def _event(self, ev: dict[str, Any]) -> None:
         r, kind = self.runner, ev.get("event")
         if kind == "alone":
-            r._record(f"{r.name}: secondary no longer replicating: {ev.get('reason')}", "warning")
-            r.queue.put_nowait(Pending(mm.ReplicaLost(str(ev.get("reason")))))
+            if ev.get("complete"):
+                r._record(
+                    f"{r.name}: replication stopped ({ev.get('reason')}); the secondary has "
+                    "every acknowledged write"
+                )
+            else:
+                r._record(
+                    f"{r.name}: secondary no longer replicating: {ev.get('reason')}", "warning"
+                )
+            r.queue.put_nowait(
+                Pending(mm.ReplicaLost(str(ev.get("reason")), complete=bool(ev.get("complete"))))
+            )
         elif kind == "lost":
             r.queue.put_nowait(
                 Pending(mm.ReplicaLost(str(ev.get("reason")), bool(ev.get("fatal"))))
