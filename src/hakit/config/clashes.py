@@ -51,7 +51,8 @@ def module_ports(name: str, m: ModuleConfig, cluster: Cluster) -> list[Listener]
     out = []
     if m.health_probe is not None:
         for node in m.nodes:
-            for bound in m.health_probe.bind:
+            here = cluster.nodes[node].addresses if node in cluster.nodes else {}
+            for bound in m.health_probe.addresses(here):
                 what = f"health probe of module {name}"
                 out.append(Listener(node, "tcp", str(bound), m.health_probe.port, what))
     if isinstance(m, FarmModule) or m.replication is None:

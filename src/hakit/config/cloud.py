@@ -13,6 +13,7 @@ The checks that relate these blocks to the module and the cluster are `check_clo
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Literal
 from urllib.parse import urlsplit
 
@@ -58,14 +59,20 @@ class HealthProbe(Frozen):
         le=65535,
         description="TCP port of the endpoint (one per module on a node), e.g. `9010`.",
     )
-    bind: tuple[IPvAnyAddress, ...] = Field(
-        (ipaddress.IPv4Address("0.0.0.0"),),
+    bind: tuple[IPvAnyAddress, ...] | None = Field(
+        None,
         min_length=1,
         max_length=8,
         description=(
-            "Addresses to listen on (default every IPv4 address: a GCP internal load "
-            "balancer's probes are addressed to its forwarding rule's IP). `::` listens on "
-            "IPv6 only; give `0.0.0.0` and `::` for both."
+            "Addresses to listen on (default, without `network` either: `0.0.0.0`, every "
+            "IPv4 address — a GCP internal load balancer's probes are addressed to its "
+            "forwarding rule's IP). `::` listens on IPv6 only; give `0.0.0.0` and `::` for both."
+        ),
+    )
+    network: Name | None = Field(
+        None,
+        description=(
+            "Listen only on this node's address on that cluster network (instead of `bind`)."
         ),
     )
     path: str = Field(
@@ -73,6 +80,13 @@ class HealthProbe(Frozen):
         pattern=PROBE_PATH,
         description="The one path answered; any other is 404.",
     )
+
+    def addresses(self, node_addresses: Mapping[str, IPvAnyAddress]) -> tuple[str, ...]:
+        """Where a node whose addresses (network -> address) are `node_addresses` listens."""
+        if self.network is not None:
+            own = node_addresses.get(self.network)
+            return (str(own),) if own is not None else ()
+        return tuple(str(a) for a in self.bind or (ipaddress.IPv4Address("0.0.0.0"),))
 
 
 AwsRegion = Annotated[str, StringConstraints(pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$")]
@@ -210,6 +224,23 @@ def check_cloud(m: ModuleConfig, cluster: Cluster) -> list[Problem]:
                     "is the cluster's API port (api.port): choose another port",
                 )
             )
+        if hp.network is not None and hp.bind is not None:
+            out.append(
+                Problem(("health_probe", "network"), hp.network, "`network` or `bind`, not both")
+            )
+        for n in m.nodes:
+            if (
+                hp.network is not None
+                and n in cluster.nodes
+                and hp.network not in cluster.nodes[n].addresses
+            ):
+                out.append(
+                    Problem(
+                        ("health_probe", "network"),
+                        hp.network,
+                        f"a network of every module node ({n} has no address on it)",
+                    )
+                )
         repl = getattr(m, "replication", None)
         if repl is not None and hp.port == repl.port:
             out.append(

@@ -253,7 +253,14 @@ class ModuleManager:
     # --- queries and commands ------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        out: dict[str, Any] = {n: e.runner.status() for n, e in self.entries.items()}
+        out: dict[str, Any] = {}
+        here = self.cluster.config.nodes[self.local].addresses
+        for n, e in self.entries.items():
+            hp = e.runner.module.config.health_probe
+            probe = None
+            if hp is not None:
+                probe = {"port": hp.port, "bind": list(hp.addresses(here)), "path": hp.path}
+            out[n] = e.runner.status() | {"health_probe": probe}
         for name, err in self.broken.items():
             out[name] = {"kind": self._kind(name), "nodes": {}, "error": err}
         return out
