@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from hakit.adapters.movers import CloudVips, movers_for
 from hakit.adapters.scripts import ScriptRunner
 from hakit.adapters.vip import Vip, VipPort
 from hakit.adapters.witness import WitnessClient, WitnessPort
@@ -68,14 +69,15 @@ class ModuleManager:
     _why: dict[str, str] = field(default_factory=dict)  # peer -> last membership sentence
     _witnesses: dict[tuple[tuple[str, int], ...], WitnessPort] = field(default_factory=dict)
 
-    def _env(self) -> Environment:
+    def _env(self, vips: VipPort) -> Environment:
+        """The runner's environment; `vips`: the module's VIP port (with its cloud movers)."""
         cfg = self.cluster.config
         return Environment(
             paths=self.paths,
             cluster=cfg.cluster,
             local=self.local,
             local_addresses={n: str(a) for n, a in cfg.nodes[self.local].addresses.items()},
-            vips=self.vips,
+            vips=vips,
             scripts=self.scripts,
             record=self.record,
             published=self._published,
@@ -176,9 +178,11 @@ class ModuleManager:
         runner: Runner
         try:
             if isinstance(mf.config, FarmModule):
-                runner = FarmRunner(mf, self._env())
+                runner = FarmRunner(mf, self._env(self.vips))
             else:
-                runner = MirrorRunner(mf, self._env())
+                movers = movers_for(mf.config.vips, self.local)
+                vips = CloudVips(self.vips, movers) if movers else self.vips
+                runner = MirrorRunner(mf, self._env(vips))
         except Exception as e:  # e.g. a damaged state file: this module only is in error
             log.exception("module %s cannot start", name)
             self.crashed[name] = mtime  # until its configuration changes
