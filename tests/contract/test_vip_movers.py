@@ -8,6 +8,7 @@ documented requests and responses (`tests/contract/replay.py`, fixtures in
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,7 +160,163 @@ def aws_world(moto: MotoServer, mode: str) -> World:
     return world
 
 
-WORLDS = ["fake", "aws-secondary-ip", "aws-route", "aws-both"]
+# -- Azure and GCP, against their replayed REST APIs ---------------------------------------------
+
+SUBSCRIPTION = "00000000-1111-2222-3333-444444444444"
+
+
+def azure_world(monkeypatch: pytest.MonkeyPatch, closing: list[Callable[[], None]]) -> World:
+    pytest.importorskip("azure.identity")
+    from hakit.adapters.azure import AzureVips
+    from hakit.config.cloud import AzureMover
+    from tests.contract.replay import AzureReplay
+
+    nics = {"node1": "nic-node1", "node2": "nic-node2"}
+    replay = AzureReplay(SUBSCRIPTION, "rg1", {"nic-node1": "10.0.1.11", "nic-node2": "10.0.1.12"})
+    closing.append(replay.close)
+    # Azure's standard chain finds a managed identity (App Service style) in the environment
+    for var in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "MSI_ENDPOINT",
+                "AZURE_FEDERATED_TOKEN_FILE", "IDENTITY_SERVER_THUMBPRINT"):  # fmt: skip
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("IDENTITY_ENDPOINT", replay.url + "/msi/token")
+    monkeypatch.setenv("IDENTITY_HEADER", replay.header)
+
+    def mover(node: str, endpoint: str = replay.url, timeout: float = 10.0) -> MoverPort:
+        cfg = AzureMover.model_validate(
+            {
+                "cloud": "azure",
+                "subscription": SUBSCRIPTION,
+                "resource_group": "rg1",
+                "nodes": {n: {"nic": nic} for n, nic in nics.items()},
+                "endpoint": endpoint,
+                "timeout": timeout,
+            }
+        )
+        return AzureVips(cfg, node)
+
+    def failing() -> MoverPort:
+        replay.fail(403, "azure/error-forbidden.json", subscription=SUBSCRIPTION, group="rg1")
+        return mover("node1")
+
+    def hanging() -> MoverPort:
+        replay.hang()
+        return mover("node1", timeout=1.0)
+
+    def unreachable() -> MoverPort:
+        hole = BlackHole()
+        hole.close()
+        return mover("node1", endpoint=hole.url)
+
+    return World(
+        mover=mover,
+        truth=lambda: {n for n in replay.nics if VIP.address in replay.addresses(n)},
+        ids=nics,
+        failing=failing,
+        unreachable=unreachable,
+        hanging=hanging,
+        error="HTTP 403: AuthorizationFailed: The client does not have authorization",
+    )
+
+
+def gcp_world(
+    monkeypatch: pytest.MonkeyPatch, closing: list[Callable[[], None]], tmp: Path, mode: str
+) -> World:
+    pytest.importorskip("google.auth")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from hakit.adapters.gcp import GcpVips
+    from hakit.config.cloud import GcpMover
+    from tests.contract.replay import GcpReplay
+
+    zones = {"node1": "europe-west1-b", "node2": "europe-west1-c"}
+    replay = GcpReplay(
+        "my-project",
+        {"inst-1": (zones["node1"], "10.0.1.11"), "inst-2": (zones["node2"], "10.0.1.12")},
+    )
+    closing.append(replay.close)
+    # Application Default Credentials: a service account key file named by the environment
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    account = {
+        "type": "service_account",
+        "project_id": "my-project",
+        "private_key_id": "0123456789abcdef",
+        "private_key": pem,
+        "client_email": "hakit@my-project.iam.gserviceaccount.com",
+        "client_id": "123456789",
+        "token_uri": replay.url + "/token",
+    }
+    creds = tmp / "sa.json"
+    creds.write_text(json.dumps(account))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(creds))
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp / "gcloud"))
+    ids = {n: f"zones/{zones[n]}/instances/inst-{n[-1]}" for n in NODES}
+
+    def mover(node: str, endpoint: str = replay.url, timeout: float = 10.0) -> MoverPort:
+        cfg = GcpMover.model_validate(
+            {
+                "cloud": "gcp",
+                "project": "my-project",
+                "mode": mode,
+                "network": "default",
+                "nodes": {n: {"instance": f"inst-{n[-1]}", "zone": zones[n]} for n in NODES},
+                "endpoint": endpoint,
+                "timeout": timeout,
+            }
+        )
+        return GcpVips(cfg, node)
+
+    def truth() -> set[str]:
+        if mode == "route":
+            route = replay.routes.get("hakit-10-0-1-100")
+            if route is None:
+                return set()
+            hop = route["nextHopInstance"]
+            return {hop[hop.index("zones/") :]}
+        return {
+            f"zones/{z}/instances/{i}"
+            for (z, i) in replay.instances
+            if f"{VIP.address}/32" in replay.aliases(z, i)
+        }
+
+    def failing() -> MoverPort:
+        replay.fail(403, "gcp/error-forbidden.json", project="my-project", zone="z", instance="i")
+        return mover("node1")
+
+    def hanging() -> MoverPort:
+        replay.hang()
+        return mover("node1", timeout=1.0)
+
+    def unreachable() -> MoverPort:
+        hole = BlackHole()
+        hole.close()
+        return mover("node1", endpoint=hole.url)
+
+    return World(
+        mover=mover,
+        truth=truth,
+        ids=ids,
+        failing=failing,
+        unreachable=unreachable,
+        hanging=hanging,
+        error="HTTP 403: PERMISSION_DENIED: Required 'compute.instances.updateNetworkInterface'",
+    )
+
+
+WORLDS = [
+    "fake",
+    "aws-secondary-ip",
+    "aws-route",
+    "aws-both",
+    "azure",
+    "gcp-alias-ip",
+    "gcp-route",
+]
 
 
 @pytest.fixture(params=WORLDS)
@@ -177,7 +334,17 @@ def world(request: pytest.FixtureRequest) -> Iterator[World]:
             for hole in w.holes:  # type: ignore[attr-defined]
                 hole.close()
         return
-    raise AssertionError(kind)
+    closing: list[Callable[[], None]] = []
+    monkeypatch: pytest.MonkeyPatch = request.getfixturevalue("monkeypatch")
+    try:
+        if kind == "azure":
+            yield azure_world(monkeypatch, closing)
+        else:
+            tmp: Path = request.getfixturevalue("tmp_path")
+            yield gcp_world(monkeypatch, closing, tmp, kind.removeprefix("gcp-"))
+    finally:
+        for close in closing:
+            close()
 
 
 # -- the contract ----------------------------------------------------------------------------
