@@ -32,6 +32,7 @@ from hakit.daemon.runtime import (
     single_instance,
 )
 from hakit.paths import Paths
+from hakit.probe.manager import ProbeManager
 from hakit.tls import NodeIdentity, identity, peer_node, server_context
 from hakit.wire.apiauth import Verifier, api_key
 
@@ -203,6 +204,7 @@ async def _serve(daemon: NodeDaemon, paths: Paths) -> None:
         cfg.nodes,
     )
     tcp = _tcp_sockets(addresses, cfg.api.port)
+    probes = ProbeManager(daemon.status, daemon.record)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -217,6 +219,7 @@ async def _serve(daemon: NodeDaemon, paths: Paths) -> None:
         finally:
             server.should_exit = True  # the API answers until the modules are stopped
             remote.should_exit = True
+            probes.close()
 
     try:
         async with asyncio.TaskGroup() as tg:
@@ -224,6 +227,7 @@ async def _serve(daemon: NodeDaemon, paths: Paths) -> None:
             api = tg.create_task(server.serve(sockets=[sock]))
             if tcp:
                 tg.create_task(remote.serve(sockets=tcp))
+            tg.create_task(probes.run())
             waiter = tg.create_task(wait_stop(main))
             await asyncio.wait([main, api, waiter], return_when=asyncio.FIRST_COMPLETED)
             if not stop.is_set():

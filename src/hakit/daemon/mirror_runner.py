@@ -397,12 +397,13 @@ class MirrorRunner(ModuleRunner):
         probed = f"probed in {(time.monotonic() - started) * 1000:.0f} ms; " if probe.count else ""
         if found is not None and found.peer is None:
             raise VipError(
-                f"VIP {v} in use by MAC {found.mac} {v.where}: another host answers for this "
-                "address (ARP probe); not taken: free the address on that host or change the VIP"
+                f"VIP {v} in use by {found.what} {found.mac} {v.where}: another host answers "
+                f"for this address ({found.how}); not taken: free the address on that host or "
+                "change the VIP"
             )
         if found is not None:  # the peer node still holds it (rule: docs/mirror.md, VIP probe)
             self._record(
-                f"{self.name}: VIP {v} still answered by the peer node ({found.peer}, MAC "
+                f"{self.name}: VIP {v} still held by the peer node ({found.peer}, {found.what} "
                 f"{found.mac}): taking it over and announcing it",
                 "warning",
             )

@@ -19,7 +19,8 @@ from hakit.adapters.probes import ProbeContext, ProbePort, RealProbes
 from hakit.adapters.scripts import ScriptResult, ScriptRunner
 from hakit.adapters.vip import Probe, Vip, VipError, VipPort, release_all
 from hakit.adapters.witness import WitnessClient, WitnessPort
-from hakit.config.module import ModuleFile, VirtualIp
+from hakit.config.module import ModuleFile
+from hakit.config.vips import VirtualIp
 from hakit.core import boot
 from hakit.core import checks as ck
 from hakit.daemon.checkers import CheckerSet, effective_checkers
