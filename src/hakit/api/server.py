@@ -32,6 +32,7 @@ from hakit.daemon.runtime import (
     single_instance,
 )
 from hakit.paths import Paths
+from hakit.probe.manager import ProbeManager
 from hakit.tls import NodeIdentity, identity, peer_node, server_context
 from hakit.wire.apiauth import Verifier, api_key
 
@@ -185,6 +186,7 @@ async def _serve(daemon: NodeDaemon, paths: Paths) -> None:
         lambda: daemon.cluster.config.nodes,
     )
     tcp = _tcp_sockets(addresses, cfg.api.port)
+    probes = ProbeManager(daemon.status, daemon.record)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -200,6 +202,7 @@ async def _serve(daemon: NodeDaemon, paths: Paths) -> None:
         finally:
             server.should_exit = True  # the API answers until the modules are stopped
             remote.should_exit = True
+            probes.close()
 
     try:
         async with asyncio.TaskGroup() as tg:
@@ -207,6 +210,7 @@ async def _serve(daemon: NodeDaemon, paths: Paths) -> None:
             api = tg.create_task(server.serve(sockets=[sock]))
             if tcp:
                 tg.create_task(remote.serve(sockets=tcp))
+            tg.create_task(probes.run())
             waiter = tg.create_task(wait_stop(main))
             await asyncio.wait([main, api, waiter], return_when=asyncio.FIRST_COMPLETED)
             if not stop.is_set():

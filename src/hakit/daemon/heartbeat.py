@@ -79,6 +79,8 @@ def peer_snapshot(p: m.Peer, now: float, wall: float) -> dict[str, Any]:
         "last_heard": {n: wall_of(p.link(n).last_heard) for n in p.networks},
         "boot": p.boot.hex() if p.boot else None,
         "clock_offset": p.clock_offset,
+        "protocol": p.protocol or None,
+        "release": p.release or None,
         "payload": p.payload.hex(),
     }
 

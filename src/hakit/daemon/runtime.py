@@ -146,6 +146,7 @@ class NodeDaemon:
             record=self.record,
             publish=self.heartbeat.publish,
             hold=lambda vips: self.heartbeat.hold([asdict(v) for v in vips]),
+            machine_boot=machine_boot(),
         )
         self.join = JoinService(self.paths, lambda: self.cluster, self.local, self.record)
 
@@ -347,3 +348,15 @@ class NodeDaemon:
         if runner.replication is None:
             return {"ok": False, "error": f"module {module} replicates no directory"}
         return await runner.replication.verify()
+
+
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def machine_boot() -> str:
+    """This machine's boot id (new at every start of the kernel); empty if unreadable, and then
+    no module sees the machine as restarted (they resume what was running)."""
+    try:
+        return BOOT_ID.read_text().strip()[:64]
+    except OSError:
+        return ""

@@ -28,6 +28,7 @@ import stat
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,7 +87,8 @@ DAEMON_OUT = "/var/log/hakit/daemon.out"  # the daemon's stdout and stderr, insi
 MARKER = ".hakit-lab"  # marks a directory as a lab's, so `down` only ever removes labs
 MOUNTPOINTS = RUNTIME_DIR / ".mountpoints"  # directories the lab created on this machine
 # Files of the machine replaced inside every lab host (if the machine has them).
-FILE_BINDS = ("/etc/hosts", "/etc/hostname")
+BOOT_ID = "/proc/sys/kernel/random/boot_id"  # each host's own, new at every power-on
+FILE_BINDS = ("/etc/hosts", "/etc/hostname", BOOT_ID)
 
 
 def default_root() -> Path:
@@ -268,10 +270,16 @@ class Lab:
             return self.dir / "hosts"
         if path == "/etc/hostname":
             return self.dir / host / "hostname"
+        if path == BOOT_ID:
+            return self.dir / host / "boot_id"
         for p in sorted(topo.private, key=len, reverse=True):
             if is_under(path, p):
                 return self._fs(host) / path.lstrip("/")
         return Path(path)
+
+    def _new_boot(self, host: str) -> None:
+        """A new kernel boot id for `host` (written in place: its bind mount shows it)."""
+        (self.dir / host / "boot_id").write_text(str(uuid.uuid4()) + "\n")
 
     def _fs(self, host: str) -> Path:
         return self.dir / host / "fs"
@@ -371,6 +379,7 @@ class Lab:
         for h in topo.hosts:
             (self.dir / h.name).mkdir(mode=0o700)
             (self.dir / h.name / "hostname").write_text(h.name + "\n")
+            self._new_boot(h.name)
             for p in topo.private:
                 d = self._fs(h.name) / p.lstrip("/")
                 d.mkdir(parents=True, exist_ok=True)
@@ -630,6 +639,7 @@ class Lab:
                 for p in topo.private:
                     if is_volatile(p):
                         _empty_dir(self._fs(host) / p.lstrip("/"))
+                self._new_boot(host)
             in_host, in_switch = topo.link_commands(host, "up")
             ip_batch(topo.switch_netns, in_switch, f"taking {host}'s switch ports up")
             ip_batch(h.netns, in_host, f"taking {host}'s links up")
