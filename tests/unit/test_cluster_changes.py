@@ -94,7 +94,7 @@ def test_heartbeat_peers_are_reconfigured_in_place() -> None:
     assert {o.address for o in e.outgoing(10.0)} == {"10.0.1.2", "10.0.1.3"}
     e.reconfigure({"node3": {"lan": "10.0.1.3"}}, now=11.0)
     assert list(e.peers) == ["node3"]
-    assert [o.peer for o in e.outgoing(11.0)] == ["node3"]
+    assert {o.peer for o in e.outgoing(11.0)} == {"node3"}
 
 
 MIRROR = """kind: mirror
@@ -104,6 +104,7 @@ replication:
   port: 7400
 split_brain:
   witness: {addresses: [10.0.1.9]}
+health_probe: {port: 9010}
 """
 
 
@@ -121,6 +122,7 @@ def test_every_port_with_who_listens_who_reaches_it_and_its_rules(tmp_path: Path
         "heartbeats",
         "node API",
         "join",
+        "health probe of module web",
         "replication of module web",
         "witness of module web",
     ]
@@ -137,10 +139,13 @@ def test_every_port_with_who_listens_who_reaches_it_and_its_rules(tmp_path: Path
         'comment "replication of module web"'
     ) in rules
     assert "udp dport { 7350 } drop" in rules
-    assert "tcp dport { 7351, 7352, 7400 } drop" in rules
+    assert "tcp dport { 7351, 7352, 7400 } drop" in rules  # not the health probe's 9010
+    assert 'tcp dport 9010 accept comment "health probe of module web"' in rules
+    assert uses["health probe of module web"].listen == (("node1", "0.0.0.0"), ("node2", "0.0.0.0"))
     fw = firewalld(list(uses.values()), "node2", "shop", "internal")
     assert (
         'firewall-cmd --permanent --zone=internal --add-rich-rule=\'rule family="ipv4" source '
         'address="10.0.1.1" port port="7400" protocol="tcp" accept\''
     ) in fw
+    assert "firewall-cmd --permanent --zone=internal --add-port=9010/tcp" in fw
     assert fw.endswith("firewall-cmd --reload\n")

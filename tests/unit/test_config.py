@@ -146,7 +146,7 @@ def test_a_cluster_starts_with_one_node_and_needs_one(tmp_path: Path) -> None:
 
 
 def test_join_port_differs_from_the_other_ports(tmp_path: Path) -> None:
-    text = good().replace("join_port: 7352", "join_port: 7351")
+    text = good().replace("# join_port: 7352", "join_port: 7351")
     [msg] = issues(tmp_path, text)
     assert "api.join_port = 7351: must differ from api.port and heartbeat.port" in msg
 

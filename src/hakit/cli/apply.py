@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import httpx
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -99,6 +100,12 @@ def _ask(p: Plan, paths: Paths, node: str, what: str) -> dict[str, object]:
         answer: dict[str, object] = api.request(
             "POST", f"/cluster/{what}", body=p.text.encode(), accept=(409,)
         )
+    except httpx.HTTPStatusError as e:  # e.g. 404: a release without this endpoint
+        why = (
+            f"{node} answered HTTP {e.response.status_code} to {what}: its daemon may run an "
+            "older hakit release without it (docs/compatibility.md); upgrade it first"
+        )
+        return {"node": node, "ok": False, "problems": [why], "applied": False}
     except DaemonUnavailable as e:
         if node in p.joining:  # admitted, not joined yet: it will fetch the file then
             return {"node": node, "ok": True, "joining": True}

@@ -150,7 +150,7 @@ def config_ports(as_json: bool, nft: bool, fwd: bool, zone: str | None, node: st
         t.add_column(col)
     for u in uses:
         listen = sorted({h for h, _ in u.listen})
-        sources = sorted({h for h, _ in u.sources})
+        sources = sorted({h for h, _ in u.sources}) or ["anyone"]
         what = u.what + (f" ({u.note})" if u.note else "")
         t.add_row(
             f"{u.protocol.upper()} {u.port}",

@@ -8,7 +8,9 @@ cluster's own traffic reach them. Pure: from the cluster and the installed modul
 - replication: TCP `replication.port` of each mirror module that replicates, on each of its two
   nodes (the secondary listens) at its address on the replication network, from the other node;
 - a witness: UDP `split_brain.witness.port` on the witness's addresses, from the module's nodes
-  (on another machine, unless one of its addresses is a node's).
+  (on another machine, unless one of its addresses is a node's);
+- a module's health probe: TCP `health_probe.port` on each of its nodes, from anyone (cloud
+  load balancers, monitors): the one port open to all, read-only and bounded.
 """
 
 from __future__ import annotations
@@ -84,6 +86,25 @@ def cluster_ports(cluster: Cluster, modules: Sequence[ModuleFile]) -> list[PortU
     ]
     for mf in modules:
         m = mf.config
+        hp = m.health_probe
+        if hp is not None:
+            on = tuple(
+                (n, a)
+                for n in m.nodes
+                if n in cluster.nodes
+                for a in hp.addresses(cluster.nodes[n].addresses)
+            )
+            uses.append(
+                PortUse(
+                    f"health probe of module {mf.name}",
+                    "tcp",
+                    hp.port,
+                    on,
+                    (),
+                    "none: read-only, bounded (docs/security.md)",
+                    "from anyone: load balancers, monitors",
+                )
+            )
         if not isinstance(m, MirrorModule):
             continue
         for listener in module_ports(mf.name, m, cluster):
@@ -166,6 +187,9 @@ def nftables(uses: Sequence[PortUse], node: str, cluster: str) -> str:
     mine = [u for u in uses if any(h == node for h, _ in u.listen)]
     for u in mine:
         dests = [a for h, a in u.listen if h == node]
+        if not u.sources:  # open to anyone: said, never dropped below
+            lines.append(f'        {u.protocol} dport {u.port} accept comment "{u.what}"')
+            continue
         for fam in ("ip", "ip6"):
             here = [a for a in dests if _family(a) == fam]
             srcs = [a for h, a in u.sources if _family(a) == fam and h != node]
@@ -176,7 +200,7 @@ def nftables(uses: Sequence[PortUse], node: str, cluster: str) -> str:
                 f'{u.protocol} dport {u.port} accept comment "{u.what}"'
             )
     for proto in ("udp", "tcp"):
-        ports = sorted({u.port for u in mine if u.protocol == proto})
+        ports = sorted({u.port for u in mine if u.protocol == proto and u.sources})
         if ports:
             lines.append(
                 f"        {proto} dport {{ {', '.join(map(str, ports))} }} drop "
@@ -195,6 +219,8 @@ def firewalld(uses: Sequence[PortUse], node: str, cluster: str, zone: str | None
         if not any(h == node for h, _ in u.listen):
             continue
         lines.append(f"# {u.what}: {u.protocol.upper()} {u.port}")
+        if not u.sources:
+            lines.append(f"firewall-cmd --permanent{z} --add-port={u.port}/{u.protocol}")
         for h, src in u.sources:
             if h == node:
                 continue  # its own traffic arrives on the loopback interface

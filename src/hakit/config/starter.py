@@ -50,7 +50,10 @@ def render_cluster_yaml(
         f"  timeout: {timeout}      # a peer silent on every network this long is lost",
         "api:",
         f"  port: {api_port}          # TCP: the daemons' API between nodes (mutual TLS)",
-        f"  join_port: {join_port}     # TCP: admits new nodes while a join token is outstanding",
+        # written only when not the default: a release before 0.2 refuses the key
+        # (docs/compatibility.md), and the lab runs such releases with this starter
+        (f"  join_port: {join_port}" if join_port != DEFAULT_JOIN_PORT else "  # join_port: 7352")
+        + "     # TCP: admits new nodes while a join token is outstanding",
         "# Networks between the nodes; two or more are recommended, so that losing one",
         "# network is not mistaken for losing a node.",
         "networks:",
