@@ -78,6 +78,15 @@ def render_state(st: dict[str, Any], console: Console) -> None:
         console.print(Text(f"heartbeats rejected: {parts}", style="yellow"))
     for net, err in (hb.get("network_problems") or {}).items():
         console.print(Text(f"network {net}: {err}", style="bold red"))
+    pending = (st.get("daemon") or {}).get("config_pending_restart")
+    if pending:
+        console.print(
+            Text(
+                f"cluster.yaml changed {', '.join(pending)}: taken when this daemon restarts "
+                "(which stops its modules: one node at a time)",
+                style="yellow",
+            )
+        )
     if not st["modules"]:
         console.print(Text("no modules installed", style="dim"))
         return

@@ -20,7 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hakit.config.model import Cluster
-from hakit.config.module import FarmModule, MirrorModule, ModuleConfig, ModuleFile, load_installed
+from hakit.config.module import (
+    MODULE_FILE,
+    MODULE_NAME,
+    FarmModule,
+    MirrorModule,
+    ModuleConfig,
+    ModuleFile,
+    load_installed,
+    load_module,
+)
 from hakit.errors import HakitError
 
 
@@ -114,3 +123,24 @@ def refuse_clashes(mf: ModuleFile, modules: Path, cluster: Cluster) -> None:
     problems = port_clashes(mf.name, mf.config, installed, cluster)
     if problems:
         raise HakitError(f"module {mf.name}: " + "; ".join(problems))
+
+
+def check_installed(modules: Path, cluster: Cluster) -> tuple[list[ModuleFile], list[str]]:
+    """Every module installed in `modules`, as the daemon will load it against `cluster`, and
+    their clashes: (the modules that load, one `NAME: problem` line for each that does not).
+    What `hakit config check` reports and what a node checks before it takes a new
+    `cluster.yaml`."""
+    folders = sorted(d for d in modules.iterdir() if d.is_dir()) if modules.is_dir() else []
+    good: list[ModuleFile] = []
+    bad: list[str] = []
+    for d in folders:
+        if not MODULE_NAME.match(d.name) or not (d / MODULE_FILE).is_file():
+            continue
+        try:
+            mf = load_module(d, cluster)
+            refuse_clashes(mf, modules, cluster)
+        except HakitError as e:
+            bad.append(f"{d.name}: {e}")
+        else:
+            good.append(mf)
+    return good, bad

@@ -333,8 +333,18 @@ def load_secret(path: Path, config_file: str, line: int | None) -> bytes:
 
 def load_cluster(path: Path, *, with_secret: bool = True) -> ClusterFile:
     """Load and fully check `cluster.yaml` (and its secret): the one way to get a `Cluster`."""
+    return load_cluster_text(read_text(path), path, with_secret=with_secret)
+
+
+def load_cluster_text(text: str, path: Path, *, with_secret: bool = True) -> ClusterFile:
+    """`load_cluster` of `text` as if it were the file at `path` (a configuration sent to be
+    checked or applied: errors name `path`, a relative `secret_file` is beside it)."""
     file = str(path)
-    data, marks = parse_yaml(read_text(path), file)
+    if len(text.encode()) > safeyaml.MAX_BYTES:
+        raise ConfigError(
+            [ConfigIssue(file, None, "", None, f"larger than {safeyaml.MAX_BYTES} bytes")]
+        )
+    data, marks = parse_yaml(text, file)
     config: Cluster = validate(Cluster, data, marks, file)
     issues = [
         ConfigIssue(file, marks.line(p.loc), dotted(p.loc), p.value, p.expected)

@@ -614,15 +614,17 @@ def check_mirror(m: MirrorModule, cluster: Cluster) -> list[Problem]:
                     f"not a network shared by {a} and {b}; shared: {', '.join(shared) or 'none'}",
                 )
             )
-        if r.port == cluster.api.port:
-            out.append(
-                Problem(
-                    ("replication", "port"),
-                    str(r.port),
-                    "is the cluster's API port (api.port, TCP on every node address): "
-                    "choose another port",
+        for taken, what in ((cluster.api.port, "API"), (cluster.api.join_port, "join")):
+            if r.port == taken:
+                field = "port" if what == "API" else "join_port"
+                out.append(
+                    Problem(
+                        ("replication", "port"),
+                        str(r.port),
+                        f"is the cluster's {what} port (api.{field}, TCP on every node "
+                        "address): choose another port",
+                    )
                 )
-            )
         paths = [d.path for d in r.dirs]
         for i, d in enumerate(r.dirs):
             for j, other in enumerate(paths):

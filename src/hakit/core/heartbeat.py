@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from hakit import __version__
 from hakit.core import membership as m
@@ -109,6 +109,25 @@ class Engine:
             name: m.new_peer(name, tuple(n for n in s.local_networks if n in nets), self.now)
             for name, nets in s.peers.items()
         }
+
+    def reconfigure(self, peers: Mapping[str, Mapping[str, str]], now: float) -> None:
+        """New peers and addresses (a cluster configuration applied live): a peer that stays
+        keeps its state and its links on the networks it keeps — no peer is lost or re-learnt
+        for it —, a new one starts unknown, a removed one is forgotten."""
+        self.settings = replace(self.settings, peers=peers)
+        local = self.settings.local_networks
+        out: dict[str, m.Peer] = {}
+        for name, nets in peers.items():
+            networks = tuple(n for n in local if n in nets)
+            old = self.peers.get(name)
+            if old is None:
+                out[name] = m.new_peer(name, networks, now)
+            elif old.networks == networks:
+                out[name] = old
+            else:
+                links = {n: old.links.get(n, m.Link()) for n in networks}
+                out[name] = replace(old, networks=networks, links=links)
+        self.peers = out
 
     def receive(
         self, data: bytes, network: str, now: float, wall: float
