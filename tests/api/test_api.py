@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import httpx
 
-from hakit.api.app import create_app
+from hakit.api.app import Guard, create_app
 from hakit.config.model import Cluster
 from hakit.daemon.status import build_status
 from hakit.errors import HakitError
@@ -52,8 +53,11 @@ SNAPSHOT = {
 
 
 def request(method: str, path: str, body: bytes = b"", **params: Any) -> httpx.Response:
+    """Through the `Guard` of the unix socket (body limits, no signature)."""
+
     async def go() -> httpx.Response:
-        transport = httpx.ASGITransport(app=create_app(Source(), {"node": "node1", "boot": "b"}))
+        app = Guard(create_app(Source(), {"node": "node1", "boot": "b"}), None, time.time)
+        transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
             return await c.request(method, path, params=params, content=body)
 
@@ -91,6 +95,22 @@ class Source:
             raise HakitError(f"no module {module!r}")
         diffs = [{"path": "/srv/x", "difference": "size 1 vs 2"}] if module == "diverged" else []
         return {"ok": not diffs, "differences": diffs}
+
+    def cluster_config(self) -> dict[str, Any]:
+        return {"node": "node1", "config": CONFIG.model_dump(mode="json"), "pending_restart": []}
+
+    def check_cluster(self, text: str) -> dict[str, Any]:
+        problems = ["cluster.yaml:1: broken"] if "broken" in text else []
+        return {"node": "node1", "ok": not problems, "problems": problems}
+
+    async def apply_cluster(self, text: str) -> dict[str, Any]:
+        checked = self.check_cluster(text)
+        return {**checked, "applied": checked["ok"]}
+
+    def issue_join_token(self, node: str, ttl: float) -> dict[str, Any]:
+        if node not in CONFIG.nodes:
+            raise HakitError(f"node {node} is not in the cluster")
+        return {"token": "hk1-…", "node": node, "ttl": ttl}
 
     async def switch_checker(self, module: str, checker: str | None, on: bool) -> str:
         if module != "app" or checker not in (None, "web"):
@@ -174,3 +194,30 @@ def test_checker_maintenance_switch() -> None:
     assert unknown.status_code == 404
     assert "its checkers: web" in unknown.json()["detail"]
     assert request("POST", "/v1/modules/app/checkers/web/maybe").status_code == 404
+
+
+def test_cluster_check_and_apply_answer_409_with_the_problems() -> None:
+    assert request("GET", "/v1/cluster").json()["config"]["cluster"] == "demo"
+    ok = request("POST", "/v1/cluster/check", b"cluster: demo\n")
+    assert (ok.status_code, ok.json()["ok"]) == (200, True)
+    bad = request("POST", "/v1/cluster/apply", b"broken")
+    assert bad.status_code == 409
+    assert bad.json() == {**bad.json(), "applied": False, "problems": ["cluster.yaml:1: broken"]}
+    assert request("POST", "/v1/cluster/check", b"\xff").json()["detail"] == (
+        "cluster.yaml must be UTF-8 text"
+    )
+
+
+def test_a_cluster_yaml_may_be_1_mib_other_bodies_64_kib() -> None:
+    big = b"#" * (64 * 1024 + 1)
+    assert request("POST", "/v1/cluster/check", big).status_code == 200
+    assert request("POST", "/v1/cluster/check", b"#" * ((1 << 20) + 1)).status_code == 413
+    assert request("POST", "/v1/join-tokens", big, node="node2").status_code == 413
+
+
+def test_join_token_for_a_node_of_the_cluster_only() -> None:
+    r = request("POST", "/v1/join-tokens", node="node2", ttl="60")
+    assert (r.status_code, r.json()["ttl"]) == (200, 60.0)
+    r = request("POST", "/v1/join-tokens", node="node9")
+    assert (r.status_code, r.json()["detail"]) == (409, "node node9 is not in the cluster")
+    assert request("POST", "/v1/join-tokens", node="node2", ttl="100000").status_code == 422

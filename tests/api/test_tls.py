@@ -48,7 +48,7 @@ def serving(node: str, *, cert_of: str | None = None, boot: str = "boot-1") -> I
         Verifier(api_key(SECRET, CLUSTER), node, boot),
         time.time,
     )
-    server = tcp_server(app, identity(SECRET, CLUSTER, cert_of or node), NODES)
+    server = tcp_server(app, identity(SECRET, CLUSTER, cert_of or node), lambda: NODES)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(16)

@@ -103,7 +103,9 @@ def loopback_cluster(tmp_path: Path) -> Iterator[Callable[[int], Cluster]]:
         port = free_udp_port()
         spec = {f"node{i}": {"lo": f"127.0.0.{10 + i}"} for i in range(1, n + 1)}
         api_port = free_tcp_port()
-        text = render_cluster_yaml("loop", spec, port=port) + f"api: {{port: {api_port}}}\n"
+        text = render_cluster_yaml(
+            "loop", spec, port=port, api_port=api_port, join_port=free_tcp_port()
+        )
         secret = new_secret()
         c = Cluster(api_port=api_port)
         for name in spec:

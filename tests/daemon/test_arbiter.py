@@ -200,7 +200,7 @@ def test_every_module_of_a_node_shares_one_witness_client(tmp_path: Path) -> Non
         publish=lambda payload: None,
         hold=lambda vips: None,
     )
-    env = mgr._env()
+    env = mgr._env(mgr.vips)
     a = env.witness_client("c", "node1", b"s" * 32, [("10.0.0.5", 7355), ("10.1.0.5", 7355)])
     b = env.witness_client("c", "node1", b"s" * 32, [("10.1.0.5", 7355), ("10.0.0.5", 7355)])
     other = env.witness_client("c", "node1", b"s" * 32, [("10.9.0.5", 7355)])

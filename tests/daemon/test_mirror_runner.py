@@ -184,8 +184,7 @@ def test_a_vip_still_answered_by_the_peer_node_is_taken_over_with_a_warning(
     run(body, w)
     assert w.vips.addresses("eth0") == ["10.0.0.1/24", "10.0.0.100/24"]
     assert any(
-        "still answered by the peer node (10.0.0.2, MAC 02:99:00:00:00:02)" in m
-        for m in w.messages()
+        "still held by the peer node (10.0.0.2, MAC 02:99:00:00:00:02)" in m for m in w.messages()
     )
 
 

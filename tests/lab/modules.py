@@ -13,12 +13,13 @@ from hakit.waiting import wait_until
 
 
 @contextmanager
-def lab_up(name: str, nodes: int, networks: int, clients: int) -> Iterator[Lab]:
-    """A fresh lab (whatever an earlier failed run left is removed first), always removed."""
+def lab_up(name: str, nodes: int, networks: int, clients: int, **options: Any) -> Iterator[Lab]:
+    """A fresh lab (whatever an earlier failed run left is removed first), always removed;
+    `options` go to `Lab.up`."""
     lab = Lab(name)
     lab.down(missing_ok=True)
     try:
-        lab.up(nodes, networks, clients)
+        lab.up(nodes, networks, clients, **options)
         yield lab
     finally:
         lab.down(missing_ok=True)

@@ -137,10 +137,18 @@ def test_nodes_sharing_no_network(tmp_path: Path) -> None:
     assert any("networks.n3: only 0 node(s)" in m for m in msgs)
 
 
-def test_single_node_is_not_a_cluster(tmp_path: Path) -> None:
-    text = render_cluster_yaml("x", {"a": {"n1": "10.0.0.1"}})
-    msgs = issues(tmp_path, text)
-    assert any("nodes = " in m and "at least 2 items" in m for m in msgs)
+def test_a_cluster_starts_with_one_node_and_needs_one(tmp_path: Path) -> None:
+    """`hakit cluster init` writes a one-node cluster that `add-node` grows; none is refused."""
+    one = load_cluster(write(tmp_path, render_cluster_yaml("x", {"a": {"n1": "10.0.0.1"}})))
+    assert list(one.config.nodes) == ["a"]
+    msgs = issues(tmp_path, "cluster: x\nnetworks: {n1: {}}\nnodes: {}\n")
+    assert any("nodes = {}: expected at least 1 item" in m for m in msgs)
+
+
+def test_join_port_differs_from_the_other_ports(tmp_path: Path) -> None:
+    text = good().replace("# join_port: 7352", "join_port: 7351")
+    [msg] = issues(tmp_path, text)
+    assert "api.join_port = 7351: must differ from api.port and heartbeat.port" in msg
 
 
 def test_duplicate_key(tmp_path: Path) -> None:

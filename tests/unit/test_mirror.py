@@ -758,3 +758,19 @@ def test_writes_acknowledged_alone_are_not_lost_when_that_primary_dies_later() -
     sim.boot("node1")
     assert sim.states() == ("PRIM ready", "SECOND ready"), sim.log("node2")[-5:]
     assert not sim.lost_writes()
+
+
+@pytest.mark.parametrize("complete", [True, False])
+def test_a_primary_handing_over_keeps_its_generation_when_replication_stopped_in_order(
+    complete: bool,
+) -> None:
+    """A swap: the primary stops its replication in order (everything acknowledged) while it
+    demotes. That is no loss: the secondary's copy is not stale, it takes the role. (It was
+    taken as one: the generation moved, each node then waited for the other — a deadlock seen
+    in the rolling-upgrade lab.) A real break while demoting still makes the copy stale."""
+    m = mm.Mirror("app", "node1", "node2", phase=mm.Phase.DEMOTING)
+    m = replace(m, peer=mm.PeerInfo(True, True, mm.Phase.SECOND, fresh=True))
+    before = m.data
+    m, acts = mm.step(m, mm.ReplicaLost("the primary stops", complete=complete), 10.0, "g1")
+    assert (m.data == before) is complete
+    assert any(isinstance(a, mm.Persist) for a in acts) is not complete

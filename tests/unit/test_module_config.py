@@ -265,3 +265,18 @@ def test_a_witness_grace_too_short_for_the_vouching_window_is_refused(tmp_path: 
     (msg,) = [str(i) for i in e.value.issues]
     assert "grace" in msg
     assert "6 × heartbeat.interval" in msg
+
+
+@pytest.mark.parametrize(
+    ("written", "policy"), [("on", "on"), ("off", "off"), ("auto", "auto"), ('"on"', "on")]
+)
+def test_boot_takes_on_and_off_as_words(tmp_path: Path, written: str, policy: str) -> None:
+    """YAML reads a bare on/off as a boolean; `boot: on` still means the policy `on`."""
+    mf = load_module(module(tmp_path, GOOD + f"boot: {written}\n"), CLUSTER)
+    assert mf.config.boot == policy
+
+
+def test_boot_defaults_to_auto_and_refuses_other_words(tmp_path: Path) -> None:
+    assert load_module(module(tmp_path, GOOD), CLUSTER).config.boot == "auto"
+    msgs = errors(tmp_path / "x", GOOD + "boot: always\n")
+    assert any("boot = 'always': expected 'on', 'off' or 'auto'" in m for m in msgs), msgs

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from hakit.config.cloud import AwsMover
 from hakit.config.model import Cluster
 from hakit.config.module import load_module
 from hakit.config.rules import check_topology
@@ -164,3 +165,121 @@ def test_node_addresses_must_be_inside_a_declared_subnet() -> None:
         ("nodes", "gamma", "addresses", "lan"),
     ]
     assert problems[0].expected == "must be inside network lan's subnet 10.0.0.0/31"
+
+
+# -- health probes (docs/cloud.md) ---------------------------------------------------------------
+
+
+def probe(port: int, bind: str = "") -> str:
+    return f"health_probe:\n  port: {port}\n" + (f"  bind: [{bind}]\n" if bind else "")
+
+
+def test_two_modules_with_one_health_probe_port_on_a_node_are_refused(
+    tmp_path: Path, paths: Paths
+) -> None:
+    install(paths, folder(tmp_path, "web", mirror(extra=probe(9010))), None, False)
+    farm = (
+        "kind: farm\nnodes: [beta, gamma]\nvips: [{address: 10.0.0.200/24, network: lan}]\n"
+        "rules: [{protocol: tcp, port: 80}]\n" + probe(9010, "10.0.0.2")
+    )
+    with pytest.raises(HakitError) as e:
+        install(paths, folder(tmp_path, "shop", farm), None, False)
+    msg = str(e.value)
+    assert (
+        "module shop and module web both use TCP port 9010 on beta (10.0.0.2 and 0.0.0.0) for "
+        "the health probe of module shop and the health probe of module web" in msg
+    )
+    assert "give module shop another health_probe.port" in msg
+    # another port, or an address of the other family: fine
+    install(paths, folder(tmp_path, "shop2", farm.replace("9010", "9011")), None, False)
+    v6 = mirror("[beta, gamma]", 7361, probe(9010, "'::'"))
+    install(paths, folder(tmp_path, "v6", v6), None, False)
+
+
+def test_a_health_probe_on_a_replication_listener_is_refused(tmp_path: Path, paths: Paths) -> None:
+    install(paths, folder(tmp_path, "web", mirror()), None, False)
+    with pytest.raises(HakitError, match=r"TCP port 7360 on beta \(0\.0\.0\.0 and 10\.0\.0\.2\)"):
+        install(paths, folder(tmp_path, "db", mirror("[beta, gamma]", 7361, probe(7360))), None,
+                False)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (probe(7351), "health_probe.port = 7351: is the cluster's API port"),
+        (probe(7360), "health_probe.port = 7360: is this module's replication.port"),
+        ("health_probe: {port: 9010, path: x}\n", "health_probe.path = 'x'"),
+        ("health_probe: {port: 9010, bind: []}\n", "health_probe.bind"),
+    ],
+)
+def test_health_probe_settings_are_checked(tmp_path: Path, extra: str, expected: str) -> None:
+    [msg] = errors(tmp_path, mirror(extra=extra), cluster())
+    assert expected in msg
+
+
+# -- VIP movers ---------------------------------------------------------------------------------
+
+AWS = (
+    "kind: mirror\nnodes: [alpha, beta]\nvips:\n  - address: 10.0.0.100/24\n    network: lan\n"
+    "    mover:\n      cloud: aws\n      region: eu-west-1\n"
+)
+
+
+def test_a_valid_aws_mover_loads(tmp_path: Path) -> None:
+    text = AWS + "      nodes: {alpha: {eni: eni-0123456789abcdef0}, beta: {eni: eni-12345678}}\n"
+    mf = load_module(folder(tmp_path, "m", text), cluster())
+    mover = mf.config.vips[0].mover
+    assert isinstance(mover, AwsMover)
+    assert mover.secondary_ip
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ("      nodes: {alpha: {eni: eni-12345678}}\n", "vips[0].mover.nodes: an entry for module"),
+        (
+            "      nodes: {alpha: {eni: eni-12345678}, beta: {eni: eni-x}}\n",
+            "vips[0].mover.aws.nodes.beta.eni = 'eni-x'",
+        ),
+        (
+            "      nodes: {alpha: {eni: eni-12345678}, beta: {eni: eni-12345679}, gamma: "
+            "{eni: eni-1234567a}}\n",
+            "vips[0].mover.nodes.gamma = gamma: a node of this module",
+        ),
+        (
+            "      secondary_ip: false\n      nodes: {alpha: {eni: eni-12345678}, beta: "
+            "{eni: eni-12345679}}\n",
+            "vips[0].mover.route_tables = []: at least one route table",
+        ),
+        (
+            "      endpoint: http://10.0.0.9:5000\n      nodes: {alpha: {eni: eni-12345678}, "
+            "beta: {eni: eni-12345679}}\n",
+            "plain `http://` only to a loopback address",
+        ),
+        ("      password: x\n", "password"),
+    ],
+)
+def test_aws_mover_settings_are_checked(tmp_path: Path, extra: str, expected: str) -> None:
+    msgs = errors(tmp_path, AWS + extra, cluster())
+    assert any(expected in m for m in msgs), msgs
+
+
+def test_a_farm_vip_has_no_mover(tmp_path: Path) -> None:
+    text = (
+        "kind: farm\nnodes: [alpha, beta]\nrules: [{protocol: tcp, port: 80}]\n"
+        + AWS.split("\n", 2)[2]
+        + "      nodes: {alpha: {eni: eni-12345678}, beta: {eni: eni-12345679}}\n"
+    )
+    [msg] = errors(tmp_path, text, cluster())
+    assert "vips[0].mover.cloud = aws: no mover for a farm VIP" in msg
+
+
+def test_a_gcp_route_needs_its_network(tmp_path: Path) -> None:
+    text = (
+        "kind: mirror\nnodes: [alpha, beta]\nvips:\n  - address: 10.0.0.100/24\n    network: lan\n"
+        "    mover:\n      cloud: gcp\n      project: my-project\n      mode: route\n"
+        "      nodes:\n        alpha: {instance: a, zone: europe-west1-b}\n"
+        "        beta: {instance: b, zone: europe-west1-c}\n"
+    )
+    [msg] = errors(tmp_path, text, cluster())
+    assert "vips[0].mover.network: the VPC network of the route" in msg

@@ -31,11 +31,25 @@ def tmp_path(path: Path) -> Path:
 def write_json(path: Path, obj: Any) -> None:
     """Replace `path` with `obj` as JSON, atomically and durably (fsync file, rename, fsync dir)."""
     data = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()  # TypeError: caller's bug
+    write_file(path, data, what="state file", why="hakit keeps its state there")
+
+
+def write_file(
+    path: Path,
+    data: bytes,
+    mode: int = MODE,
+    *,
+    what: str = "file",
+    why: str = "check the disk",
+) -> None:
+    """Replace `path` with `data` (mode `mode`), atomically and durably: a reader (or a power
+    cut) sees the old content or the new one, never a mix. Also configuration files
+    (`cluster.yaml` applied or received at a join, `cluster.key`)."""
     tmp = tmp_path(path)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, MODE)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
         try:
-            os.fchmod(fd, MODE)  # a leftover temporary file may have another mode
+            os.fchmod(fd, mode)  # a leftover temporary file may have another mode
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
@@ -51,8 +65,8 @@ def write_json(path: Path, obj: Any) -> None:
         if not path.parent.is_dir():
             hint = f": the directory {path.parent} does not exist"
         raise StateFileError(
-            f"cannot write state file {path}: {e.strerror or e}{hint} "
-            "(hakit keeps its state there: check the disk, its free space and the permissions)"
+            f"cannot write {what} {path}: {e.strerror or e}{hint} "
+            f"({why}: check the disk, its free space and the permissions)"
         ) from e
 
 

@@ -51,6 +51,7 @@ from typing import Any, Protocol, TypeVar
 from pyroute2 import IPRoute  # type: ignore[import-untyped]
 from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
 
+from hakit.adapters.bounded import run_bounded
 from hakit.errors import HakitError
 
 T = TypeVar("T")
@@ -158,10 +159,14 @@ class Probe:
 @dataclass(frozen=True)
 class InUse:
     """The VIP answered from another MAC: `peer` is the peer's address that MAC belongs to
-    (the peer node still holds it), None for a foreign host."""
+    (the peer node still holds it), None for a foreign host. A cloud mover says who holds the
+    address instead: `mac` is then the cloud's holder (`what` "interface eni-…"), `how` the
+    question asked."""
 
     mac: str
     peer: str | None = None
+    what: str = "MAC"
+    how: str = "ARP probe"
 
 
 class VipPort(Protocol):
@@ -573,32 +578,25 @@ def _neighbour_macs(s: _Session, index: int, addresses: Iterable[str]) -> dict[b
 
 def _bounded(what: str, timeout: float, fn: Callable[[_Session], T]) -> T:
     """Run `fn` with a fresh netlink session on a worker thread; at most `timeout` seconds."""
-    box: list[tuple[bool, Any]] = []
 
-    def work() -> None:
+    def work() -> T:
         s = _Session()
         try:
-            box.append((True, fn(s)))
-        except BaseException as e:  # handed to the caller below
-            box.append((False, e))
+            return fn(s)
         finally:
             with contextlib.suppress(Exception):  # closing a failed socket: nothing to add
                 s.close()
 
-    worker = threading.Thread(target=work, name="hakit-netlink", daemon=True)
-    worker.start()
-    worker.join(timeout)
-    if not box:
-        raise VipError(f"{what}: the kernel did not answer within {timeout:g} s (netlink)")
-    ok, value = box[0]
-    if ok:
-        return value  # type: ignore[no-any-return]
-    if isinstance(value, VipError):
-        raise value
-    if isinstance(value, NetlinkError | OSError):
-        code = value.code if isinstance(value, NetlinkError) else value.errno
-        raise VipError(f"{what}: {_why(value)}{_hint(code)}") from value
-    raise value
+    def late() -> VipError:
+        return VipError(f"{what}: the kernel did not answer within {timeout:g} s (netlink)")
+
+    try:
+        return run_bounded(work, timeout, late, "hakit-netlink")
+    except VipError:
+        raise
+    except (NetlinkError, OSError) as e:
+        code = e.code if isinstance(e, NetlinkError) else e.errno
+        raise VipError(f"{what}: {_why(e)}{_hint(code)}") from e
 
 
 class NetlinkVips:

@@ -6,6 +6,7 @@ daemon internals.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -13,6 +14,7 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 
 from hakit import __version__
+from hakit.core.jointoken import DEFAULT_TTL, MAX_TTL
 from hakit.errors import HakitError
 from hakit.wire.apiauth import Verifier
 
@@ -60,16 +62,39 @@ class StatusSource(Protocol):
         """Uninstall a stopped module; `HakitError` if running or absent."""
         ...
 
+    def cluster_config(self) -> dict[str, Any]:
+        """The cluster configuration this daemon runs with."""
+        ...
+
+    def check_cluster(self, text: str) -> dict[str, Any]:
+        """`hakit config check` of `text` as this node's cluster.yaml (`ok`, `problems`…)."""
+        ...
+
+    async def apply_cluster(self, text: str) -> dict[str, Any]:
+        """Check `text`, then write it and take it (live when it can): `applied`…"""
+        ...
+
+    def issue_join_token(self, node: str, ttl: float) -> dict[str, Any]:
+        """A one-time join token for `node` (opens the join listener); `HakitError` if not."""
+        ...
+
 
 BODY_LIMIT = 64 * 1024
 PACKAGE_LIMIT = 64 * 1024 * 1024
+CLUSTER_LIMIT = 1 << 20  # a cluster.yaml (config.safeyaml.MAX_BYTES)
 PACKAGE_PATH = API_PREFIX + "/modules"
+CLUSTER_PATHS = (API_PREFIX + "/cluster/check", API_PREFIX + "/cluster/apply")
 HELLO_PATH = API_PREFIX + "/hello"
 
 
 def body_limit(method: str, path: str) -> int:
-    """The largest body a request may have: a module package, or an ordinary request."""
-    return PACKAGE_LIMIT if (method, path) == ("POST", PACKAGE_PATH) else BODY_LIMIT
+    """The largest body a request may have: a module package, a cluster.yaml, or an ordinary
+    request."""
+    if (method, path) == ("POST", PACKAGE_PATH):
+        return PACKAGE_LIMIT
+    if method == "POST" and path in CLUSTER_PATHS:
+        return CLUSTER_LIMIT
+    return BODY_LIMIT
 
 
 async def _refuse(scope: Any, send: Any, status: int, why: str) -> None:
@@ -227,6 +252,52 @@ def create_app(source: StatusSource, hello: dict[str, str]) -> FastAPI:
         return JSONResponse(
             {"accepted": accepted, "message": message}, status_code=200 if accepted else 409
         )
+
+    @app.get(API_PREFIX + "/cluster", summary="The cluster configuration this daemon runs with")
+    def cluster() -> dict[str, Any]:
+        return source.cluster_config()
+
+    async def _text(request: Request) -> str | JSONResponse:
+        try:
+            return (await request.body()).decode("utf-8")
+        except UnicodeDecodeError:
+            return JSONResponse({"detail": "cluster.yaml must be UTF-8 text"}, status_code=400)
+
+    @app.post(
+        CLUSTER_PATHS[0],
+        summary="Check a cluster.yaml (body) as `hakit config check` would on this node, with "
+        "its installed modules (200 passes, 409 with the problems)",
+    )
+    async def cluster_check(request: Request) -> JSONResponse:
+        text = await _text(request)
+        if isinstance(text, JSONResponse):
+            return text
+        result = await asyncio.to_thread(source.check_cluster, text)
+        return JSONResponse(result, status_code=200 if result["ok"] else 409)
+
+    @app.post(
+        CLUSTER_PATHS[1],
+        summary="Check a cluster.yaml (body), then write it and take it: live (modules keep "
+        "running) or at the next restart (200 applied, 409 with the problems: nothing written)",
+    )
+    async def cluster_apply(request: Request) -> JSONResponse:
+        text = await _text(request)
+        if isinstance(text, JSONResponse):
+            return text
+        result = await source.apply_cluster(text)
+        return JSONResponse(result, status_code=200 if result["applied"] else 409)
+
+    @app.post(
+        API_PREFIX + "/join-tokens",
+        summary="A one-time join token for NODE (valid TTL s), which opens the join listener",
+    )
+    async def join_token(
+        node: str, ttl: float = Query(DEFAULT_TTL, gt=0, le=MAX_TTL)
+    ) -> JSONResponse:  # on the event loop: the daemon's join listener belongs to it
+        try:
+            return JSONResponse(source.issue_join_token(node, ttl))
+        except HakitError as e:
+            return JSONResponse({"detail": str(e)}, status_code=409)
 
     @app.get(HELLO_PATH, summary="This node's name and its daemon's boot id (no signature)")
     def hello_() -> dict[str, str]:

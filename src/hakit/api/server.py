@@ -14,14 +14,14 @@ import signal
 import socket
 import ssl
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from hakit.adapters.udp import IP_FREEBIND
+from hakit.adapters.tcp import Admission, listen
 from hakit.api.app import Guard, create_app
 from hakit.config.load import load_cluster
 from hakit.daemon.logs import LOGGER, daemon_logging
@@ -32,6 +32,7 @@ from hakit.daemon.runtime import (
     single_instance,
 )
 from hakit.paths import Paths
+from hakit.probe.manager import ProbeManager
 from hakit.tls import NodeIdentity, identity, peer_node, server_context
 from hakit.wire.apiauth import Verifier, api_key
 
@@ -66,33 +67,23 @@ def _tcp_sockets(addresses: list[str], port: int) -> list[socket.socket]:
     """One listening socket per cluster address (FREEBIND: the address may come up later)."""
     socks = []
     for addr in addresses:
-        family = socket.AF_INET6 if ":" in addr else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET:
-            sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
         try:
-            sock.bind((addr, port))
+            socks.append(listen(addr, port))
         except OSError as e:
-            sock.close()
             log.error("API not listening on %s:%s: %s", addr, port, e.strerror)
-            continue
-        sock.listen(64)
-        sock.setblocking(False)
-        socks.append(sock)
     return socks
 
 
-def _node_peers(cluster: str, nodes: Iterable[str]) -> type[asyncio.Protocol]:
+def _node_peers(cluster: str, nodes: Callable[[], Iterable[str]]) -> type[asyncio.Protocol]:
     """uvicorn's HTTP protocol that closes every TLS connection whose (verified) client
-    certificate does not name one of the cluster's `nodes`."""
-    names = tuple(nodes)
+    certificate does not name one of the cluster's `nodes()` (asked at each connection: a
+    configuration applied live adds and removes nodes)."""
 
     class NodePeers(H11Protocol):
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             tls = transport.get_extra_info("ssl_object")
-            if peer_node(tls.getpeercert() if tls else None, cluster, names) is None:
+            if peer_node(tls.getpeercert() if tls else None, cluster, nodes()) is None:
                 log.warning("API: closed a TLS connection from %s: not a node", self.client)
                 transport.close()
 
@@ -129,7 +120,7 @@ class _TlsServer(_Server):
         assert sockets, "the TCP API serves the sockets the daemon bound"
         await self.lifespan.startup()
         self.servers = []
-        self._pending: dict[str, int] = {}
+        self._admission = Admission(PENDING_PER_ADDRESS, PENDING_TOTAL)
         self._handshakes: set[asyncio.Task[None]] = set()
         self._accepting = [asyncio.create_task(self._accept(sock)) for sock in sockets]
         self.started = True
@@ -150,13 +141,9 @@ class _TlsServer(_Server):
                 await asyncio.sleep(0.1)
                 continue
             addr = str(peer[0])
-            if (
-                self._pending.get(addr, 0) >= PENDING_PER_ADDRESS
-                or sum(self._pending.values()) >= PENDING_TOTAL
-            ):
+            if not self._admission.take(addr):
                 conn.close()  # beyond the bounds before authentication
                 continue
-            self._pending[addr] = self._pending.get(addr, 0) + 1
             task = loop.create_task(self._handshake(conn, addr))
             self._handshakes.add(task)
             task.add_done_callback(self._handshakes.discard)
@@ -173,11 +160,7 @@ class _TlsServer(_Server):
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError):
             conn.close()
         finally:
-            left = self._pending.get(addr, 1) - 1
-            if left:
-                self._pending[addr] = left
-            else:
-                self._pending.pop(addr, None)
+            self._admission.give_back(addr)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for t in [*getattr(self, "_accepting", []), *getattr(self, "_handshakes", ())]:
@@ -185,7 +168,7 @@ class _TlsServer(_Server):
         await super().shutdown(sockets)
 
 
-def tcp_server(app: Any, ident: NodeIdentity, nodes: Iterable[str]) -> _Server:
+def tcp_server(app: Any, ident: NodeIdentity, nodes: Callable[[], Iterable[str]]) -> _Server:
     """The TCP API: mutual TLS with the cluster's certificates, clients must be nodes."""
     return _server(app, server_context(ident), _node_peers(ident.cluster, nodes), _TlsServer)
 
@@ -200,13 +183,15 @@ async def _serve(daemon: NodeDaemon, paths: Paths) -> None:
     remote = tcp_server(
         Guard(create_app(daemon, hello), verifier, time.time),
         identity(daemon.cluster.secret, cfg.cluster, daemon.local),
-        cfg.nodes,
+        lambda: daemon.cluster.config.nodes,
     )
     tcp = _tcp_sockets(addresses, cfg.api.port)
+    probes = ProbeManager(daemon.status, daemon.record)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, daemon.reload)  # `systemctl reload hakit`
 
     async def wait_stop(daemon_task: asyncio.Task[None]) -> None:
         await stop.wait()
@@ -217,6 +202,7 @@ async def _serve(daemon: NodeDaemon, paths: Paths) -> None:
         finally:
             server.should_exit = True  # the API answers until the modules are stopped
             remote.should_exit = True
+            probes.close()
 
     try:
         async with asyncio.TaskGroup() as tg:
@@ -224,13 +210,14 @@ async def _serve(daemon: NodeDaemon, paths: Paths) -> None:
             api = tg.create_task(server.serve(sockets=[sock]))
             if tcp:
                 tg.create_task(remote.serve(sockets=tcp))
+            tg.create_task(probes.run())
             waiter = tg.create_task(wait_stop(main))
             await asyncio.wait([main, api, waiter], return_when=asyncio.FIRST_COMPLETED)
             if not stop.is_set():
                 log.error("a daemon component ended unexpectedly; stopping")
                 stop.set()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         with contextlib.suppress(FileNotFoundError):
             paths.socket.unlink()

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from hakit.adapters.nodeapi import NodeApi, NodeUnreachable
-from hakit.config.load import load_cluster
+from hakit.config.load import ClusterFile, load_cluster
 from hakit.errors import DaemonUnavailable, HakitError
 from hakit.paths import Paths
 
@@ -103,8 +103,10 @@ class RemoteClient(_Client):
     """Another node's daemon, over mutual TLS on its cluster addresses, requests signed with
     the secret for that node and its daemon's boot."""
 
-    def __init__(self, paths: Paths, node: str) -> None:
-        cf = load_cluster(paths.cluster_config)
+    def __init__(self, paths: Paths, node: str, cluster: ClusterFile | None = None) -> None:
+        """`cluster`: where the nodes are (default: this node's cluster.yaml) — the running
+        configuration while a new one is being applied."""
+        cf = cluster or load_cluster(paths.cluster_config)
         cfg = cf.config
         if node not in cfg.nodes:
             raise HakitError(f"no node {node!r} in the cluster; nodes: {', '.join(cfg.nodes)}")

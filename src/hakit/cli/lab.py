@@ -65,6 +65,12 @@ def lab() -> None:
 )
 @click.option("--no-daemon", is_flag=True, help="Do not start `hakit daemon` on the nodes.")
 @click.option(
+    "--no-cluster",
+    is_flag=True,
+    help="Leave the nodes without cluster.yaml (and daemon): bootstrap them as real servers "
+    "with `hakit cluster init/add-node/join`, then `hakit lab daemon`.",
+)
+@click.option(
     "--timeout",
     type=float,
     default=DAEMON_TIMEOUT,
@@ -78,6 +84,7 @@ def up(
     clients: int,
     private: tuple[str, ...],
     no_daemon: bool,
+    no_cluster: bool,
     timeout: float,
 ) -> None:
     """Create lab NAME and start the hakit daemon on every node."""
@@ -88,6 +95,7 @@ def up(
         private=private,
         daemon=not no_daemon,
         daemon_timeout=timeout,
+        cluster=not no_cluster,
     )
     out = _out()
     out.print(_hosts_table(lab_))
@@ -178,6 +186,18 @@ def poweron(name: str, host: str, timeout: float) -> None:
     lab_.poweron(host, daemon_timeout=timeout)
     pid = lab_.hosts()[host].daemon_pid
     _out().print(f"{host} powered on" + (f" (hakit daemon PID {pid})" if pid else ""))
+
+
+@lab.command("daemon")
+@click.argument("name")
+@click.argument("nodes", nargs=-1, required=True)
+@click.option("--timeout", type=float, default=DAEMON_TIMEOUT, show_default=True)
+def daemon(name: str, nodes: tuple[str, ...], timeout: float) -> None:
+    """Start the hakit daemon on NODES (as `systemctl start hakit` on a server), if not running."""
+    lab_ = Lab(name)
+    lab_.start_daemons(list(nodes), timeout)
+    for n in nodes:
+        _out().print(f"{n}: hakit daemon PID {lab_.daemon_pid(n)}")
 
 
 @lab.command("cut")

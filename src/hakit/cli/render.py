@@ -62,12 +62,31 @@ def render_state(st: dict[str, Any], console: Console) -> None:
         heard = "" if node["state"] == "self" else _ago(node.get("last_heard_ago"))
         table.add_row(name, state, *cells, heard)
     console.print(table)
+    releases = {name: n.get("release") for name, n in st["nodes"].items() if n.get("release")}
+    if len(set(releases.values())) > 1:
+        parts = ", ".join(f"{name} {r}" for name, r in releases.items())
+        console.print(
+            Text(
+                f"nodes run different hakit releases ({parts}): a rolling upgrade in progress; "
+                "finish it (docs/compatibility.md)",
+                style="yellow",
+            )
+        )
     rejected = hb.get("rejected") or {}
     if rejected:
         parts = ", ".join(f"{k} {v}" for k, v in sorted(rejected.items()))
         console.print(Text(f"heartbeats rejected: {parts}", style="yellow"))
     for net, err in (hb.get("network_problems") or {}).items():
         console.print(Text(f"network {net}: {err}", style="bold red"))
+    pending = (st.get("daemon") or {}).get("config_pending_restart")
+    if pending:
+        console.print(
+            Text(
+                f"cluster.yaml changed {', '.join(pending)}: taken when this daemon restarts "
+                "(which stops its modules: one node at a time)",
+                style="yellow",
+            )
+        )
     if not st["modules"]:
         console.print(Text("no modules installed", style="dim"))
         return

@@ -132,12 +132,7 @@ def _model_at(model: type[BaseModel], loc: Loc, data: Any) -> Any:
     """The model (or type) that validates the value at `loc` of the document `data`."""
     current: Any = model
     for part in loc:
-        if isinstance(data, dict):
-            data = data.get(part)
-        elif isinstance(data, list) and isinstance(part, int) and part < len(data):
-            data = data[part]
-        else:
-            data = None
+        data = _child(data, part)
         if isinstance(current, type) and issubclass(current, BaseModel):
             field = current.model_fields.get(str(part))
             if field is None:
@@ -172,12 +167,7 @@ def _data_loc(data: Any, loc: Loc) -> Loc:
         if isinstance(current, dict) and current.get("type") == part:
             continue  # the tag pydantic puts in front of a union member's own path
         out.append(part)
-        if isinstance(current, dict):
-            current = current.get(part)
-        elif isinstance(current, list) and isinstance(part, int) and part < len(current):
-            current = current[part]
-        else:
-            current = None
+        current = _child(current, part)
     return tuple(out)
 
 
@@ -215,14 +205,18 @@ def _expected(err: Any, model: type[BaseModel], loc: Loc, data: Any) -> str:
     return "expected: " + msg[0].lower() + msg[1:] if msg else kind
 
 
+def _child(data: Any, part: str | int) -> Any:
+    """The value under key or index `part` of `data` (None when there is none)."""
+    if isinstance(data, dict):
+        return data.get(part)
+    if isinstance(data, list) and isinstance(part, int) and part < len(data):
+        return data[part]
+    return None
+
+
 def _member_at(data: Any, loc: Loc) -> Any:
     for part in loc:
-        if isinstance(data, dict):
-            data = data.get(part)
-        elif isinstance(data, list) and isinstance(part, int) and part < len(data):
-            data = data[part]
-        else:
-            return None
+        data = _child(data, part)
     return data
 
 
@@ -339,8 +333,18 @@ def load_secret(path: Path, config_file: str, line: int | None) -> bytes:
 
 def load_cluster(path: Path, *, with_secret: bool = True) -> ClusterFile:
     """Load and fully check `cluster.yaml` (and its secret): the one way to get a `Cluster`."""
+    return load_cluster_text(read_text(path), path, with_secret=with_secret)
+
+
+def load_cluster_text(text: str, path: Path, *, with_secret: bool = True) -> ClusterFile:
+    """`load_cluster` of `text` as if it were the file at `path` (a configuration sent to be
+    checked or applied: errors name `path`, a relative `secret_file` is beside it)."""
     file = str(path)
-    data, marks = parse_yaml(read_text(path), file)
+    if len(text.encode()) > safeyaml.MAX_BYTES:
+        raise ConfigError(
+            [ConfigIssue(file, None, "", None, f"larger than {safeyaml.MAX_BYTES} bytes")]
+        )
+    data, marks = parse_yaml(text, file)
     config: Cluster = validate(Cluster, data, marks, file)
     issues = [
         ConfigIssue(file, marks.line(p.loc), dotted(p.loc), p.value, p.expected)

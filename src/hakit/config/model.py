@@ -23,6 +23,7 @@ from pydantic import (
 
 DEFAULT_PORT = 7350
 DEFAULT_API_PORT = 7351
+DEFAULT_JOIN_PORT = 7352
 DEFAULT_INTERVAL = 0.2
 DEFAULT_TIMEOUT = 1.0
 MIN_PULSES_PER_TIMEOUT = 3
@@ -96,6 +97,17 @@ class Api(Frozen):
             "receiver's clock."
         ),
     )
+    join_port: int = Field(
+        DEFAULT_JOIN_PORT,
+        ge=1,
+        le=65535,
+        description=(
+            "TCP port on which a node admits new nodes (`hakit cluster join`), open only while "
+            "a join token made there by `hakit cluster add-node` is outstanding: TLS 1.3 with "
+            "the node's certificate, which the new node checks against the CA fingerprint in "
+            "its token before it sends the token."
+        ),
+    )
 
 
 class Network(Frozen):
@@ -145,7 +157,11 @@ class Cluster(Frozen):
         description="The networks between the nodes, by name; two or more are recommended.",
     )
     nodes: dict[Name, Node] = Field(
-        min_length=2, description="The nodes of the cluster, by name (usually the host name)."
+        min_length=1,
+        description=(
+            "The nodes of the cluster, by name (usually the host name). `hakit cluster init` "
+            "starts with one; `hakit cluster add-node` adds the others."
+        ),
     )
 
     def peers_of(self, node: str) -> list[str]:

@@ -16,17 +16,19 @@ from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
+    BeforeValidator,
     Field,
     IPvAnyAddress,
-    IPvAnyInterface,
     StringConstraints,
-    model_validator,
 )
 
 from hakit.config.checkers import Checker, ModuleChecker, Recovery, VipChecker
+from hakit.config.cloud import HealthProbe, check_cloud
 from hakit.config.load import Marks, dotted, parse_yaml, read_text, validate
 from hakit.config.model import Cluster, Frozen, Name, Regex
 from hakit.config.rules import Problem
+from hakit.config.vips import VirtualIp
+from hakit.core.boot import Policy
 from hakit.errors import ConfigError, ConfigIssue, HakitError
 
 MODULE_FILE = "module.yaml"
@@ -43,59 +45,6 @@ FARM_SCRIPTS = ("prestart", "start_both", "stop_both", "poststop", "transition")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
-
-
-class VipProbe(Frozen):
-    """Duplicate address detection before a mirror module's primary takes the VIP (RFC 5227,
-    shortened for the failover path): ARP probes; an answer from a host that is not the peer
-    node refuses the VIP (the module's start fails with the MAC that answered)."""
-
-    count: int = Field(
-        2,
-        ge=0,
-        le=10,
-        description="ARP probes sent (0: no probe). IPv4 only: IPv6 VIPs are not probed.",
-    )
-    interval: float = Field(
-        0.05,
-        ge=0.005,
-        le=1.0,
-        description=(
-            "Seconds between two probes and after the last one: the probe adds "
-            "`count` × `interval` to every start as primary (0.1 s by default) when nobody "
-            "answers, and ends at the first answer."
-        ),
-    )
-
-
-class VirtualIp(Frozen):
-    """A virtual IP address held by the primary only."""
-
-    address: IPvAnyInterface = Field(
-        description="Address with its prefix length, e.g. `192.168.1.100/24`."
-    )
-    network: Name | None = Field(
-        None,
-        description=(
-            "Cluster network carrying the VIP: it goes on the interface that holds the node's "
-            "address on that network. Give `network` or `interface`."
-        ),
-    )
-    interface: str | None = Field(
-        None,
-        pattern=r"^[A-Za-z0-9_.:-]{1,15}$",
-        description="Interface name carrying the VIP (same name on both nodes).",
-    )
-    probe: VipProbe = Field(
-        default_factory=VipProbe,
-        description="Probe for another host using the address before taking it (mirror).",
-    )
-
-    @model_validator(mode="after")
-    def _one_place(self) -> VirtualIp:
-        if (self.network is None) == (self.interface is None):
-            raise ValueError("give exactly one of `network` or `interface`")
-        return self
 
 
 class Scripts(Frozen):
@@ -276,6 +225,20 @@ class SplitBrain(Frozen):
     )
 
 
+def _on_off(value: object) -> object:
+    """YAML reads a bare `on` / `off` as a boolean: take it as the word."""
+    return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
+BootPolicy = Annotated[Policy, BeforeValidator(_on_off)]
+
+BOOT_DESCRIPTION = (
+    "Whether the module starts when this node's machine starts: `auto` (again if it was "
+    "running before the restart), `on` (always), `off` (never: an operator starts it). A "
+    "restart of the daemon alone (an upgrade, a crash) always resumes what was running."
+)
+
+
 class MirrorModule(Frozen):
     """A mirror module: the application runs on one of two nodes, the primary."""
 
@@ -306,6 +269,7 @@ class MirrorModule(Frozen):
         ),
     )
     scripts: Scripts = Field(default_factory=Scripts, description="Script time limits.")
+    boot: BootPolicy = Field("auto", description=BOOT_DESCRIPTION)
     replication: Replication | None = Field(
         None, description="Directories replicated to the secondary (none: no replication)."
     )
@@ -321,6 +285,13 @@ class MirrorModule(Frozen):
     variables: dict[EnvName, str] = Field(
         default_factory=dict,
         description="Variables passed to every script in its environment.",
+    )
+    health_probe: HealthProbe | None = Field(
+        None,
+        description=(
+            "An HTTP endpoint for cloud load balancers and monitors: 200 while this node "
+            "serves the module, 503 otherwise (see [cloud](cloud.md))."
+        ),
     )
 
     def peer_of(self, node: str) -> str:
@@ -390,6 +361,7 @@ class FarmModule(Frozen):
             "first VIP's four bytes). Must be a locally administered unicast address."
         ),
     )
+    boot: BootPolicy = Field("auto", description=BOOT_DESCRIPTION)
     checkers: tuple[Checker, ...] = Field(
         (),
         description=(
@@ -404,6 +376,13 @@ class FarmModule(Frozen):
     variables: dict[EnvName, str] = Field(
         default_factory=dict,
         description="Variables passed to every script in its environment.",
+    )
+    health_probe: HealthProbe | None = Field(
+        None,
+        description=(
+            "An HTTP endpoint for cloud load balancers and monitors: 200 while this node "
+            "serves the module, 503 otherwise (see [cloud](cloud.md))."
+        ),
     )
 
     def weight(self, node: str) -> int:
@@ -493,9 +472,8 @@ def check_farm(m: FarmModule, cluster: Cluster) -> list[Problem]:
 
 
 def check_against_cluster(m: ModuleConfig, cluster: Cluster) -> list[Problem]:
-    if isinstance(m, FarmModule):
-        return check_farm(m, cluster) + check_checkers(m, cluster)
-    return check_mirror(m, cluster) + check_checkers(m, cluster)
+    own = check_farm(m, cluster) if isinstance(m, FarmModule) else check_mirror(m, cluster)
+    return own + check_checkers(m, cluster) + check_cloud(m, cluster)
 
 
 def check_checkers(m: ModuleConfig, cluster: Cluster) -> list[Problem]:
@@ -636,15 +614,17 @@ def check_mirror(m: MirrorModule, cluster: Cluster) -> list[Problem]:
                     f"not a network shared by {a} and {b}; shared: {', '.join(shared) or 'none'}",
                 )
             )
-        if r.port == cluster.api.port:
-            out.append(
-                Problem(
-                    ("replication", "port"),
-                    str(r.port),
-                    "is the cluster's API port (api.port, TCP on every node address): "
-                    "choose another port",
+        for taken, what in ((cluster.api.port, "API"), (cluster.api.join_port, "join")):
+            if r.port == taken:
+                field = "port" if what == "API" else "join_port"
+                out.append(
+                    Problem(
+                        ("replication", "port"),
+                        str(r.port),
+                        f"is the cluster's {what} port (api.{field}, TCP on every node "
+                        "address): choose another port",
+                    )
                 )
-            )
         paths = [d.path for d in r.dirs]
         for i, d in enumerate(r.dirs):
             for j, other in enumerate(paths):

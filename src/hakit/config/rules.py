@@ -71,7 +71,7 @@ def check_topology(config: Cluster) -> list[Problem]:
                 owner[key] = (node, net)
     for net in config.networks:
         members = [n for n, s in config.nodes.items() if net in s.addresses]
-        if len(members) < 2:
+        if len(members) < min(2, len(config.nodes)):
             out.append(
                 Problem(
                     ("networks", net),
@@ -95,9 +95,20 @@ def check_topology(config: Cluster) -> list[Problem]:
 
 
 def check_ports(config: Cluster) -> list[Problem]:
+    out = []
     if config.api.port == config.heartbeat.port:
-        return [Problem(("api", "port"), str(config.api.port), "must differ from heartbeat.port")]
-    return []
+        out.append(
+            Problem(("api", "port"), str(config.api.port), "must differ from heartbeat.port")
+        )
+    if config.api.join_port in (config.api.port, config.heartbeat.port):
+        out.append(
+            Problem(
+                ("api", "join_port"),
+                str(config.api.join_port),
+                "must differ from api.port and heartbeat.port",
+            )
+        )
+    return out
 
 
 def check_cluster(config: Cluster) -> list[Problem]:

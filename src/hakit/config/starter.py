@@ -5,7 +5,13 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping
 
-from hakit.config.model import DEFAULT_INTERVAL, DEFAULT_PORT, DEFAULT_TIMEOUT
+from hakit.config.model import (
+    DEFAULT_API_PORT,
+    DEFAULT_INTERVAL,
+    DEFAULT_JOIN_PORT,
+    DEFAULT_PORT,
+    DEFAULT_TIMEOUT,
+)
 
 SECRET_BYTES = 32
 
@@ -23,6 +29,8 @@ def render_cluster_yaml(
     interval: float = DEFAULT_INTERVAL,
     timeout: float = DEFAULT_TIMEOUT,
     port: int = DEFAULT_PORT,
+    api_port: int = DEFAULT_API_PORT,
+    join_port: int = DEFAULT_JOIN_PORT,
 ) -> str:
     """The text of a commented `cluster.yaml`; `nodes` maps node -> {network: address}."""
     networks: list[str] = []
@@ -40,6 +48,12 @@ def render_cluster_yaml(
         f"  port: {port}          # UDP port of heartbeats on every network",
         f"  interval: {interval}     # seconds between two heartbeats to each peer",
         f"  timeout: {timeout}      # a peer silent on every network this long is lost",
+        "api:",
+        f"  port: {api_port}          # TCP: the daemons' API between nodes (mutual TLS)",
+        # written only when not the default: a release before 0.2 refuses the key
+        # (docs/compatibility.md), and the lab runs such releases with this starter
+        (f"  join_port: {join_port}" if join_port != DEFAULT_JOIN_PORT else "  # join_port: 7352")
+        + "     # TCP: admits new nodes while a join token is outstanding",
         "# Networks between the nodes; two or more are recommended, so that losing one",
         "# network is not mistaken for losing a node.",
         "networks:",

@@ -9,10 +9,21 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from hakit import __version__
 from hakit.core import membership as m
-from hakit.wire.heartbeat import NO_BOOT, Codec, DecodeError, Heartbeat, Reject
+from hakit.wire.heartbeat import (
+    NO_BOOT,
+    VERSION,
+    VERSIONS,
+    Codec,
+    DecodeError,
+    Heartbeat,
+    Reject,
+)
+
+PROBE_EVERY = 10  # rounds between probes of a peer confirmed at an older protocol version
 
 
 @dataclass(frozen=True)
@@ -99,6 +110,25 @@ class Engine:
             for name, nets in s.peers.items()
         }
 
+    def reconfigure(self, peers: Mapping[str, Mapping[str, str]], now: float) -> None:
+        """New peers and addresses (a cluster configuration applied live): a peer that stays
+        keeps its state and its links on the networks it keeps — no peer is lost or re-learnt
+        for it —, a new one starts unknown, a removed one is forgotten."""
+        self.settings = replace(self.settings, peers=peers)
+        local = self.settings.local_networks
+        out: dict[str, m.Peer] = {}
+        for name, nets in peers.items():
+            networks = tuple(n for n in local if n in nets)
+            old = self.peers.get(name)
+            if old is None:
+                out[name] = m.new_peer(name, networks, now)
+            elif old.networks == networks:
+                out[name] = old
+            else:
+                links = {n: old.links.get(n, m.Link()) for n in networks}
+                out[name] = replace(old, networks=networks, links=links)
+        self.peers = out
+
     def receive(
         self, data: bytes, network: str, now: float, wall: float
     ) -> list[m.Action | Rejected]:
@@ -124,6 +154,8 @@ class Engine:
             sent_at=hb.sent_at,
             wall_now=wall,
             payload=hb.payload,
+            version=hb.version,
+            release=hb.release,
         )
         new, actions = m.step(peer, ev, now, self.settings.timeout)
         self.peers[hb.sender] = new
@@ -181,24 +213,43 @@ class Engine:
         return out
 
     def outgoing(self, wall: float) -> list[Outgoing]:
-        """One heartbeat to every peer on every shared network (one sequence number per round)."""
+        """One heartbeat to every peer on every shared network (one sequence number per round),
+        in the highest protocol version confirmed from that peer's current boot (the oldest
+        one we speak until then). A peer not yet confirmed at our version also gets a probe in
+        our version, with a sequence number of its own, every round while it is not confirmed
+        at all, every `PROBE_EVERY` rounds once it is (an older release rejects the probe and
+        counts it; a release like ours answers in our version from then on)."""
+        probe_seq = self.seq + 1
+        probing = [
+            name
+            for name, p in self.peers.items()
+            if p.protocol < VERSION and (p.protocol == 0 or probe_seq % PROBE_EVERY == 0)
+        ]
+        if probing:
+            self.seq += 1
         self.seq += 1
         out = []
         for name, addrs in self.settings.peers.items():
             peer = self.peers[name]
             echo = peer.heard_boot or NO_BOOT
+            versions = [(max(peer.protocol, VERSIONS[0]), self.seq)]
+            if name in probing:
+                versions.insert(0, (VERSION, probe_seq))
             for net in peer.networks:
-                hb = Heartbeat(
-                    sender=self.settings.local,
-                    receiver=name,
-                    network=net,
-                    boot=self.boot,
-                    seq=self.seq,
-                    sent_at=wall,
-                    echo=echo,
-                    payload=self.payload,
-                )
-                out.append(Outgoing(net, name, addrs[net], self.codec.encode(hb)))
+                for version, seq in versions:
+                    hb = Heartbeat(
+                        sender=self.settings.local,
+                        receiver=name,
+                        network=net,
+                        boot=self.boot,
+                        seq=seq,
+                        sent_at=wall,
+                        echo=echo,
+                        payload=self.payload,
+                        version=version,
+                        release=__version__,
+                    )
+                    out.append(Outgoing(net, name, addrs[net], self.codec.encode(hb)))
         self.sent += len(out)
         return out
 

@@ -52,6 +52,8 @@ class Peer:
     links: Mapping[str, Link] = field(default_factory=dict)
     payload: bytes = b""
     clock_offset: float | None = None  # peer wall clock minus ours, at the last heartbeat
+    protocol: int = 0  # highest heartbeat version confirmed from its current boot (0: none)
+    release: str = ""  # its hakit release, as its heartbeats say (protocol 2 and later)
 
     def link(self, network: str) -> Link:
         return self.links.get(network, Link())
@@ -89,6 +91,8 @@ class Received:
     sent_at: float  # peer wall clock
     wall_now: float  # our wall clock at reception
     payload: bytes = b""
+    version: int = 1  # heartbeat protocol version of the datagram
+    release: str = ""  # the peer's hakit release (protocol 2 and later)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +213,15 @@ def _classify_received(p: Peer, ev: Received, now: float) -> Classified:
     was_up = links[net].up if net in links else False
     heard_before = net in links and links[net].last_heard is not None
     links[net] = Link(up=True, last_heard=now, seq=ev.seq)
-    p = replace(p, links=links, payload=ev.payload, clock_offset=ev.sent_at - ev.wall_now)
+    protocol = ev.version if new_boot else max(p.protocol, ev.version)
+    p = replace(
+        p,
+        links=links,
+        payload=ev.payload,
+        clock_offset=ev.sent_at - ev.wall_now,
+        protocol=protocol,
+        release=ev.release or ("" if new_boot else p.release),
+    )
     kind = Kind.REBOOTED if (new_boot and current is not None) else Kind.FRESH
     actions: tuple[Action, ...] = ()
     if not was_up and kind is Kind.FRESH and p.state is PeerState.ALIVE:

@@ -249,6 +249,7 @@ class ReplicaLost:
 
     detail: str
     fatal: bool = False
+    complete: bool = False  # primary: our own orderly stop; the secondary has everything
 
 
 @dataclass(frozen=True)

@@ -291,6 +291,8 @@ def _replica_lost_primaryish(m: Mirror, ev: Event, now: float, fresh_id: str) ->
     copy is stale from now if it was not already, and held writes wait for the arbiter."""
     assert isinstance(ev, ReplicaLost)
     acts: tuple[Action, ...] = ()
+    if ev.complete and m.phase is Phase.DEMOTING:
+        return m, ()  # stopped in order as it hands over: the secondary's copy is complete
     if m.data.alone_ok is False:
         data = replace(m.data.next_generation(fresh_id), alone_ok=True)
         m = replace(m, data=data)

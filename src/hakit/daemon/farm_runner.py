@@ -72,6 +72,7 @@ class FarmRunner(ModuleRunner):
         self.local = self.env.local
         saved = read_json(self.state_path) or {}
         self.run_flag = bool(saved.get("run", False))
+        self.boot_start = self.at_daemon_start(saved)
         self.machine = fm.Farm(
             module=self.name,
             local=self.local,
@@ -193,6 +194,7 @@ class FarmRunner(ModuleRunner):
             }
         return {
             "kind": "farm",
+            "boot": self.cfg.boot,
             "nodes": nodes,
             "view": list(a.view),
             "agreed": a.agreed,
@@ -219,8 +221,9 @@ class FarmRunner(ModuleRunner):
                     "deciding without them",
                     "warning",
                 )
-            if self.run_flag:
-                self._note("resuming: the module was started before the daemon stopped")
+            if self.boot_start.why:
+                self._note(self.boot_start.why)
+            if self.boot_start.start:
                 await self._handle(Pending(fm.Command(fm.Cmd.START)))
             self.ready = True
             self.env.published()
@@ -342,6 +345,7 @@ class FarmRunner(ModuleRunner):
                 "run": not self.stopped or self.shutting_down,
                 "phase": self.machine.phase.value,
                 "saved_at": self.env.now(),
+                "machine_boot": self.env.machine_boot,
             },
         )
 

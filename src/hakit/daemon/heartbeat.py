@@ -7,7 +7,8 @@ checkers, replication or a slow disk never delays a heartbeat nor a loss decisio
 
 Protocol with the parent, JSON lines:
 - parent -> child on stdin: first `{"init": {...}}`, then `{"payload": HEX}` (state published
-  to peers in every heartbeat) and `{"ping": T}` keepalives; end of file means "exit now".
+  to peers in every heartbeat), `{"peers": {PEER: {NETWORK: ADDRESS}}}` (new peers: a cluster
+  configuration applied live) and `{"ping": T}` keepalives; end of file means "exit now".
 - child -> parent on stdout: `{"ready": ...}`, `{"event": ...}` for every membership change
   (with the wall-clock time it was decided), `{"snapshot": ...}` after each tick that changed
   something and at least every `interval`.
@@ -78,6 +79,8 @@ def peer_snapshot(p: m.Peer, now: float, wall: float) -> dict[str, Any]:
         "last_heard": {n: wall_of(p.link(n).last_heard) for n in p.networks},
         "boot": p.boot.hex() if p.boot else None,
         "clock_offset": p.clock_offset,
+        "protocol": p.protocol or None,
+        "release": p.release or None,
         "payload": p.payload.hex(),
     }
 
@@ -269,6 +272,9 @@ async def run(init: dict[str, Any]) -> None:
             msg = json.loads(line)
             if "payload" in msg:
                 engine.payload = bytes.fromhex(msg["payload"])
+            if "peers" in msg:  # a cluster configuration applied live
+                engine.reconfigure(msg["peers"], time.monotonic())
+                runner.dirty = True
             if "hold" in msg:
                 held[:] = msg["hold"]
                 if held:

@@ -75,6 +75,7 @@ class MirrorRunner(ModuleRunner):
             failover=bool(saved.get("failover", cfg.failover)),
         )
         self.run_flag = bool(saved.get("run", False))
+        self.boot_start = self.at_daemon_start(saved)
         self.saved_phase = str(saved.get("phase", "stopped"))
         sb = cfg.split_brain
         fence = self.module.bin / "fence"
@@ -186,6 +187,7 @@ class MirrorRunner(ModuleRunner):
                 },
             },
             "failover": m.failover,
+            "boot": cfg.boot,
             "unprotected": mm.unprotected(m) or None,
             "default_primary": cfg.default_primary,
             "vips": [str(v) for v in self.vip_list],
@@ -223,8 +225,9 @@ class MirrorRunner(ModuleRunner):
                 )
             if self._latest_peer is not None:
                 await self._handle(Pending(self._latest_peer))
-            if self.run_flag:
-                self._note("resuming: the module was started before the daemon stopped")
+            if self.boot_start.why:
+                self._note(self.boot_start.why)
+            if self.boot_start.start:
                 await self._handle(Pending(mm.Command(mm.Cmd.START)))
             self.ready = True
             self.env.published()
@@ -293,6 +296,7 @@ class MirrorRunner(ModuleRunner):
                 "run": m.phase is not mm.Phase.STOPPED or self.shutting_down,
                 "phase": m.phase.value,
                 "saved_at": self.env.now(),
+                "machine_boot": self.env.machine_boot,
             },
         )
 
@@ -393,12 +397,13 @@ class MirrorRunner(ModuleRunner):
         probed = f"probed in {(time.monotonic() - started) * 1000:.0f} ms; " if probe.count else ""
         if found is not None and found.peer is None:
             raise VipError(
-                f"VIP {v} in use by MAC {found.mac} {v.where}: another host answers for this "
-                "address (ARP probe); not taken: free the address on that host or change the VIP"
+                f"VIP {v} in use by {found.what} {found.mac} {v.where}: another host answers "
+                f"for this address ({found.how}); not taken: free the address on that host or "
+                "change the VIP"
             )
         if found is not None:  # the peer node still holds it (rule: docs/mirror.md, VIP probe)
             self._record(
-                f"{self.name}: VIP {v} still answered by the peer node ({found.peer}, MAC "
+                f"{self.name}: VIP {v} still held by the peer node ({found.peer}, {found.what} "
                 f"{found.mac}): taking it over and announcing it",
                 "warning",
             )
@@ -581,8 +586,18 @@ class Replication:
     def _event(self, ev: dict[str, Any]) -> None:
         r, kind = self.runner, ev.get("event")
         if kind == "alone":
-            r._record(f"{r.name}: secondary no longer replicating: {ev.get('reason')}", "warning")
-            r.queue.put_nowait(Pending(mm.ReplicaLost(str(ev.get("reason")))))
+            if ev.get("complete"):
+                r._record(
+                    f"{r.name}: replication stopped ({ev.get('reason')}); the secondary has "
+                    "every acknowledged write"
+                )
+            else:
+                r._record(
+                    f"{r.name}: secondary no longer replicating: {ev.get('reason')}", "warning"
+                )
+            r.queue.put_nowait(
+                Pending(mm.ReplicaLost(str(ev.get("reason")), complete=bool(ev.get("complete"))))
+            )
         elif kind == "lost":
             r.queue.put_nowait(
                 Pending(mm.ReplicaLost(str(ev.get("reason")), bool(ev.get("fatal"))))

@@ -12,14 +12,16 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from hakit.adapters.farm import FarmPathPort, NftFarmPath
 from hakit.adapters.probes import ProbeContext, ProbePort, RealProbes
 from hakit.adapters.scripts import ScriptResult, ScriptRunner
 from hakit.adapters.vip import Probe, Vip, VipError, VipPort, release_all
 from hakit.adapters.witness import WitnessClient, WitnessPort
-from hakit.config.module import ModuleFile, VirtualIp
+from hakit.config.module import ModuleFile
+from hakit.config.vips import VirtualIp
+from hakit.core import boot
 from hakit.core import checks as ck
 from hakit.daemon.checkers import CheckerSet, effective_checkers
 from hakit.daemon.logs import Event
@@ -51,6 +53,7 @@ class Environment:
     witness_client: Callable[[str, str, bytes, list[tuple[str, int]]], WitnessPort] = WitnessClient
     # module -> {node: (state, status)} as this node knows it (module checkers); None: unknown
     module_states: Callable[[str], dict[str, tuple[str, str]] | None] = lambda _: None
+    machine_boot: str = ""  # this machine's boot id (empty: unknown, never seen as restarted)
 
 
 def vips_here(vips: tuple[VirtualIp, ...], local_addresses: dict[str, str]) -> list[Vip]:
@@ -117,6 +120,17 @@ class ModuleRunner:
     @property
     def stopped(self) -> bool:
         raise NotImplementedError
+
+    def at_daemon_start(self, saved: dict[str, Any]) -> boot.AtStart:
+        """Whether to start now: the `boot` policy, given the state a previous daemon saved
+        (was it running, on which boot of this machine)."""
+        before = saved.get("machine_boot")
+        rebooted = (
+            bool(self.env.machine_boot)
+            and isinstance(before, str)
+            and (before != self.env.machine_boot)
+        )
+        return boot.at_start(self.module.config.boot, rebooted, bool(saved.get("run", False)))
 
     async def wait_stopped(self, limit: float) -> bool:
         deadline = time.monotonic() + limit

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from hakit.adapters.movers import CloudVips, movers_for
 from hakit.adapters.scripts import ScriptRunner
 from hakit.adapters.vip import Vip, VipPort
 from hakit.adapters.witness import WitnessClient, WitnessPort
@@ -79,6 +80,7 @@ class ModuleManager:
     record: Callable[[Event], None]
     publish: Callable[[bytes], None]  # new heartbeat payload
     hold: Callable[[list[Vip]], None]  # VIPs to release if the daemon dies
+    machine_boot: str = ""  # this machine's boot id: the modules' `boot` policy
     entries: dict[str, Entry] = field(default_factory=dict)
     broken: dict[str, str] = field(default_factory=dict)  # module -> configuration error
     crashed: dict[str, float] = field(default_factory=dict)  # module -> mtime when it crashed
@@ -89,14 +91,15 @@ class ModuleManager:
     _scanning: asyncio.Lock = field(default_factory=asyncio.Lock)
     _running: bool = False
 
-    def _env(self) -> Environment:
+    def _env(self, vips: VipPort) -> Environment:
+        """The runner's environment; `vips`: the module's VIP port (with its cloud movers)."""
         cfg = self.cluster.config
         return Environment(
             paths=self.paths,
             cluster=cfg.cluster,
             local=self.local,
             local_addresses={n: str(a) for n, a in cfg.nodes[self.local].addresses.items()},
-            vips=self.vips,
+            vips=vips,
             scripts=self.scripts,
             record=self.record,
             published=self._published,
@@ -111,6 +114,7 @@ class ModuleManager:
             module_states=self.module_states,
             cluster_secret=self.cluster.secret,
             witness_client=self._witness_client,
+            machine_boot=self.machine_boot,
         )
 
     def _witness_client(
@@ -227,9 +231,11 @@ class ModuleManager:
         runner: Runner
         try:
             if isinstance(mf.config, FarmModule):
-                runner = FarmRunner(mf, self._env())
+                runner = FarmRunner(mf, self._env(self.vips))
             else:
-                runner = MirrorRunner(mf, self._env())
+                movers = movers_for(mf.config.vips, self.local)
+                vips = CloudVips(self.vips, movers) if movers else self.vips
+                runner = MirrorRunner(mf, self._env(vips))
         except Exception as e:  # e.g. a damaged state file: this module only is in error
             log.exception("module %s cannot start", name)
             self.crashed[name] = mtime  # until its configuration changes
@@ -307,7 +313,14 @@ class ModuleManager:
     def status(self) -> dict[str, Any]:
         """Every module this node knows of: those it runs (in full), those installed here in
         error, and those run by other nodes only (as their heartbeats say: the cluster view)."""
-        out: dict[str, Any] = {n: e.runner.status() for n, e in self.entries.items()}
+        out: dict[str, Any] = {}
+        here = self.cluster.config.nodes[self.local].addresses
+        for n, e in self.entries.items():
+            hp = e.runner.module.config.health_probe
+            probe = None
+            if hp is not None:
+                probe = {"port": hp.port, "bind": list(hp.addresses(here)), "path": hp.path}
+            out[n] = e.runner.status() | {"health_probe": probe}
         for name, err in self.broken.items():
             out[name] = {"kind": self._kind(name), "nodes": {}, "error": err}
         installed = {n: (e.kind, e.nodes) for n, e in self.elsewhere.items()}

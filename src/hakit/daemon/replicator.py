@@ -382,7 +382,7 @@ class Primary:
         self.rep.answer_held(False)  # never acknowledged: the application gets EIO
         done = self.unmount_all()  # returns once the application's operations are finished
         clean = self.rep.state is not State.ALONE or self.rep.sender is None
-        self.rep.detach("the primary stops")
+        self.rep.detach("the primary stops", planned=True)
         self.tracker.close()
         if clean:
             self.activity.drop()  # nothing in flight any more

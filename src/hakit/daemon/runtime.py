@@ -18,16 +18,18 @@ from typing import Any
 from hakit import __version__
 from hakit.adapters.scripts import ProcessScriptRunner
 from hakit.adapters.vip import NetlinkVips
-from hakit.config.load import ClusterFile
+from hakit.config.load import ClusterFile, read_text
 from hakit.config.model import Cluster
 from hakit.core.mirror import Cmd
 from hakit.core.outcomes import Accepted
+from hakit.daemon.join import JoinService
 from hakit.daemon.logs import LOGGER, Event, Timeline
 from hakit.daemon.modules import ModuleManager
 from hakit.daemon.packages import install_bytes, uninstall
+from hakit.daemon.reconfig import Candidate, check_candidate, heartbeat_peers, write_config
 from hakit.daemon.status import build_status
 from hakit.daemon.supervisor import HeartbeatSupervisor
-from hakit.errors import HakitError
+from hakit.errors import ConfigError, HakitError
 from hakit.paths import Paths
 from hakit.wire.heartbeat import make_boot_id
 
@@ -118,6 +120,8 @@ class NodeDaemon:
         self.timeline = Timeline(self.local)
         cfg = self.cluster.config
         local_nets = cfg.networks_of(self.local)
+        self.pending_restart: tuple[str, ...] = ()  # in cluster.yaml, taken at the next start
+        self._applying = asyncio.Lock()
         init = {
             "cluster": cfg.cluster,
             "secret": self.cluster.secret.hex(),
@@ -128,14 +132,7 @@ class NodeDaemon:
             "realtime": cfg.heartbeat.realtime and os.geteuid() == 0,
             "boot": self.boot.hex(),
             "addresses": {n: str(cfg.nodes[self.local].addresses[n]) for n in local_nets},
-            "peers": {
-                p: {
-                    n: str(cfg.nodes[p].addresses[n])
-                    for n in local_nets
-                    if n in cfg.nodes[p].addresses
-                }
-                for p in cfg.peers_of(self.local)
-            },
+            "peers": heartbeat_peers(cfg, self.local),
         }
         self.heartbeat = HeartbeatSupervisor(
             init, self.local, self.record, self.started_mono, on_snapshot=self._snapshot
@@ -149,7 +146,9 @@ class NodeDaemon:
             record=self.record,
             publish=self.heartbeat.publish,
             hold=lambda vips: self.heartbeat.hold([asdict(v) for v in vips]),
+            machine_boot=machine_boot(),
         )
+        self.join = JoinService(self.paths, lambda: self.cluster, self.local, self.record)
 
     def _snapshot(self, snap: dict[str, Any]) -> None:
         self.modules.snapshot(snap)
@@ -175,7 +174,9 @@ class NodeDaemon:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.heartbeat.run())
             modules = tg.create_task(self._run_modules())
+            join = tg.create_task(self.join.run())
             await self._stopping.wait()
+            join.cancel()
             await self.modules.shutdown(SHUTDOWN_TIMEOUT)
             modules.cancel()
             self.heartbeat.stop()
@@ -203,6 +204,7 @@ class NodeDaemon:
             "heartbeat_pid": self.heartbeat.view.pid,
             "heartbeat_scheduling": self.heartbeat.view.scheduling,
             "heartbeat_restarts": self.heartbeat.view.restarts,
+            "config_pending_restart": list(self.pending_restart),
         }
         st = build_status(self.cluster.config, self.local, self.heartbeat.view.snapshot, daemon)
         st["modules"] = self.modules.status()
@@ -239,6 +241,98 @@ class NodeDaemon:
         )
         return f"module {name} uninstalled from {self.local}"
 
+    # --- the cluster configuration -------------------------------------------------------
+
+    def cluster_config(self) -> dict[str, Any]:
+        return {
+            "node": self.local,
+            "config": self.cluster.config.model_dump(mode="json"),
+            "pending_restart": list(self.pending_restart),
+            "joining": self.join.joining(),
+        }
+
+    def check_cluster(self, text: str) -> dict[str, Any]:
+        return check_candidate(self.paths, self.cluster, self.local, text).to_json()
+
+    async def apply_cluster(self, text: str) -> dict[str, Any]:
+        """Check `text`; if it passes, write it as cluster.yaml and take it (live if it can).
+        One at a time: each is checked against what the previous one left."""
+        async with self._applying:
+            cand = await asyncio.to_thread(
+                check_candidate, self.paths, self.cluster, self.local, text
+            )
+            out = cand.to_json()
+            if not cand.ok:
+                out["applied"] = False
+                return out
+            await asyncio.to_thread(write_config, self.paths.cluster_config, text)
+            out["applied"] = True
+            out["message"] = self._take(cand)
+            return out
+
+    def reload(self) -> None:
+        """SIGHUP (`systemctl reload hakit`): take cluster.yaml as it is on disk now."""
+        path = self.paths.cluster_config
+        try:
+            text = read_text(path)
+        except ConfigError as e:
+            self.record(Event(time.time(), self.local, "config-error", f"not reloaded: {e}"))
+            return
+        cand = check_candidate(self.paths, self.cluster, self.local, text)
+        if not cand.ok:
+            self.record(
+                Event(
+                    time.time(),
+                    self.local,
+                    "config-error",
+                    f"{path} not reloaded, the daemon keeps its configuration:\n"
+                    + "\n".join(cand.problems),
+                )
+            )
+            return
+        self._take(cand)
+
+    def _take(self, cand: Candidate) -> str:
+        change, cf = cand.change, cand.cluster
+        assert change is not None
+        assert cf is not None
+        if change.empty:
+            self.pending_restart = ()
+            return "no change"
+        if not change.live:
+            self.pending_restart = change.restart
+            message = (
+                f"written; takes {', '.join(change.restart)} when its daemon restarts (which "
+                "stops its modules: their peers take over; one node at a time)"
+            )
+            self.record(
+                Event(
+                    time.time(),
+                    self.local,
+                    "config-pending",
+                    f"cluster.yaml written ({change.summary()}): {message}",
+                )
+            )
+            return message
+        self.cluster = cf
+        self.modules.cluster = cf
+        self.heartbeat.reconfigure(heartbeat_peers(cf.config, self.local))
+        self.pending_restart = ()
+        nodes = cf.config.nodes
+        self.record(
+            Event(
+                time.time(),
+                self.local,
+                "config-applied",
+                f"cluster configuration applied live ({change.summary()}): {len(nodes)} "
+                f"node(s), {', '.join(nodes)}; modules kept running",
+            )
+        )
+        return f"applied live ({change.summary()}); modules kept running"
+
+    def issue_join_token(self, node: str, ttl: float) -> dict[str, Any]:
+        return self.join.issue(node, ttl)
+
     async def command(self, module: str, command: str) -> tuple[bool, str]:
         answer = await self.modules.command(module, Cmd(command))
         return isinstance(answer, Accepted), answer.message
@@ -254,3 +348,15 @@ class NodeDaemon:
         if runner.replication is None:
             return {"ok": False, "error": f"module {module} replicates no directory"}
         return await runner.replication.verify()
+
+
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def machine_boot() -> str:
+    """This machine's boot id (new at every start of the kernel); empty if unreadable, and then
+    no module sees the machine as restarted (they resume what was running)."""
+    try:
+        return BOOT_ID.read_text().strip()[:64]
+    except OSError:
+        return ""

@@ -9,9 +9,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from hakit import __version__
 from hakit.config.model import Cluster
 from hakit.core import farm as fm
 from hakit.core import mirror as mm
+from hakit.wire.heartbeat import VERSION as HEARTBEAT_VERSION
 from hakit.wire.heartbeat import module_payloads
 
 
@@ -35,6 +37,8 @@ def build_status(
                 "networks": {n: bool(local_nets.get(n, False)) for n in nets},
                 "last_heard": None,
                 "since": daemon.get("started_at"),
+                "release": __version__,
+                "protocol": HEARTBEAT_VERSION,
             }
             continue
         p = peers.get(name)
@@ -58,6 +62,9 @@ def build_status(
             "last_heard_by_network": p["last_heard"],
             "since": p["since"],
             "clock_offset": p.get("clock_offset"),
+            # what its heartbeats say: protocol 1 (hakit 0.1) carries no release
+            "release": p.get("release") or ("0.1" if p.get("protocol") == 1 else None),
+            "protocol": p.get("protocol"),
         }
     stats = dict((snapshot or {}).get("stats", {}))
     return {

@@ -189,6 +189,12 @@ class HeartbeatSupervisor:
         self._payload = payload
         self._send({"payload": payload.hex()})
 
+    def reconfigure(self, peers: dict[str, dict[str, str]]) -> None:
+        """New peers and addresses, taken by the running heartbeat process at once (and by any
+        later one): peers that stay keep their state."""
+        self._init = dict(self._init, peers=peers)
+        self._send({"peers": peers})
+
     def hold(self, vips: list[dict[str, Any]]) -> None:
         """VIPs the heartbeat process must release at once if this daemon dies."""
         self._hold = vips

@@ -27,6 +27,7 @@ import stat
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,7 +86,8 @@ SOCKET = "/var/lib/hakit/hakit.sock"  # the daemon's API socket, as seen inside 
 DAEMON_OUT = "/var/log/hakit/daemon.out"  # the daemon's stdout and stderr, inside a node
 MARKER = ".hakit-lab"  # marks a directory as a lab's, so `down` only ever removes labs
 # Files of the machine replaced inside every lab host (if the machine has them).
-FILE_BINDS = ("/etc/hosts", "/etc/hostname")
+BOOT_ID = "/proc/sys/kernel/random/boot_id"  # each host's own, new at every power-on
+FILE_BINDS = ("/etc/hosts", "/etc/hostname", BOOT_ID)
 
 
 def default_root() -> Path:
@@ -267,10 +269,16 @@ class Lab:
             return self.dir / "hosts"
         if path == "/etc/hostname":
             return self.dir / host / "hostname"
+        if path == BOOT_ID:
+            return self.dir / host / "boot_id"
         for p in sorted(topo.private, key=len, reverse=True):
             if is_under(path, p):
                 return self._fs(host) / path.lstrip("/")
         return Path(path)
+
+    def _new_boot(self, host: str) -> None:
+        """A new kernel boot id for `host` (written in place: its bind mount shows it)."""
+        (self.dir / host / "boot_id").write_text(str(uuid.uuid4()) + "\n")
 
     def _fs(self, host: str) -> Path:
         return self.dir / host / "fs"
@@ -290,11 +298,14 @@ class Lab:
         daemon: bool = True,
         daemon_timeout: float = DAEMON_TIMEOUT,
         daemon_command: Sequence[str] = ("hakit", "daemon"),
+        cluster: bool = True,
     ) -> Lab:
         """Build the lab; with `daemon`, start `daemon_command` (`hakit daemon`) on every node
         and wait (at most `daemon_timeout` s) for their API sockets. A failure while building
         removes what was built; a daemon that does not start leaves the lab up for inspection
-        (LabError naming the node, with the end of its daemon.out)."""
+        (LabError naming the node, with the end of its daemon.out). Without `cluster`, the
+        nodes get no cluster.yaml and no daemon: they are bootstrapped as real servers are
+        (`hakit cluster init`, `add-node`, `join`), then `start_daemons`."""
         check_environment()
         import hakit
 
@@ -323,17 +334,19 @@ class Lab:
                         f"name or another {ROOT_ENV}"
                     )
                 try:
-                    self._build(topo, daemon, tuple(daemon_command))
+                    self._build(topo, daemon, tuple(daemon_command), cluster)
                 except BaseException as e:
                     self._destroy()
                     if isinstance(e, OSError):
                         raise LabError(f"building lab {self.name}: {e} (nothing was left)") from e
                     raise
-            if daemon:
+            if daemon and cluster:
                 self._start_daemons(list(topo.node_names), daemon_timeout)
         return self
 
-    def _build(self, topo: Topology, daemon: bool, daemon_command: tuple[str, ...]) -> None:
+    def _build(
+        self, topo: Topology, daemon: bool, daemon_command: tuple[str, ...], cluster: bool
+    ) -> None:
         ensure_runtime_mount()
         self.run_dir.mkdir(mode=0o700)
         (self.run_dir / "owner").write_text(str(self.dir) + "\n")
@@ -365,6 +378,7 @@ class Lab:
         for h in topo.hosts:
             (self.dir / h.name).mkdir(mode=0o700)
             (self.dir / h.name / "hostname").write_text(h.name + "\n")
+            self._new_boot(h.name)
             for p in topo.private:
                 d = self._fs(h.name) / p.lstrip("/")
                 d.mkdir(parents=True, exist_ok=True)
@@ -397,7 +411,8 @@ class Lab:
                 },
             )
 
-        self._write_cluster_config(topo)
+        if cluster:
+            self._write_cluster_config(topo)
         rec.state = "up"
         save(self.record_path, rec)
 
@@ -417,6 +432,22 @@ class Lab:
             os.chmod(etc / "cluster.key", 0o600)
 
     # -- daemons -----------------------------------------------------------------------------
+
+    def start_daemons(self, nodes: Sequence[str], timeout: float = DAEMON_TIMEOUT) -> None:
+        """Start the daemon on `nodes` whose daemon does not run (what `systemctl start hakit`
+        does on a server), and wait for their API sockets."""
+        self._up_record()
+        with locked(_lab_lock(self.name), f"hakit lab daemon {self.name}"):
+            rec = self._up_record()
+            topo = rec.topology()
+            for n in nodes:
+                if topo.host(n).kind != "node":
+                    raise LabError(f"{n} is not a node of lab {self.name}")
+            idle = [
+                n for n in nodes if not alive(rec.hosts[n].daemon_pid, rec.hosts[n].daemon_started)
+            ]
+            if idle:
+                self._start_daemons(idle, timeout)
 
     def _start_daemons(self, nodes: Sequence[str], timeout: float) -> None:
         rec = self._up_record()
@@ -608,12 +639,15 @@ class Lab:
                 for p in topo.private:
                     if is_volatile(p):
                         _empty_dir(self._fs(host) / p.lstrip("/"))
+                self._new_boot(host)
             in_host, in_switch = topo.link_commands(host, "up")
             ip_batch(topo.switch_netns, in_switch, f"taking {host}'s switch ports up")
             ip_batch(h.netns, in_host, f"taking {host}'s links up")
             rec.hosts[host] = HostState("on", st.daemon_pid, st.daemon_started)
             save(self.record_path, rec)
-            if rec.daemon and h.kind == "node" and not alive(st.daemon_pid, st.daemon_started):
+            configured = self._host_path(topo, host, "/etc/hakit/cluster.yaml").exists()
+            idle = not alive(st.daemon_pid, st.daemon_started)
+            if rec.daemon and h.kind == "node" and idle and configured:
                 self._start_daemons([host], daemon_timeout)
 
     def cut(self, host1: str, host2: str, network: str | int | None = None) -> tuple[Cut, ...]:

@@ -127,6 +127,7 @@ class Replicator:
         self._in_flight = 0  # operations sent whose answer is not handled yet
         self._settled = threading.Condition()
         self.hold_on_loss = False  # hold writes after a break of a ready secondary (see above)
+        self._planned = False  # the next loss is our own orderly stop (`detach(planned=True)`)
         self.held: Held | None = None  # the writes held since the last break, if undecided
         self._next_held: Held | None = None  # what the writes in flight wait on if it breaks
 
@@ -299,9 +300,12 @@ class Replicator:
         """Called under `order` by the resynchronisation once the secondary is identical."""
         self.state = State.READY
 
-    def detach(self, why: str) -> None:
+    def detach(self, why: str, planned: bool = False) -> None:
+        """Close the channel; `planned`: our own orderly stop, the application's operations
+        finished — a ready secondary then has everything (the loss event says `complete`)."""
         sender = self.sender
         if sender is not None:
+            self._planned = planned
             sender.close(why)  # -> _lost
 
     def _lost(self, why: str, pending: list[Op]) -> None:
@@ -315,11 +319,13 @@ class Replicator:
             was = self.state
             self.sender = None
             self.state = State.ALONE
-            if was is State.READY and self.hold_on_loss:
+            complete = self._planned and was is State.READY and not pending
+            self._planned = False
+            if was is State.READY and self.hold_on_loss and not complete:
                 self.held = self._next_held or Held()
                 self._next_held = None
         if was is not State.ALONE:
-            self.notify({"event": "alone", "reason": why, "was": was.value})
+            self.notify({"event": "alone", "reason": why, "was": was.value, "complete": complete})
 
     def diverged(self, op: Op, err: int) -> None:
         """The secondary failed to apply `op`: that path differs; send it again later."""

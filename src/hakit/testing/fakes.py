@@ -2,7 +2,8 @@
 
 `FakeVips` is a node's interfaces and their addresses (`VipPort`); `FakeScriptRunner` runs no
 process and answers with scripted outcomes (`ScriptRunner`); `FakeProbes` answers checkers'
-probes as the test says (`ProbePort`). They record what they were asked to do, so tests of the
+probes as the test says (`ProbePort`); `FakeCloud` and its `FakeMover`s are a cloud's API for
+VIPs (`MoverPort`). They record what they were asked to do, so tests of the
 daemon can assert the actions and their order.
 """
 
@@ -333,3 +334,66 @@ class FakeProbes:
             self.calls[checker.name] += 1
             yield self.results.get(checker.name, (True, "fake: up"))
             await asyncio.sleep(checker.interval)
+
+
+# -- cloud VIP movers ------------------------------------------------------------------------
+
+
+class FakeCloud:
+    """The cloud's view of VIPs shared by the nodes' `FakeMover`s: address -> holder id.
+
+    `fail(message)` makes every call fail with `VipError(message)` until `repair()`.
+    """
+
+    def __init__(self, holders: Mapping[str, str]) -> None:
+        self.ids = dict(holders)  # node -> its holder id (an interface, a NIC, an instance)
+        self.where: dict[str, str] = {}
+        self.failure: str | None = None
+        self.calls: list[tuple[str, str, str]] = []  # (node, call, address)
+
+    def fail(self, message: str) -> None:
+        self.failure = message
+
+    def repair(self) -> None:
+        self.failure = None
+
+    def mover(self, node: str) -> FakeMover:
+        return FakeMover(self, node)
+
+
+@dataclass
+class FakeMover:
+    """A `MoverPort` over a `FakeCloud`."""
+
+    cloud: FakeCloud
+    node: str
+
+    @property
+    def mine(self) -> str:
+        return self.cloud.ids[self.node]
+
+    def node_of(self, holder: str) -> str | None:
+        return next((n for n, i in self.cloud.ids.items() if i == holder), None)
+
+    def _enter(self, call: str, vip: Vip) -> None:
+        self.cloud.calls.append((self.node, call, vip.address))
+        if self.cloud.failure is not None:
+            raise VipError(self.cloud.failure)
+
+    def holder(self, vip: Vip) -> str | None:
+        self._enter("holder", vip)
+        return self.cloud.where.get(vip.address)
+
+    def acquire(self, vip: Vip) -> bool:
+        self._enter("acquire", vip)
+        if self.cloud.where.get(vip.address) == self.mine:
+            return False
+        self.cloud.where[vip.address] = self.mine
+        return True
+
+    def release(self, vip: Vip) -> bool:
+        self._enter("release", vip)
+        if self.cloud.where.get(vip.address) != self.mine:
+            return False
+        del self.cloud.where[vip.address]
+        return True

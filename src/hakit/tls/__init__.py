@@ -25,11 +25,23 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["NodeIdentity", "client_context", "identity", "peer_node", "server_context"]
+__all__ = [
+    "NodeIdentity",
+    "NotAMember",
+    "ca_fingerprint",
+    "client_context",
+    "identity",
+    "join_client_context",
+    "join_server_context",
+    "member_node",
+    "peer_node",
+    "server_context",
+]
 
 SUFFIX = "hakit"
 _NOT_BEFORE = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
@@ -136,6 +148,52 @@ def identity(secret: bytes, cluster: str, node: str) -> NodeIdentity:
     )
 
 
+def ca_fingerprint(ca_pem: str) -> str:
+    """SHA-256 (hex) of the CA's public key, DER SubjectPublicKeyInfo: what a join token
+    carries so that the new node can recognise the cluster's members (kubeadm's
+    `discovery-token-ca-cert-hash` is the same digest)."""
+    ca = x509.load_pem_x509_certificate(ca_pem.encode())
+    spki = ca.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(spki).hexdigest()
+
+
+class NotAMember(Exception):
+    """The server's certificate is not one of the cluster the join token was made for."""
+
+
+def member_node(cert_der: bytes, ca_pem: str, ca_hash: str, cluster: str) -> str:
+    """The node a join server's certificate (`getpeercert(binary_form=True)`, whose key the TLS
+    handshake proved it holds) names, after checking that the CA it sent (`ca_pem`) is the one
+    whose fingerprint the token carries and that it signed the certificate; `NotAMember`
+    otherwise. Needed because the joiner has no CA to give OpenSSL yet, only its hash."""
+    try:
+        ca = x509.load_pem_x509_certificate(ca_pem.encode())
+        cert = x509.load_der_x509_certificate(cert_der)
+    except ValueError as e:
+        raise NotAMember(f"unreadable certificate: {e}") from None
+    actual = ca_fingerprint(ca_pem)
+    if not hmac.compare_digest(actual, ca_hash):
+        raise NotAMember(
+            f"its cluster CA has the fingerprint sha256:{actual}, the token expects "
+            f"sha256:{ca_hash}"
+        )
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature) as e:
+        raise NotAMember(f"its certificate is not signed by the cluster CA ({e})") from None
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        raise NotAMember("its certificate names no node") from None
+    suffix = f".{cluster}.{SUFFIX}".lower()
+    for name in san.get_values_for_type(x509.DNSName):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    raise NotAMember(f"its certificate names no node of cluster {cluster}")
+
+
 def _load_chain(ctx: ssl.SSLContext, ident: NodeIdentity) -> None:
     fd = os.memfd_create("hakit-tls", os.MFD_CLOEXEC)
     try:
@@ -163,6 +221,26 @@ def client_context(ident: NodeIdentity) -> ssl.SSLContext:
     """Presents this node's certificate; checks the server's name (`server_hostname`)."""
     ctx = _context(ssl.PROTOCOL_TLS_CLIENT, ident)
     ctx.check_hostname = True
+    return ctx
+
+
+def join_server_context(ident: NodeIdentity) -> ssl.SSLContext:
+    """The join listener: TLS 1.3 with this node's certificate, no client certificate (a node
+    that joins has none yet: its join token authenticates it, inside the channel)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.verify_mode = ssl.CERT_NONE
+    _load_chain(ctx, ident)
+    return ctx
+
+
+def join_client_context() -> ssl.SSLContext:
+    """The joining node: TLS 1.3; the server's certificate is checked by `member_node` against
+    the CA fingerprint of the token (OpenSSL cannot: the joiner has only the hash)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
     return ctx
 
 

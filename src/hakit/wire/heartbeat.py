@@ -1,13 +1,19 @@
 """Heartbeat datagrams: a versioned, HMAC-authenticated binary codec. Pure: no I/O.
 
-Layout (network byte order), version 1::
+Layout (network byte order), version 2::
 
     magic "HK" | version u8 | kind u8 | cluster tag 8 | network tag 4
     sender len u8 + name | receiver len u8 + name
+    release len u8 + the sender's hakit release (version 2 only; e.g. "0.2.0")
     boot id 16 (boot start ns u64 + 8 random bytes) | seq u64 | sent_at f64 (wall clock)
     echo 16 (the receiver's boot id as last heard by the sender; zeros if never)
     payload len u16 + payload
     mac 16 (HMAC-SHA256 over everything before it, truncated)
+
+Versions 1 (hakit 0.1) and 2 are both read and written: a node sends each peer the highest
+version it has heard from that peer's current boot (version 1 until then) and probes with
+version 2 (docs/compatibility.md), so nodes of two consecutive releases run side by side during
+a rolling upgrade.
 
 The key is derived from the cluster secret and the cluster name, so two clusters sharing a secret
 by mistake still reject each other. The receiver name and the network tag are authenticated: a
@@ -24,7 +30,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 MAGIC = b"HK"
-VERSION = 1
+VERSION = 2  # what this release speaks best
+VERSIONS = (1, 2)  # what it reads and writes: its own and the previous release's
+MAX_RELEASE = 32
 KIND_HEARTBEAT = 1
 MAC_LEN = 16
 BOOT_LEN = 16
@@ -66,6 +74,8 @@ class Heartbeat:
     sent_at: float
     echo: bytes
     payload: bytes = b""
+    version: int = VERSION  # of the datagram (1: no release)
+    release: str = ""  # the sender's hakit release (version 2)
 
     @property
     def boot_start_ns(self) -> int:
@@ -110,17 +120,22 @@ class Codec:
         sender, receiver = hb.sender.encode(), hb.receiver.encode()
         if len(sender) > MAX_NAME or len(receiver) > MAX_NAME:
             raise ValueError("node names are at most 32 bytes")
+        if hb.version not in VERSIONS:
+            raise ValueError(f"heartbeat protocol version {hb.version} is not one of {VERSIONS}")
+        release = hb.release.encode()[:MAX_RELEASE] if hb.version >= 2 else b""
+        extension = bytes((len(release),)) + release if hb.version >= 2 else b""
         if len(hb.payload) > MAX_PAYLOAD:
             raise ValueError(f"heartbeat payload is at most {MAX_PAYLOAD} bytes")
         body = b"".join(
             (
                 _HEAD.pack(
-                    MAGIC, VERSION, KIND_HEARTBEAT, self._cluster_tag, self._net_tag(hb.network)
+                    MAGIC, hb.version, KIND_HEARTBEAT, self._cluster_tag, self._net_tag(hb.network)
                 ),
                 bytes((len(sender),)),
                 sender,
                 bytes((len(receiver),)),
                 receiver,
+                extension,
                 _BODY.pack(hb.boot, hb.seq, hb.sent_at, hb.echo, len(hb.payload)),
                 hb.payload,
             )
@@ -134,8 +149,12 @@ class Codec:
         magic, version, kind, cluster_tag, net_tag = _HEAD.unpack_from(data, 0)
         if magic != MAGIC or kind != KIND_HEARTBEAT:
             raise DecodeError(Reject.MALFORMED, "not a hakit heartbeat")
-        if version != VERSION:
-            raise DecodeError(Reject.VERSION, f"protocol version {version}, expected {VERSION}")
+        if version not in VERSIONS:
+            raise DecodeError(
+                Reject.VERSION,
+                f"protocol version {version}, expected one of {', '.join(map(str, VERSIONS))} "
+                "(a node of a release too far apart: upgrade one release at a time)",
+            )
         if cluster_tag != self._cluster_tag:
             raise DecodeError(Reject.FOREIGN, "heartbeat of another cluster")
         body, mac = data[:-MAC_LEN], data[-MAC_LEN:]
@@ -150,6 +169,13 @@ class Codec:
             n = body[pos]
             receiver = body[pos + 1 : pos + 1 + n].decode()
             pos += 1 + n
+            release = ""
+            if version >= 2:
+                n = body[pos]
+                if n > MAX_RELEASE:
+                    raise ValueError(f"release of {n} bytes")
+                release = body[pos + 1 : pos + 1 + n].decode()
+                pos += 1 + n
             boot, seq, sent_at, echo, plen = _BODY.unpack_from(body, pos)
             pos += _BODY.size
             payload = body[pos : pos + plen]
@@ -161,7 +187,9 @@ class Codec:
             raise DecodeError(Reject.MISDIRECTED, f"addressed to {receiver!r}, not {self.local!r}")
         if net_tag != self._net_tag(network):
             raise DecodeError(Reject.WRONG_NETWORK, f"sent for another network than {network}")
-        return Heartbeat(sender, receiver, network, boot, seq, sent_at, echo, payload)
+        return Heartbeat(
+            sender, receiver, network, boot, seq, sent_at, echo, payload, version, release
+        )
 
 
 def module_payloads(payload_hex: str) -> dict[str, object]:
