@@ -387,9 +387,16 @@ def test_a_lab_mirror_fails_over_with_the_installed_hakit() -> None:
 
 
 @pytest.mark.usefixtures("installed")
-def test_remove_and_purge_keep_the_node_folders() -> None:
+def test_upgrade_remove_and_purge_keep_the_node_folders(deb: Path) -> None:
     for d in FOLDERS:
         (d / MARK).write_text("made by tests/package/test_deb.py\n")
+    # an upgrade (here to the same version) keeps them and sets their modes again
+    Path("/var/lib/hakit").chmod(0o755)
+    apt("install", "--reinstall", "--no-install-recommends", str(deb))
+    assert dpkg_status() == "install ok installed"
+    for d, mode in FOLDERS.items():
+        assert (d / MARK).exists(), d
+        assert d.stat().st_mode & 0o7777 == mode, d
     apt("remove", "hakit")
     assert dpkg_status() == "deinstall ok config-files"
     assert not HAKIT.exists()
