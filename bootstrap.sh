@@ -5,6 +5,7 @@
 #   ./bootstrap.sh demo     install, then run the narrated lab demo
 #   ./bootstrap.sh test     install, then run lint, type checks and the whole test suite
 #   ./bootstrap.sh install  install only
+#   ./bootstrap.sh package  build the Debian package, dist/hakit_VERSION_ARCH.deb (docs/install.md)
 #
 # Must run as root (it installs Debian packages, and the lab creates network namespaces).
 set -euo pipefail
@@ -18,8 +19,8 @@ say() { printf '\033[1;34m==>\033[0m %s\n' "$*"; }
 die() { printf '\033[1;31mbootstrap: %s\033[0m\n' "$*" >&2; exit 1; }
 
 case "$action" in
-  demo|test|install) ;;
-  *) die "unknown action '$action' (expected: demo, test or install)" ;;
+  demo|test|install|package) ;;
+  *) die "unknown action '$action' (expected: demo, test, install or package)" ;;
 esac
 [ "$(id -u)" -eq 0 ] || die "run as root: the lab needs network namespaces and packages must be installed"
 
@@ -27,11 +28,15 @@ esac
 # iproute2: ip netns / veth / bridges / bridge fdb; nftables: lab partitions and the farm filter;
 # util-linux: nsenter / unshare for the lab's mount namespaces; procps, psmisc: process tools;
 # fuse3, libfuse3-3: the replication layer (FUSE mount over replicated directories).
-debs=(iproute2 nftables util-linux procps psmisc iputils-ping ca-certificates fuse3 libfuse3-3)
-# the demo and the tests run a farm of nginx (Debian's package); the tests also replicate a real
-# database (PostgreSQL, Debian's package)
-[ "$action" != install ] && debs+=(nginx)
-[ "$action" = test ] && debs+=(postgresql postgresql-contrib)
+# nginx: the shipped example farm-web (and the demo and tests that run it).
+debs=(iproute2 nftables util-linux procps psmisc iputils-ping ca-certificates fuse3 libfuse3-3
+      nginx)
+# The Debian package's build (packaging/build-deb): Debian's Python, dh-virtualenv, debhelper.
+build_debs=(python3 python3-venv dpkg-dev debhelper dh-virtualenv build-essential)
+[ "$action" = package ] && debs=("${build_debs[@]}")
+# The tests also replicate a real database (PostgreSQL, Debian's package), build, install and
+# remove the Debian package (tests/package) and rotate logs as it does (logrotate).
+[ "$action" = test ] && debs+=(postgresql postgresql-contrib "${build_debs[@]}" logrotate)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -48,7 +53,9 @@ pick_python() {
   return 1
 }
 py="$(pick_python || true)"
-if [ -z "$py" ]; then
+if [ "$action" = package ]; then
+  :  # the package is built with Debian's own /usr/bin/python3
+elif [ -z "$py" ]; then
   missing+=(python3 python3-venv python3-pip)
 elif ! "$py" -c 'import venv, ensurepip' >/dev/null 2>&1; then
   missing+=("python3-venv")
@@ -66,6 +73,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt-cache show "$p" >/dev/null 2>&1 && avail+=("$p")
   done
   apt-get install -y -qq --no-install-recommends "${avail[@]}" >/dev/null
+fi
+if [ "$action" = package ]; then
+  say "building the Debian package"
+  exec "$here/packaging/build-deb" "$@"
 fi
 py="$(pick_python)" || die "no Python >= 3.11 found after installing packages"
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import json
 import os
 import shutil
 import signal
@@ -37,6 +36,7 @@ from typing import Any
 
 from hakit.lab import netfilter
 from hakit.lab.errors import LabError
+from hakit.lab.mountpoints import GLOBAL_LOCK, ensure_mountpoint, release_if_last
 from hakit.lab.namespaces import (
     RUNTIME_DIR,
     alive,
@@ -44,6 +44,7 @@ from hakit.lab.namespaces import (
     create_host_namespaces,
     ensure_runtime_mount,
     enter_argv,
+    host_command,
     host_env,
     ip_batch,
     kill_all,
@@ -55,7 +56,6 @@ from hakit.lab.namespaces import (
     netns_path,
     ns_id,
     pids_in,
-    release_runtime_mount,
     run,
     start_time,
     umount_all_under,
@@ -85,7 +85,6 @@ EXEC_TIMEOUT = 60.0
 SOCKET = "/var/lib/hakit/hakit.sock"  # the daemon's API socket, as seen inside a node
 DAEMON_OUT = "/var/log/hakit/daemon.out"  # the daemon's stdout and stderr, inside a node
 MARKER = ".hakit-lab"  # marks a directory as a lab's, so `down` only ever removes labs
-MOUNTPOINTS = RUNTIME_DIR / ".mountpoints"  # directories the lab created on this machine
 # Files of the machine replaced inside every lab host (if the machine has them).
 BOOT_ID = "/proc/sys/kernel/random/boot_id"  # each host's own, new at every power-on
 FILE_BINDS = ("/etc/hosts", "/etc/hostname", BOOT_ID)
@@ -374,7 +373,7 @@ class Lab:
         # Files: mount points on this machine, each host's private directories, /etc/hosts.
         tops = [p for p in topo.private if not any(q != p and is_under(p, q) for q in topo.private)]
         for p in tops:
-            _ensure_mountpoint(p)
+            ensure_mountpoint(p)
         (self.dir / "hosts").write_text(topo.hosts_file())
         for h in topo.hosts:
             (self.dir / h.name).mkdir(mode=0o700)
@@ -528,7 +527,7 @@ class Lab:
                 "hakit.lab.spawn",
                 str(log),
                 *enter_argv(h.netns, mnt, uts),
-                *_command(argv),
+                *host_command(argv),
             ],
             what=f"starting {argv[0]} on {host}",
             env=host_env(dict(extra_env or {})),
@@ -539,7 +538,8 @@ class Lab:
 
     def exec_argv(self, host: str, argv: Sequence[str], wd: str | None = None) -> list[str]:
         """The command line that runs `argv` inside `host` (`hakit` runs as this Python's
-        `-m hakit`). `wd`: working directory inside the host if it exists there, else /."""
+        `-m hakit`, or the HAKIT_INSTALLED one). `wd`: working directory inside the host if it
+        exists there, else /."""
         rec = self._up_record()
         topo = rec.topology()
         h = topo.host(host)
@@ -554,7 +554,7 @@ class Lab:
         if wd is not None and self._host_path(topo, host, wd).is_dir():
             inside = wd
         mnt, uts = self._ns_files(h.name)
-        return [*enter_argv(h.netns, mnt, uts, inside), *_command(argv)]
+        return [*enter_argv(h.netns, mnt, uts, inside), *host_command(argv)]
 
     def exec(
         self,
@@ -755,7 +755,7 @@ class Lab:
             else:
                 with contextlib.suppress(OSError):
                     self.dir.rmdir()  # only if empty: never remove what is not a lab's
-        _release_if_last()
+        release_if_last()
         if survivors:
             raise LabError(
                 f"lab {self.name}: processes {survivors} did not die within 5 s of SIGKILL "
@@ -792,14 +792,7 @@ def _lab_lock(name: str) -> Path:
 
 
 def _global_lock() -> Path:
-    return RUNTIME_DIR / ".lock"
-
-
-def _command(argv: Sequence[str]) -> list[str]:
-    """`hakit ...` runs as this Python's `-m hakit`, so no installed `hakit` is needed."""
-    if argv and argv[0] == "hakit":
-        return [sys.executable, "-m", "hakit", *argv[1:]]
-    return list(argv)
+    return GLOBAL_LOCK
 
 
 def _socket_ready(path: Path) -> bool:
@@ -818,45 +811,6 @@ def _socket_ready(path: Path) -> bool:
         return False
     finally:
         os.close(dfd)
-
-
-def _ensure_mountpoint(path: str) -> None:
-    """Make directory `path` exist on this machine (a bind mount needs a mount point);
-    remember the directories created, removed again when the last lab goes."""
-    p = Path(path)
-    if p.is_dir():
-        return
-    if p.exists() or p.is_symlink():
-        raise LabError(f"private path {path} exists on this machine and is not a directory")
-    created = []
-    q = p
-    while not q.exists():
-        created.append(str(q))
-        q = q.parent
-    p.mkdir(parents=True)
-    known: list[str] = []
-    with contextlib.suppress(OSError, ValueError):
-        known = list(json.loads(MOUNTPOINTS.read_text()))
-    MOUNTPOINTS.write_text(json.dumps(sorted(set(known) | set(created))) + "\n")
-
-
-def _release_if_last() -> None:
-    """With no lab left on the machine: unmount /run/hakit-lab and remove the (still empty)
-    mount points the labs created."""
-    if any(lab_of_netns(n) for n in netns_list()):
-        return
-    with contextlib.suppress(FileNotFoundError):
-        if any(p.is_dir() for p in RUNTIME_DIR.iterdir()):
-            return
-    release_runtime_mount()
-    try:
-        created = list(json.loads(MOUNTPOINTS.read_text()))
-    except (OSError, ValueError):
-        return
-    for d in sorted(created, key=lambda s: s.count("/"), reverse=True):
-        with contextlib.suppress(OSError):
-            os.rmdir(d)  # only if empty
-    MOUNTPOINTS.unlink(missing_ok=True)
 
 
 def _copy_owner_and_mode(src: Path, dst: Path) -> None:

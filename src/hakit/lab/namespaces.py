@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -321,6 +321,33 @@ def create_host_namespaces(
         ],
         what=f"preparing the mount and UTS namespaces of {netns}",
     )
+
+
+# An installed hakit (a virtualenv, e.g. the Debian package's /opt/venvs/hakit) that the lab
+# runs in its nodes, daemons and commands, instead of this Python's hakit.
+INSTALLED_ENV = "HAKIT_INSTALLED"
+
+
+def host_command(argv: Sequence[str]) -> list[str]:
+    """`hakit ...` runs as this Python's `-m hakit`, so no installed `hakit` is needed; with
+    HAKIT_INSTALLED=VENV as that installation's own `VENV/bin/hakit`."""
+    if argv and argv[0] == "hakit":
+        return [*hakit_argv(), *argv[1:]]
+    return list(argv)
+
+
+def hakit_argv(env: Mapping[str, str] | None = None) -> list[str]:
+    """The command line of `hakit` in the lab's nodes (see INSTALLED_ENV)."""
+    venv = (os.environ if env is None else env).get(INSTALLED_ENV)
+    if not venv:
+        return [sys.executable, "-m", "hakit"]
+    exe = Path(venv) / "bin" / "hakit"
+    if not os.access(exe, os.X_OK):
+        raise LabError(
+            f"{INSTALLED_ENV}={venv}: no hakit installation there ({exe} is missing or not "
+            f"executable); the Debian package's is /opt/venvs/hakit (docs/install.md)"
+        )
+    return [str(exe)]
 
 
 def enter_argv(netns: str, mnt_file: Path, uts_file: Path, wd: str = "/") -> list[str]:

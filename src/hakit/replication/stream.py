@@ -95,6 +95,9 @@ class TlsStream:
                     except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                         ended = True
                         break
+                    if not data:  # the end, as some Pythons say it (Debian 12's 3.11.2)
+                        ended = True
+                        break
                     chunks.append(data)
                     got += len(data)
                 if chunks:
