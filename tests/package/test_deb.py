@@ -352,11 +352,31 @@ def children(pid: int) -> list[int]:
 
 @pytest.mark.usefixtures("installed")
 def test_a_lab_mirror_fails_over_with_the_installed_hakit() -> None:
-    """The README's mirror tour, every `hakit` in the nodes the installed one."""
+    """Two servers from zero with the installed hakit only (docs/deployment.md): nodes with no
+    configuration, `cluster init` on node1, `add-node` prints a token, node2 joins with it;
+    then the README's mirror tour — every `hakit` in the nodes the installed one."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(INSTALLED_ENV, str(VENV))
         start = time.monotonic()
-        with lab_up(LAB, nodes=2, networks=1, clients=1) as lab:
+        with lab_up(LAB, nodes=2, networks=1, clients=1, cluster=False) as lab:
+            addresses = {n: f"{n}:net1={lab.address(n, 1)}" for n in lab.nodes}
+            lab_hakit(lab, "node1", "cluster", "init", "--name", LAB, "--node", addresses["node1"])
+            lab.start_daemons(["node1"])
+            added = lab_hakit(lab, "node1", "cluster", "add-node", addresses["node2"], "--json")
+            token = json.loads(added.splitlines()[-1])["token"]
+            joined = lab_hakit(
+                lab, "node2", "cluster", "join", lab.address("node1", 1), "--token", token
+            )
+            assert f"joined cluster {LAB} as node2" in joined
+            lab_hakit(lab, "node2", "config", "check")
+            lab.start_daemons(["node2"])
+            wait_until(
+                lambda: json.loads(lab_hakit(lab, "node2", "state", "--json"))["nodes"]["node1"][
+                    "alive"
+                ],
+                15,
+                "node2 hears node1",
+            )
             for node in lab.nodes:
                 daemon = lab.daemon_pid(node)
                 assert daemon is not None
