@@ -1,6 +1,7 @@
 """Synchronous file replication vs the same disk directly, side by side in one run.
 
     python bench/replication.py [--quick] [--size-mib N] [--rounds N] [--pgbench-seconds S]
+                                [--rtt-ms MS]
 
 Replication is driven without the daemon, with `hakit.testing.replication.ReplicatorProcess`:
 a secondary replication process listens on 127.0.0.1 and keeps directory B read-only; a
@@ -31,7 +32,10 @@ with are all under /tmp/hkbench-repl-PID/, on the same disk. Four measurements:
    pipelined (MB/s), 4 KiB writes one at a time (round trip, p50 us); CPU seconds of both ends
    per GB and RSS growth; ratios TLS / plain.
 
-The replicated figures of 1.-4. go over TLS (the product has no plain channel).
+The replicated figures of 1.-4. go over TLS (the product has no plain channel). With
+`--rtt-ms MS`, the primary reaches the secondary through `hakit.lab.delay.DelayProxy` (in a
+thread of this process, on 127.0.0.1) holding every chunk MS/2 ms each way: a second site MS ms
+of round trip away (5. is left as it is: it measures the channel's cost, not the link's).
 
 Configurations alternate (the order rotates every round) and every figure is the median of
 several rounds: this machine is shared and has 2 cores. After every replicated run, both
@@ -73,6 +77,7 @@ from typing import Any
 
 from _common import MeasureError, result_header, run_and_record, stats
 
+from hakit.lab.delay import DelayProxy
 from hakit.replication.apply import Applier
 from hakit.replication.channel import Mode, Receiver, Sender, hello, read_hello
 from hakit.replication.listener import Listener
@@ -292,7 +297,36 @@ class Bench:
         self.procs: list[ReplicatorProcess] = []
         self.clusters: list[Postgres] = []
         self.ports: set[int] = set()
-        self.port = 0
+        self.port = 0  # the secondary's listener
+        self.connect_port = 0  # where the primary connects: the listener or the delay proxy
+        self.proxy_stop: Callable[[], None] | None = None
+
+    def start_delay(self, rtt: float) -> None:
+        """A DelayProxy (rtt/2 each way) from `connect_port` to the listener, in a thread."""
+        import asyncio
+
+        self.connect_port = free_port(self.ports)
+        proxy = DelayProxy((HOST, self.connect_port), (HOST, self.port), rtt / 2)
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def serve() -> None:
+            loop.run_until_complete(proxy.start())
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(proxy.close())
+            loop.close()
+
+        thread = threading.Thread(target=serve, name="delay-proxy", daemon=True)
+        thread.start()
+        if not ready.wait(EVENT_TIMEOUT):
+            raise MeasureError("the delay proxy did not start")
+
+        def stop() -> None:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(EVENT_TIMEOUT)
+
+        self.proxy_stop = stop
 
     def spawn(self, role: str, path: Path, state: Path, mode: str, **kw: Any) -> ReplicatorProcess:
         p = ReplicatorProcess(
@@ -383,7 +417,7 @@ class Replica:
         assert sec is not None
         mp, ms = pri.mark(), sec.mark()
         t0 = time.time()
-        pri.connect(self.bench.port, peer_gen=peer_gen, my_gen=GEN)
+        pri.connect(self.bench.connect_port, peer_gen=peer_gen, my_gen=GEN)
         conn = wait_event(pri, "connected", mp, fail_on=("error", "resync-failed"))
         done = wait_event(
             pri, "synced", mp, timeout=SYNC_TIMEOUT, fail_on=("error", "resync-failed", "alone")
@@ -1057,6 +1091,8 @@ def print_report(result: dict[str, Any]) -> None:
         f"\nReplication benchmark: hakit {(src.get('commit') or '?')[:10]}{dirty} "
         f"({src.get('path')}), load average at start {' '.join(start)}, at end {' '.join(end)}"
     )
+    if st.get("added_rtt_ms"):
+        say(f"  primary -> secondary through a delay proxy: +{st['added_rtt_ms']:g} ms round trip")
     if float(start[0]) > 1.0:  # at the end, the load is also the benchmark's own
         say("  the machine was busy at the start (load average > 1): expect noisy figures")
     if "throughput" in s:
@@ -1392,8 +1428,10 @@ def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
         "channel": part_channel,
     }
     try:
-        bench.port = free_port(bench.ports)
+        bench.port = bench.connect_port = free_port(bench.ports)
         result["settings"]["replication_port"] = bench.port
+        if args.rtt_ms > 0:
+            bench.start_delay(args.rtt_ms / 1000)
         for name, part in parts.items():
             if name in args.skip:
                 continue
@@ -1401,6 +1439,8 @@ def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
     finally:
         result["settings"]["loadavg_at_end"] = loadavg()
         warnings = bench.cleanup()
+        if bench.proxy_stop is not None:
+            bench.proxy_stop()
         for w in warnings:
             print(f"warning: {w}", file=sys.stderr)
         result["settings"]["cleanup_warnings"] = warnings
@@ -1436,6 +1476,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--skip", action="append", default=[], choices=PARTS, help="leave a part out (repeatable)"
     )
     parser.add_argument("--seed", type=int, default=None, help="seed of the data changes")
+    parser.add_argument(
+        "--rtt-ms",
+        type=float,
+        default=0.0,
+        help="round-trip time added between primary and secondary (a delay proxy; 0: none)",
+    )
     args = parser.parse_args(argv)
     defaults = {
         "size_mib": (1024, 128),
@@ -1478,6 +1524,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "of random files, through the mount while the secondary is away",
             "ack_timeout_s": args.ack_timeout,
             "transport": f"TCP loopback ({HOST})",
+            "added_rtt_ms": args.rtt_ms,
             "skipped_parts": args.skip,
             "seed": args.seed,
             "targets": TARGETS,

@@ -12,8 +12,10 @@ For the lab and benchmarks only (`hakit.lab`), on addresses the lab made.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -214,3 +216,54 @@ class DelayProxy:
     async def _connect(self, flow: _UdpFlow) -> None:
         loop = asyncio.get_running_loop()
         await loop.create_datagram_endpoint(lambda: flow, local_addr=(self.listen[0], 0))
+
+
+# -- command line: several proxies in one process (the lab's slow links) ------------------------
+
+
+def _forward(value: str) -> tuple[int, Address]:
+    """`LPORT:HOST:PORT` → (LPORT, (HOST, PORT))."""
+    try:
+        lport, host, port = value.rsplit(":", 2)
+        return int(lport), (host, int(port))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected LPORT:HOST:PORT") from e
+
+
+async def _serve(
+    delay: float, tcp: list[tuple[int, Address]], udp: list[tuple[int, Address]]
+) -> None:
+    proxies = [DelayProxy(("0.0.0.0", lp), t, delay) for lp, t in tcp]
+    proxies += [DelayProxy(("0.0.0.0", lp), t, delay, protocol="udp") for lp, t in udp]
+    for p in proxies:
+        await p.start()
+    print(f"ready: {len(proxies)} proxies, {delay * 1000:g} ms each way", flush=True)
+    try:
+        await asyncio.Event().wait()  # until killed
+    finally:
+        for p in proxies:
+            await p.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m hakit.lab.delay",
+        description="Delay proxies listening on 0.0.0.0, each forwarding to one target.",
+    )
+    parser.add_argument("--delay", type=float, required=True, help="seconds added each way")
+    parser.add_argument(
+        "--tcp", type=_forward, action="append", default=[], metavar="LPORT:HOST:PORT"
+    )
+    parser.add_argument(
+        "--udp", type=_forward, action="append", default=[], metavar="LPORT:HOST:PORT"
+    )
+    args = parser.parse_args(argv)
+    if args.delay < 0 or not (args.tcp or args.udp):
+        parser.error("a delay >= 0 and at least one --tcp or --udp forward are needed")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(args.delay, args.tcp, args.udp))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""A slower, longer link between two lab nodes (two sites), without netem.
+
+The kernel here has no netem, so the delay is added in userspace: in each node's network
+namespace an nftables `output` nat rule redirects what the node sends to its peer's address on
+the chosen TCP and UDP ports to a local `DelayProxy` process (`python -m hakit.lab.delay`),
+which forwards it to the peer `rtt / 2` later. The proxy runs as `nobody`, so that the packets
+it forwards itself are not redirected again (`meta skuid`). What crosses the link then:
+
+- a TCP connection (replication) goes through the proxy of the node that opened it, both ways:
+  `rtt` more per round trip;
+- a UDP datagram (heartbeats) goes through the proxy of its sender: `rtt / 2` more one way,
+  `rtt` more for a heartbeat and its echo.
+
+A powered-off node loses its proxy with its other processes (its nftables table stays with its
+namespace): `start(node)` again after `Lab.poweron`. Loopback only inside the lab's namespaces;
+the proxies are stopped by PID and the tables removed by `remove()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hakit.lab.errors import LabError
+from hakit.lab.lab import Lab
+from hakit.lab.namespaces import netns_path, run
+
+TABLE = "hakit_slowlink"
+NOBODY = 65534
+FIRST_PORT = 18200  # the proxies listen on FIRST_PORT, FIRST_PORT + 1, ... in each node
+READY_TIMEOUT = 10.0
+
+
+@dataclass
+class SlowLink:
+    lab: Lab
+    rtt: float  # seconds added to a round trip between the two nodes
+    tcp_ports: Sequence[int] = ()
+    udp_ports: Sequence[int] = ()
+    nodes: tuple[str, str] = ("node1", "node2")
+    network: str | int = 1
+    pids: dict[str, int] = field(default_factory=dict)
+
+    def _peer(self, node: str) -> str:
+        a, b = self.nodes
+        return b if node == a else a
+
+    def _forwards(self, node: str) -> list[tuple[str, int, int]]:
+        """(protocol, local proxy port, peer port) for `node`."""
+        ports = [("tcp", p) for p in self.tcp_ports] + [("udp", p) for p in self.udp_ports]
+        return [(proto, FIRST_PORT + i, p) for i, (proto, p) in enumerate(ports)]
+
+    def _nft(self, node: str, script: str, what: str) -> None:
+        netns = self.lab.topology.host(node).netns
+        run(
+            ["nsenter", f"--net={netns_path(netns)}", "--", "nft", "-f", "-"],
+            input=script,
+            what=what,
+        )
+
+    def _ruleset(self, node: str) -> str:
+        peer = self.lab.address(self._peer(node), self.network)
+        rules = "".join(
+            f"\t\tmeta skuid != {NOBODY} ip daddr {peer} {proto} dport {port} "
+            f"counter redirect to :{lport}\n"
+            for proto, lport, port in self._forwards(node)
+        )
+        return (
+            f"table ip {TABLE}\nflush table ip {TABLE}\n"
+            f"table ip {TABLE} {{\n\tchain out {{\n"
+            f"\t\ttype nat hook output priority -100; policy accept;\n{rules}\t}}\n}}\n"
+        )
+
+    def start(self, node: str) -> int:
+        """The redirection rules and a fresh proxy in `node`; the proxy's PID."""
+        self.stop(node)
+        self._nft(node, self._ruleset(node), f"redirecting {node}'s traffic to its delay proxy")
+        peer = self.lab.address(self._peer(node), self.network)
+        argv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+        argv += [sys.executable, "-I", "-m", "hakit.lab.delay", "--delay", f"{self.rtt / 2:g}"]
+        for proto, lport, port in self._forwards(node):
+            argv += [f"--{proto}", f"{lport}:{peer}:{port}"]
+        log = self.lab.dir / f"slowlink-{node}.log"
+        with contextlib.suppress(FileNotFoundError):
+            log.unlink()
+        pid = self.lab.spawn(node, argv, log=log)
+        self.pids[node] = pid
+        deadline = time.monotonic() + READY_TIMEOUT
+        while "ready:" not in _text(log):
+            if time.monotonic() > deadline or not _alive(pid):
+                self.stop(node)
+                raise LabError(f"{node}: the delay proxy did not start: {_text(log)[-500:]}")
+            time.sleep(0.05)
+        return pid
+
+    def stop(self, node: str) -> None:
+        """Stop `node`'s proxy (by PID) if it runs."""
+        pid = self.pids.pop(node, None)
+        if pid is None or not _alive(pid):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def redirected(self, node: str) -> int:
+        """Packets `node` sent through its proxy so far (the rules' counters)."""
+        netns = self.lab.topology.host(node).netns
+        out = run(
+            ["nsenter", f"--net={netns_path(netns)}", "--", "nft", "list", "table", "ip", TABLE],
+            what=f"reading {node}'s delay counters",
+        )
+        return sum(int(n) for n in re.findall(r"counter packets (\d+)", out))
+
+    def remove(self) -> None:
+        """Every proxy stopped and every table removed (nodes powered off are skipped)."""
+        for node in self.nodes:
+            self.stop(node)
+            with contextlib.suppress(LabError):
+                self._nft(node, f"table ip {TABLE}\ndelete table ip {TABLE}\n", "removing it")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie (our child, not reaped) counts as dead
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return False
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
