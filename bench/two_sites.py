@@ -33,6 +33,7 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +141,7 @@ def install(lab: Lab) -> None:
     finally:
         shutil.rmtree(folder.parent)
     for node in lab.nodes:
-        wait_for(lambda n=node: True if loaded(lab, n) else None, 20, f"{MODULE} loaded on {node}")
+        wait_for(partial(loaded, lab, node), 20, f"{MODULE} loaded on {node}")
 
 
 def fsync_latency(lab: Lab, node: str) -> tuple[float, float]:
@@ -174,14 +175,14 @@ def measure(args: argparse.Namespace, result: dict[str, Any]) -> None:
                 p50, p99 = fsync_latency(lab, prim)
                 t0 = time.time()
                 lab.poweroff(prim)
-                m = wait_for(
-                    lambda s=sec, p=prim, t=t0: alone_marks(lab, s, p, t), 30, f"{sec} ALONE"
+                m: dict[str, float] = wait_for(
+                    partial(alone_marks, lab, sec, prim, t0), 30, f"{sec} ALONE"
                 )
                 t1 = time.time()
                 lab.poweron(prim)
                 link.start(prim)
                 back = wait_state(lab, prim, "SECOND ready", 120)
-                s = {
+                s: dict[str, Any] = {
                     "round": r,
                     "cut": prim,
                     "fsync_p50_us": p50,
