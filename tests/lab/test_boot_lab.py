@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hakit.lab.lab import BOOT_ID, Lab
+from hakit.lab.lab import BOOT_ID, Lab, alive_pid
 from hakit.waiting import wait_until
 from tests.lab.modules import LabModule, lab_up
 
@@ -61,7 +61,7 @@ def test_boot_policies_after_a_power_cycle_of_the_whole_cluster(tmp_path: Path) 
         pid = lab.daemon_pid("node2")
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
-        wait_until(lambda: lab.daemon_pid("node2") != pid or not _alive(pid), 10, "daemon gone")
+        wait_until(lambda: lab.daemon_pid("node2") != pid or not alive_pid(pid), 10, "daemon gone")
         lab.poweron("node2")  # powered on already: only the daemon starts again
         assert lab.exec("node2", ["cat", BOOT_ID], capture=True).stdout == boots["node2"]
         off.wait("node2", "SECOND ready", timeout=30)
@@ -90,11 +90,3 @@ def test_boot_policies_after_a_power_cycle_of_the_whole_cluster(tmp_path: Path) 
             assert "boot: on: starting it (it was stopped before)" in on.log(n)
             st = off.state(n)["modules"]["moff"]
             assert st["boot"] == "off"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True

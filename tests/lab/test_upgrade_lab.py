@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from hakit import __version__
-from hakit.lab.lab import Lab
+from hakit.lab.lab import Lab, alive_pid
 from hakit.waiting import wait_until
 from tests.lab.modules import LabModule, lab_up
 
@@ -100,7 +100,7 @@ def restart_daemon(
     pid = pid or lab.daemon_pid(node)
     assert pid is not None
     os.kill(pid, sig)
-    wait_until(lambda: not Path(f"/proc/{pid}").exists(), 60, f"{node}'s old daemon stopped")
+    wait_until(lambda: not alive_pid(pid), 60, f"{node}'s old daemon stopped")
     new = lab.spawn(node, argv, lab.host_path(node, "/var/log/hakit/daemon.out"))
     wait_until(
         lambda: lab.exec(node, ["hakit", "state"], check=False, capture=True).returncode == 0,

@@ -7,7 +7,10 @@ authenticated or was closed; an accept beyond the bounds is closed at once.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hakit.adapters.udp import IP_FREEBIND
@@ -53,3 +56,28 @@ class Admission:
             self.pending[address] = left
         else:
             self.pending.pop(address, None)
+
+
+async def accept_bounded(
+    sock: socket.socket,
+    admission: Admission,
+    start: Callable[[socket.socket, str], None],
+    log: logging.Logger,
+    what: str,
+) -> None:
+    """Accept on `sock` for ever: a connection beyond `admission`'s bounds is closed at once,
+    the others go to `start(conn, address)`, which gives the slot back when it is done. An
+    accept error (e.g. out of descriptors) is logged and retried, never the end of serving."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            conn, peer = await loop.sock_accept(sock)
+        except OSError as e:
+            log.warning("%s: accept failed: %s", what, e)
+            await asyncio.sleep(0.1)
+            continue
+        addr = str(peer[0])
+        if not admission.take(addr):
+            conn.close()  # beyond the bounds before authentication
+            continue
+        start(conn, addr)

@@ -21,7 +21,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from hakit.adapters.tcp import Admission, listen
+from hakit.adapters.tcp import Admission, accept_bounded, listen
 from hakit.api.app import Guard, create_app
 from hakit.config.load import load_cluster
 from hakit.daemon.logs import LOGGER, daemon_logging
@@ -132,21 +132,12 @@ class _TlsServer(_Server):
         )
 
     async def _accept(self, sock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                conn, peer = await loop.sock_accept(sock)
-            except OSError as e:  # e.g. out of descriptors: retry, never stop serving
-                log.warning("API: accept failed: %s", e)
-                await asyncio.sleep(0.1)
-                continue
-            addr = str(peer[0])
-            if not self._admission.take(addr):
-                conn.close()  # beyond the bounds before authentication
-                continue
-            task = loop.create_task(self._handshake(conn, addr))
-            self._handshakes.add(task)
-            task.add_done_callback(self._handshakes.discard)
+        await accept_bounded(sock, self._admission, self._start_handshake, log, "API")
+
+    def _start_handshake(self, conn: socket.socket, addr: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._handshake(conn, addr))
+        self._handshakes.add(task)
+        task.add_done_callback(self._handshakes.discard)
 
     async def _handshake(self, conn: socket.socket, addr: str) -> None:
         loop = asyncio.get_running_loop()

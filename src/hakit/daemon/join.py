@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from hakit.adapters.tcp import Admission, listen
+from hakit.adapters.tcp import Admission, accept_bounded, listen
 from hakit.config.load import ClusterFile, load_cluster_text, read_text
 from hakit.core import jointoken as jt
 from hakit.daemon.logs import LOGGER, Event
@@ -180,19 +180,10 @@ class JoinService:
                 await asyncio.wait_for(self._changed.wait(), wait)
 
     async def _accept(self, sock: socket.socket, tg: asyncio.TaskGroup) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                conn, peer = await loop.sock_accept(sock)
-            except OSError as e:  # e.g. out of descriptors: retry, never stop serving
-                log.warning("join listener: accept failed: %s", e)
-                await asyncio.sleep(0.1)
-                continue
-            addr = str(peer[0])
-            if not self._admission.take(addr):
-                conn.close()  # beyond the bounds before authentication
-                continue
+        def start(conn: socket.socket, addr: str) -> None:
             tg.create_task(self._guarded(conn, addr))
+
+        await accept_bounded(sock, self._admission, start, log, "join listener")
 
     async def _guarded(self, conn: socket.socket, addr: str) -> None:
         try:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hakit.lab.errors import LabError
-from hakit.lab.lab import Lab
+from hakit.lab.lab import Lab, alive_pid
 from hakit.lab.namespaces import netns_path, run
 
 TABLE = "hakit_slowlink"
@@ -94,7 +94,7 @@ class SlowLink:
         self.pids[node] = pid
         deadline = time.monotonic() + READY_TIMEOUT
         while "ready:" not in _text(log):
-            if time.monotonic() > deadline or not _alive(pid):
+            if time.monotonic() > deadline or not alive_pid(pid):
                 self.stop(node)
                 raise LabError(f"{node}: the delay proxy did not start: {_text(log)[-500:]}")
             time.sleep(0.05)
@@ -103,12 +103,12 @@ class SlowLink:
     def stop(self, node: str) -> None:
         """Stop `node`'s proxy (by PID) if it runs."""
         pid = self.pids.pop(node, None)
-        if pid is None or not _alive(pid):
+        if pid is None or not alive_pid(pid):
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 5
-        while _alive(pid) and time.monotonic() < deadline:
+        while alive_pid(pid) and time.monotonic() < deadline:
             time.sleep(0.02)
 
     def redirected(self, node: str) -> int:
@@ -126,19 +126,6 @@ class SlowLink:
             self.stop(node)
             with contextlib.suppress(LabError):
                 self._nft(node, f"table ip {TABLE}\ndelete table ip {TABLE}\n", "removing it")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie (our child, not reaped) counts as dead
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    return False
 
 
 def _text(path: Path) -> str:
