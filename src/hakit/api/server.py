@@ -14,14 +14,14 @@ import signal
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from hakit.adapters.tcp import Admission, accept_bounded, listen
+from hakit.adapters.httpserver import BoundedTlsServer, QuietServer, uvicorn_config
+from hakit.adapters.tcp import listen
 from hakit.api.app import Guard, create_app
 from hakit.config.load import load_cluster
 from hakit.daemon.logs import LOGGER, daemon_logging
@@ -39,12 +39,8 @@ from hakit.wire.apiauth import Verifier, api_key
 log = logging.getLogger(LOGGER)
 
 
-class _Server(uvicorn.Server):
+class _Server(QuietServer):
     """uvicorn without its own signal handling: the daemon owns SIGTERM/SIGINT."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 def _unix_socket(path: Path) -> socket.socket:
@@ -93,16 +89,7 @@ def _node_peers(cluster: str, nodes: Callable[[], Iterable[str]]) -> type[asynci
 def _server(
     app: Any, tls: ssl.SSLContext | None = None, http: Any = "h11", kind: type[_Server] = _Server
 ) -> _Server:
-    config = uvicorn.Config(
-        app,
-        log_config=None,
-        lifespan="off",
-        access_log=False,
-        loop="asyncio",
-        http=http,
-        ssl_context_factory=None if tls is None else lambda _config, _default: tls,
-    )
-    return kind(config)
+    return kind(uvicorn_config(app, tls, http))
 
 
 HANDSHAKE_TIMEOUT = 5.0  # seconds from the accept to the end of the TLS handshake
@@ -110,53 +97,16 @@ PENDING_PER_ADDRESS = 16  # connections of one address still in their handshake
 PENDING_TOTAL = 128  # all connections still in their handshake
 
 
-class _TlsServer(_Server):
-    """The TCP API on the daemon's sockets with bounds before authentication: our own accept
-    loop hands each connection to uvicorn's protocol through a TLS handshake of at most
-    HANDSHAKE_TIMEOUT seconds (asyncio's default is 60 s and uvicorn does not expose it), and
-    refuses connections beyond PENDING_PER_ADDRESS / PENDING_TOTAL still in their handshake."""
+class _TlsServer(BoundedTlsServer, _Server):
+    """The TCP API on the daemon's sockets with bounds before authentication
+    (`adapters.httpserver`): a TLS handshake of at most HANDSHAKE_TIMEOUT seconds, at most
+    PENDING_PER_ADDRESS / PENDING_TOTAL connections still in their handshake."""
 
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        assert sockets, "the TCP API serves the sockets the daemon bound"
-        await self.lifespan.startup()
-        self.servers = []
-        self._admission = Admission(PENDING_PER_ADDRESS, PENDING_TOTAL)
-        self._handshakes: set[asyncio.Task[None]] = set()
-        self._accepting = [asyncio.create_task(self._accept(sock)) for sock in sockets]
-        self.started = True
-
-    def _protocol(self) -> asyncio.Protocol:
-        config = self.config
-        return config.http_protocol_class(  # type: ignore[call-arg]
-            config=config, server_state=self.server_state, app_state=self.lifespan.state
-        )
-
-    async def _accept(self, sock: socket.socket) -> None:
-        await accept_bounded(sock, self._admission, self._start_handshake, log, "API")
-
-    def _start_handshake(self, conn: socket.socket, addr: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._handshake(conn, addr))
-        self._handshakes.add(task)
-        task.add_done_callback(self._handshakes.discard)
-
-    async def _handshake(self, conn: socket.socket, addr: str) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.connect_accepted_socket(
-                self._protocol,
-                conn,
-                ssl=self.config.ssl,
-                ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
-            )
-        except (OSError, ssl.SSLError, TimeoutError, ConnectionError):
-            conn.close()
-        finally:
-            self._admission.give_back(addr)
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        for t in [*getattr(self, "_accepting", []), *getattr(self, "_handshakes", ())]:
-            t.cancel()
-        await super().shutdown(sockets)
+    handshake_timeout = HANDSHAKE_TIMEOUT
+    per_address = PENDING_PER_ADDRESS
+    total = PENDING_TOTAL
+    what = "API"
+    log = log
 
 
 def tcp_server(app: Any, ident: NodeIdentity, nodes: Callable[[], Iterable[str]]) -> _Server:
