@@ -36,7 +36,8 @@ build_debs=(python3 python3-venv dpkg-dev debhelper dh-virtualenv build-essentia
 [ "$action" = package ] && debs=("${build_debs[@]}")
 # The tests also replicate a real database (PostgreSQL, Debian's package), build, install and
 # remove the Debian package (tests/package) and rotate logs as it does (logrotate).
-[ "$action" = test ] && debs+=(postgresql postgresql-contrib "${build_debs[@]}" logrotate)
+# The console's browser tests drive Debian's Chromium (Playwright cannot download browsers).
+[ "$action" = test ] && debs+=(postgresql postgresql-contrib "${build_debs[@]}" logrotate chromium)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

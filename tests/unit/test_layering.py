@@ -27,6 +27,7 @@ LAYERS = {
     "api": 4,
     "probe": 4,
     "cli": 5,
+    "console": 5,
     "tools": 5,
     "__main__": 5,
     "__init__": 0,

@@ -12,6 +12,7 @@ from hakit import __version__
 from hakit.cli import modules
 from hakit.cli.cluster import cluster
 from hakit.cli.config import config
+from hakit.cli.console import console
 from hakit.cli.lab import lab
 from hakit.cli.params import MODULE, HelpGroup
 from hakit.cli.replication import verify
@@ -67,6 +68,7 @@ def state(module: str | None, as_json: bool, node: str | None) -> None:
 
 cli.add_command(cluster)
 cli.add_command(config)
+cli.add_command(console)
 cli.add_command(lab)
 cli.add_command(verify)
 cli.add_command(witness)
