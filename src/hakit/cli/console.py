@@ -65,7 +65,8 @@ def serve(
     session_max: float,
 ) -> None:
     """Serve the console (HTTPS; a self-signed certificate is made at the first start)."""
-    from hakit.console.server import ServeOptions, serve as run
+    from hakit.console.server import ServeOptions
+    from hakit.console.server import serve as run
 
     run(
         ServeOptions(
@@ -173,9 +174,7 @@ def cluster() -> None:
 @click.option("--ca", required=True, metavar="sha256:…", help="Its CA fingerprint.")
 @click.option("--port", type=click.IntRange(1, 65535), default=7351, show_default=True)
 @STATE
-def cluster_add(
-    name: str, nodes: str, token: str, ca: str, port: int, state: str | None
-) -> None:
+def cluster_add(name: str, nodes: str, token: str, ca: str, port: int, state: str | None) -> None:
     """Register a cluster (its token's role bounds what the console can do on it)."""
     from hakit.console.clusters import Registry, parse_nodes
 

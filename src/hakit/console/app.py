@@ -244,8 +244,14 @@ def build_app(console: Console) -> Any:
             try:
                 evs = await console.hub.client(c, node).get("/v1/events", **params)
             except Exception as e:
-                return [{"at": time.time(), "node": node, "kind": "console-error",
-                         "message": f"timeline of {node} unavailable: {e}"}]
+                return [
+                    {
+                        "at": time.time(),
+                        "node": node,
+                        "kind": "console-error",
+                        "message": f"timeline of {node} unavailable: {e}",
+                    }
+                ]
             return [dict(ev, node=ev.get("node", node)) for ev in evs]
 
         nodes = console.hub.nodes_of(c)
@@ -265,8 +271,13 @@ def build_app(console: Console) -> Any:
         if isinstance(body, dict):
             message = str(body.get("message") or body.get("detail") or "")
         log.info("console: %s: %s %s on %s: %s %s", s.user, method, path, node, status, message)
-        return {"node": node, "status": status, "ok": 200 <= status < 300, "message": message,
-                "body": body}
+        return {
+            "node": node,
+            "status": status,
+            "ok": 200 <= status < 300,
+            "message": message,
+            "body": body,
+        }
 
     async def command(request: Request, s: Session, role: str) -> Response:
         c, m = _names(request)
@@ -308,10 +319,25 @@ def build_app(console: Console) -> Any:
         body = await request.body()
         if not body:
             raise ConsoleError("no package: choose a .hakit file")
+        check = await forward(
+            c, None, "POST", "/v1/modules/check", s, body=body, params={"name": name}
+        )
+        answer = check.get("body")
+        if check["status"] == 409 and isinstance(answer, dict):
+            return JSONResponse(
+                {"ok": False, "problems": answer.get("problems", [])}, status_code=409
+            )
         results = await asyncio.gather(
             *(
-                forward(c, n, "POST", "/v1/modules", s, body=body,
-                        params={"name": name, "force": str(force).lower()})
+                forward(
+                    c,
+                    n,
+                    "POST",
+                    "/v1/modules",
+                    s,
+                    body=body,
+                    params={"name": name, "force": str(force).lower()},
+                )
                 for n in console.hub.nodes_of(c)
             )
         )
@@ -462,7 +488,8 @@ async def _refuse(scope: Any, send: Any, status: int, why: str) -> None:
     async def nothing() -> Any:
         return {"type": "http.disconnect"}
 
-    resp = JSONResponse({"ok": False, "message": why}, status_code=status,
-                        headers={"Connection": "close"})
+    resp = JSONResponse(
+        {"ok": False, "message": why}, status_code=status, headers={"Connection": "close"}
+    )
     with contextlib.suppress(OSError):
         await resp(scope, nothing, send)

@@ -87,5 +87,7 @@ def server_context(cert_path: Path, key_path: Path) -> ssl.SSLContext:
     try:
         ctx.load_cert_chain(str(cert_path), str(key_path))
     except (OSError, ssl.SSLError) as e:
-        raise ConsoleError(f"cannot load the certificate {cert_path} with key {key_path}: {e}")
+        raise ConsoleError(
+            f"cannot load the certificate {cert_path} with key {key_path}: {e}"
+        ) from None
     return ctx

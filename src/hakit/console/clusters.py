@@ -94,7 +94,9 @@ class Registry:
     def all(self) -> dict[str, dict[str, Any]]:
         return dict(self.store.clusters.read())
 
-    def add(self, name: str, nodes: list[str], token: str, ca: str, port: int = DEFAULT_PORT) -> None:
+    def add(
+        self, name: str, nodes: list[str], token: str, ca: str, port: int = DEFAULT_PORT
+    ) -> None:
         check_name(name, "cluster")
         check_cluster_entry(nodes, token, ca, port)
         self.store.ensure()
@@ -249,12 +251,11 @@ class Hub:
             self._set(w, st, None)
             evs = await client.get("/v1/events", limit=20)
             for ev in evs:
-                if last is None or (ev.get("at") or ev.get("time") or 0) > last:
-                    if last is not None:
-                        w.events.append(ev)
-                        self.publish({"kind": "event", "cluster": w.name, "event": ev})
+                if last is not None and (ev.get("at") or 0) > last:
+                    w.events.append(ev)
+                    self.publish({"kind": "event", "cluster": w.name, "event": ev})
             if evs:
-                last = max(last or 0, *(e.get("at") or e.get("time") or 0 for e in evs))
+                last = max(last or 0, *(e.get("at") or 0 for e in evs))
             await asyncio.sleep(POLL)
 
     # -- browsers -----------------------------------------------------------------------------

@@ -58,9 +58,7 @@ class Sessions:
         self.absolute = absolute
 
     def _live(self, rec: dict[str, float | str], now: float) -> bool:
-        return (
-            now - float(rec["seen"]) < self.idle and now - float(rec["created"]) < self.absolute
-        )
+        return now - float(rec["seen"]) < self.idle and now - float(rec["created"]) < self.absolute
 
     def create(self, user: str) -> tuple[str, Session]:
         """A new session for `user`: (the cookie's value, the session)."""

@@ -71,7 +71,9 @@ class JsonFile:
             try:
                 data = json.loads(self.path.read_bytes())
             except (OSError, ValueError) as e:
-                raise ConsoleError(f"{self.path}: unreadable ({e}); restore it or remove it")
+                raise ConsoleError(
+                    f"{self.path}: unreadable ({e}); restore it or remove it"
+                ) from None
             if not isinstance(data, dict):
                 raise ConsoleError(f"{self.path}: not a JSON object; restore it or remove it")
             self._data, self._stamp = data, stamp
@@ -98,7 +100,9 @@ class Store:
             self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
             os.chmod(self.root, 0o700)
         except OSError as e:
-            raise ConsoleError(f"cannot create the console's state folder {self.root}: {e}")
+            raise ConsoleError(
+                f"cannot create the console's state folder {self.root}: {e}"
+            ) from None
 
     @property
     def cert(self) -> Path:
