@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -53,7 +53,7 @@ SECURITY_HEADERS = {
     "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # no-referrer would make form posts' Origin "null"
     "Cache-Control": "no-store",
 }
 
@@ -149,8 +149,9 @@ def build_app(console: Console) -> Any:
         if wait > 0:
             log.warning("console: login throttled for %s (%.0f s)", address, wait)
             return RedirectResponse(f"/login?why=throttled&wait={int(wait) + 1}", 303)
-        form = await request.form()
-        user, password = str(form.get("user", "")), str(form.get("password", ""))
+        form = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=8)
+        user = (form.get("user") or [""])[0]
+        password = (form.get("password") or [""])[0]
         role = await asyncio.to_thread(console.users.verify, user, password)
         if role is None:
             console.throttle.failed(address)
@@ -384,6 +385,7 @@ def build_app(console: Console) -> Any:
         Route("/login", login, methods=["POST"]),
         Route("/logout", logout, methods=["POST"]),
         Route("/static/{name}", asset),
+        Route("/favicon.ico", lambda request: Response(status_code=204)),
         Route("/api/me", needs("monitor", me, post=False)),
         Route("/api/stream", needs("monitor", stream, post=False)),
         Route(prefix + "/events", needs("monitor", events, post=False)),
