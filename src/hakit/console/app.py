@@ -242,8 +242,9 @@ def build_app(console: Console) -> Any:
             params["module"] = check_name(module, "module")
 
         async def one(node: str) -> list[dict[str, Any]]:
+            client = console.hub.client(c, node)
             try:
-                evs = await console.hub.client(c, node).get("/v1/events", **params)
+                evs = await client.get("/v1/events", **params)
             except Exception as e:
                 return [
                     {
@@ -253,6 +254,8 @@ def build_app(console: Console) -> Any:
                         "message": f"timeline of {node} unavailable: {e}",
                     }
                 ]
+            finally:
+                await client.aclose()
             return [dict(ev, node=ev.get("node", node)) for ev in evs]
 
         nodes = console.hub.nodes_of(c)
@@ -268,6 +271,8 @@ def build_app(console: Console) -> Any:
             status, body = await client.request(method, path, on_behalf_of=s.user, **kw)
         except unreachable_types() as e:
             return {"node": node, "status": 502, "ok": False, "message": str(e)}
+        finally:
+            await client.aclose()
         message = ""
         if isinstance(body, dict):
             message = str(body.get("message") or body.get("detail") or "")

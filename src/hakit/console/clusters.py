@@ -30,7 +30,12 @@ ADDRESS = re.compile(r"[A-Za-z0-9.:_\[\]-]{1,255}")
 DEFAULT_PORT = 7351
 EVENTS_KEPT = 300
 RETRY = 2.0  # seconds between two rounds of tries when no node of a cluster answers
+STALE = 8.0  # seconds without a word from the followed node before trying another one
 POLL = 1.0  # seconds between two state reads when a node has no live stream (before 0.3)
+
+
+class Stale(Exception):
+    """The followed node went silent: follow the cluster through another node."""
 
 
 class Client(Protocol):
@@ -48,6 +53,8 @@ class Client(Protocol):
     ) -> tuple[int, Any]: ...
 
     def stream(self, path: str) -> AsyncIterator[tuple[str, Any]]: ...
+
+    async def aclose(self) -> None: ...
 
 
 ClientFactory = Callable[[Sequence[str], str, str, int], Client]
@@ -215,29 +222,44 @@ class Hub:
 
     async def _watch(self, w: Watched) -> None:
         unreachable = unreachable_types()
+        passthrough: tuple[type[BaseException], ...] = (Stale, *unreachable)
+        first = True
         while True:
             client = self.client(w.name)
             try:
                 await self._addresses(w, client)
-                for ev in await client.get("/v1/events", limit=100):
-                    w.events.append(ev)
+                if first:
+                    w.events.extend(await client.get("/v1/events", limit=100))
+                    first = False
                 try:
                     await self._follow(w, client)
-                except unreachable:
+                except passthrough:
                     raise
                 except Exception as e:  # a node without /v1/stream (before 0.3): poll
                     log.info("console: %s: no live stream (%s); reading its state", w.name, e)
                     await self._poll(w, client)
-            except asyncio.CancelledError:
-                raise
+            except Stale as e:
+                log.info("console: %s: %s; trying the other nodes", w.name, e)
+                continue
             except unreachable as e:
                 self._set(w, None, str(e))
             except Exception as e:
                 self._set(w, None, f"{type(e).__name__}: {e}")
+            finally:
+                await client.aclose()
             await asyncio.sleep(RETRY)
 
     async def _follow(self, w: Watched, client: Client) -> None:
-        async for name, data in client.stream("/v1/stream"):
+        """Follow the node's stream; a node silent for STALE s (it sends its state at least
+        every 5 s) is dropped, as a vanished node's connection would otherwise hang."""
+        it = aiter(client.stream("/v1/stream"))
+        while True:
+            try:
+                name, data = await asyncio.wait_for(anext(it), STALE)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise Stale(f"no news from the node for {STALE:g} s") from None
             if name == "state" and isinstance(data, dict):
                 self._set(w, data, None)
             elif name == "event" and isinstance(data, dict):
