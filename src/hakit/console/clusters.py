@@ -171,8 +171,11 @@ class Hub:
         return self.factory(addresses, e["token"], e["ca"], int(e.get("port", DEFAULT_PORT)))
 
     def nodes_of(self, name: str) -> list[str]:
+        """The cluster's nodes (from its configuration); ConsoleError if not known yet."""
         w = self.watched.get(name)
-        return list(w.addresses) if w else []
+        if w is None or not w.addresses:
+            raise ConsoleError(f"cluster {name}: its nodes are not known yet (unreachable?)")
+        return list(w.addresses)
 
     # -- watching -----------------------------------------------------------------------------
 
@@ -212,7 +215,8 @@ class Hub:
             self.publish({"kind": "cluster", "cluster": w.name, "view": w.view()})
 
     async def _addresses(self, w: Watched, client: Client) -> None:
-        cfg = await client.get("/v1/cluster")
+        answer = await client.get("/v1/cluster")
+        cfg = answer.get("config", answer) if isinstance(answer, dict) else {}
         nodes = cfg.get("nodes", {}) if isinstance(cfg, dict) else {}
         out: dict[str, list[str]] = {}
         for node, spec in nodes.items():
