@@ -261,7 +261,7 @@ def build_app(console: Console) -> Any:
         nodes = console.hub.nodes_of(c)
         got = await asyncio.gather(*(one(n) for n in nodes))
         merged = sorted((e for evs in got for e in evs), key=lambda e: e.get("at", 0))
-        return JSONResponse(merged)
+        return JSONResponse({"items": merged})
 
     async def forward(
         c: str, node: str | None, method: str, path: str, s: Session, **kw: Any

@@ -4,7 +4,7 @@
 (function () {
   const ROLES = ["monitor", "control", "admin"];
   const NEEDS = { command: "control", checker: "control", install: "admin", registry: "admin" };
-  const S = { me: null, clusters: {}, events: {}, history: {}, rates: {}, live: false };
+  const S = { me: null, clusters: {}, events: {}, fetched: {}, history: {}, rates: {}, live: false };
   const $ = (sel, root) => (root || document).querySelector(sel);
   const view = $("#view");
 
@@ -192,7 +192,7 @@
     out.push(h("h1", {}, `${module} `, h("small", { class: "explain", text: `${mod.kind} module on cluster ${cluster}` }), " ", badges(mod)));
     const grid = h("div", { class: "nodes" });
     const cmds = mod.kind === "farm" ? ["start", "stop", "restart"] : ["start", "stop", "restart", "swap", "stopstart", "prim", "second", "primforce", mod.failover === false ? "failover-on" : "failover-off"];
-    for (const [n, ns] of Object.entries(mod.nodes || {})) {
+    for (const [n, ns] of Object.entries(mod.nodes || {}).sort()) {
       const box = h("section", { class: "card", "data-node": n, "aria-label": "node " + n },
         h("h2", {}, n + " ", stateChip(ns)),
         ns.reason ? h("p", { class: "explain", text: ns.reason }) : null,
@@ -275,11 +275,11 @@
   function failoverChart(cluster, module, mod) {
     const card = h("section", { class: "card", "aria-label": "failover timeline chart" }, h("h2", { text: "Roles over time" }));
     const hist = S.history[cluster + "/" + module] || [];
-    const nodes = Object.keys(mod.nodes || {});
+    const nodes = Object.keys(mod.nodes || {}).sort();
     const W = 600, lane = 26, H = 30 + lane * nodes.length + 40;
     const s = svg("svg", { class: "chart", viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "roles of each node over time" });
     const now = Date.now() / 1000;
-    const t0 = hist.length ? Math.min(hist[0].t, now - 60) : now - 60;
+    const t0 = hist.length ? Math.min(hist[0].t - 2, now - 20) : now - 60;
     const x = (t) => 70 + (W - 80) * (t - t0) / Math.max(1, now - t0);
     const colour = { PRIM: "#1f8a3b", ALONE: "#5aa469", SECOND: "#1d4ed8", UP: "#1f8a3b", WAIT: "#c77700", STOP: "#9aa4b1" };
     nodes.forEach((n, i) => {
@@ -290,25 +290,46 @@
         const end = j + 1 < mine.length ? mine[j + 1].t : now;
         s.append(svg("rect", { x: x(e.t).toFixed(1), y, width: Math.max(1, x(end) - x(e.t)).toFixed(1), height: lane - 6, fill: colour[e.state] || "#888" },
           svg("title", {}, `${n} ${e.state} ${e.status} from ${fmtTime(e.t)}`)));
-        if (x(end) - x(e.t) > 40) s.append(svg("text", { x: x(e.t) + 3, y: y + 14, fill: "#fff" }, e.state));
+        if (x(end) - x(e.t) > 40) s.append(svg("text", { x: x(e.t) + 3, y: y + 14, style: "fill:#fff" }, e.state));
       });
     });
-    const evs = (S.events[cluster] || []).filter((e) => e.module === module && e.at >= t0);
+    const evs = timelineOf(cluster, module).filter((e) => e.at >= t0);
+    let lastX = -100;
     const marks = [["lost|no heartbeat|peer", "detection"], ["ALONE|PRIM", "decision"], ["VIP", "VIP"], ["start_prim|application started", "application"]];
     const yMarks = 20 + lane * nodes.length + 12;
     evs.forEach((e) => {
       const m = marks.find(([re]) => new RegExp(re).test(e.message));
       if (!m) return;
       s.append(svg("line", { x1: x(e.at), x2: x(e.at), y1: 16, y2: yMarks - 8, stroke: "#c77700", "stroke-dasharray": "3 3" }, svg("title", {}, `${fmtTime(e.at)} ${e.node}: ${e.message}`)));
+      if (x(e.at) - lastX < 60) return; // labels would overlap: the line keeps its tooltip
+      lastX = x(e.at);
       s.append(svg("text", { x: x(e.at) + 2, y: yMarks + (marks.indexOf(m) % 2) * 12 }, m[1]));
     });
     card.append(s, h("p", { class: "explain", text: "Each lane is a node's state as this page saw it live; dashed marks are timeline steps (detection → decision → VIP → application)." }));
     return card;
   }
 
+  // the module's timeline: every node's entries (asked once when the page opens), and the
+  // entries that arrive live from the node the console follows
+  function timelineOf(cluster, module) {
+    const key = cluster + "/" + module;
+    if (!(key in S.fetched)) {
+      S.fetched[key] = [];
+      api("GET", `/api/clusters/${encodeURIComponent(cluster)}/events?module=${encodeURIComponent(module)}`)
+        .then((r) => { if (Array.isArray(r.items)) { S.fetched[key] = r.items; render(); } });
+    }
+    const seen = new Set();
+    const out = [];
+    for (const e of [...S.fetched[key], ...(S.events[cluster] || []).filter((e) => e.module === module)]) {
+      const id = e.at + "|" + e.node + "|" + e.message;
+      if (!seen.has(id)) { seen.add(id); out.push(e); }
+    }
+    return out.sort((a, b) => a.at - b.at);
+  }
+
   function timelineCard(cluster, module) {
     const card = h("section", { class: "card", "aria-label": "timeline" }, h("h2", { text: "Timeline" }));
-    const evs = (S.events[cluster] || []).filter((e) => !module || e.module === module).slice(-200).reverse();
+    const evs = timelineOf(cluster, module).slice(-200).reverse();
     const ul = h("ul", { class: "timeline" });
     for (const e of evs) ul.append(h("li", {}, h("time", { text: fmtTime(e.at) }), h("b", { text: e.node + " " }), e.message));
     if (!evs.length) ul.append(h("li", { text: "nothing yet" }));
@@ -439,7 +460,7 @@
     });
   }
 
-  window.addEventListener("hashchange", () => { view.dataset.route = ""; render(); view.focus(); });
+  window.addEventListener("hashchange", () => { view.dataset.route = ""; S.fetched = {}; render(); view.focus(); });
   (async function start() {
     const r = await fetch("/api/me", { credentials: "same-origin" });
     if (r.status === 401) { location.href = "/login?why=expired"; return; }
