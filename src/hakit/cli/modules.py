@@ -341,6 +341,7 @@ def wait(module: str, state: str, timeout: float, node: str | None) -> None:
 
 
 def _events(paths: Paths, module: str) -> Iterator[dict[str, Any]]:
+    """The timeline from events.jsonl, for when the daemon does not run."""
     path = paths.events_log
     if not path.exists():
         return
@@ -375,35 +376,38 @@ def _print_event(ev: dict[str, Any], as_json: bool = False) -> None:
 def log_cmd(module: str, lines: int, follow: bool, as_json: bool, node: str | None) -> None:
     """The timeline of MODULE on this node: every decision and action with its cause."""
     paths = Paths.from_env()
-    if node is not None:
-        if follow:
-            raise click.UsageError("--follow reads this node's timeline; without --node")
-        for ev in client(node).get("/events", limit=min(lines, 2000), module=module):
-            _print_event(ev, as_json)
-        return
-    entries = list(_events(paths, module))
-    for ev in entries[-lines:]:
+    api = client(node)
+    try:
+        entries = api.get("/events", limit=max(1, min(lines, 2000)), module=module)
+    except DaemonUnavailable:
+        if node is not None or follow:
+            raise
+        entries = list(_events(paths, module))[-lines:]
+        err.print(f"the daemon does not run: the timeline as {paths.events_log} has it")
+    for ev in entries:
         _print_event(ev, as_json)
     if not follow:
         if not entries and not as_json:
-            err.print(f"no timeline entries for {module} in {paths.events_log}")
+            err.print(f"no timeline entries for {module}")
         return
-    path = paths.events_log
-    while not path.exists():  # like `tail -F`: the daemon creates it when it starts
+    seen = {(e["at"], e["message"]) for e in entries}
+    since = entries[-1]["at"] if entries else time.time()
+    while True:  # until ^C, like `tail -f`
         time.sleep(0.5)
-    with path.open(encoding="utf-8") as f:
-        f.seek(0, 2)
-        while True:
-            line = f.readline()
-            if not line:
-                time.sleep(0.2)
-                continue
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                continue
-            if ev.get("module") == module:
+        try:
+            new = api.get("/events", limit=2000, module=module, since=since)
+        except DaemonUnavailable as e:
+            err.print(f"{e}; trying again")
+            time.sleep(2)
+            continue
+        for ev in new:
+            key = (ev["at"], ev["message"])
+            if key not in seen:
                 _print_event(ev, as_json)
+                seen.add(key)
+        if new:
+            since = new[-1]["at"]
+            seen = {k for k in seen if k[0] >= since}
 
 
 def register(cli: click.Group) -> None:
