@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 from hakit.adapters.apiclient import ClusterClient, ClusterUnreachable
 from hakit.waiting import wait_until
@@ -91,3 +92,70 @@ def test_tokens_hold_cluster_wide_and_every_action_is_audited(
     assert ca.returncode == 0, ca.stderr
     assert fp in ca.stdout
     assert (n1.root / "ca.pem").read_text().startswith("-----BEGIN CERTIFICATE-----")
+
+
+def test_module_files_script_outputs_and_history_through_the_api(
+    loopback_cluster: Callable[[int], Cluster], tmp_path: Path
+) -> None:
+    c = loopback_cluster(2)
+    n1 = c["node1"]
+    folder = tmp_path / "src" / "web"
+    (folder / "bin").mkdir(parents=True)
+    (folder / "module.yaml").write_text(
+        "kind: mirror\nnodes: [node1, node2]\nscripts: {start_timeout: 10, stop_timeout: 10}\n"
+    )
+    script = folder / "bin" / "start_prim"
+    script.write_text("#!/bin/sh\necho started by the test\n")
+    script.chmod(0o755)
+    r = n1.hakit("module", "install", str(folder), "--all")
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = n1.hakit("prim", "web")
+    assert r.returncode == 0, r.stdout + r.stderr
+    wait_until(
+        lambda: n1.state()["modules"]["web"]["nodes"]["node1"]["state"] == "ALONE", 20, "ALONE"
+    )
+    listed = n1.hakit("module", "list", "--json")
+    assert json.loads(listed.stdout)["web"]["nodes"]["node1"]["state"] == "ALONE"
+
+    outputs = n1.hakit("log", "web", "--scripts", "--json")
+    assert outputs.returncode == 0, outputs.stderr
+    names = [o["name"] for o in json.loads(outputs.stdout)]
+    start = [n for n in names if n.endswith("start_prim.log")]
+    assert start, names
+    shown = n1.hakit("log", "web", "--script", start[-1])
+    assert shown.returncode == 0, shown.stderr
+    assert "started by the test" in shown.stdout
+    bad = n1.hakit("log", "web", "--script", "../../cluster.key")
+    assert bad.returncode == 1
+    assert "no script output" in bad.stderr
+
+    made = create(n1, "reader", "monitor")
+
+    async def files() -> dict[str, str]:
+        cl = ClusterClient(["127.0.0.11"], made["token"], made["ca_fingerprint"], port=c.api_port)
+        try:
+            return (await cl.get("/v1/modules/web/files"))["files"]  # type: ignore[no-any-return]
+        finally:
+            await cl.aclose()
+
+    got = asyncio.run(files())
+    assert got["bin/start_prim"] == script.read_text()
+    assert "kind: mirror" in got["module.yaml"]
+
+    # the timeline survives the daemon's restart: earlier entries come from events.jsonl
+    before = n1.hakit("log", "web", "--json")
+    assert before.returncode == 0, before.stderr
+    n1.kill()
+    n1.start()
+    wait_until(lambda: n1.hakit("state").returncode == 0, 15, "node1 back")
+    after = n1.hakit("log", "web", "-n", "500", "--json")
+    assert after.returncode == 0, after.stderr
+    assert before.stdout.strip().splitlines()[0] in after.stdout
+
+    # the command is in the audit trail, with who typed it
+    records = [
+        json.loads(x) for x in n1.hakit("audit", "--module", "web", "--json").stdout.splitlines()
+    ]
+    assert [(r["action"], r["command"], r["result"]) for r in records][:1] == [
+        ("command", "prim", "ok")
+    ]

@@ -108,6 +108,8 @@ def _answer(r: httpx.Response, accept: tuple[int, ...]) -> Any:
     if r.status_code in (400, 401, 413):
         raise HakitError(f"refused by the daemon (HTTP {r.status_code}): {r.json().get('detail')}")
     r.raise_for_status()
+    if not r.headers.get("content-type", "").startswith("application/json"):
+        return r.text  # a script's output
     return r.json()
 
 

@@ -156,16 +156,15 @@ def _running_on(module: str, nodes: list[str]) -> dict[str, str]:
 def module_list(as_json: bool) -> None:
     """Installed modules, with their state on this node when the daemon runs."""
     paths = Paths.from_env()
-    names = (
-        sorted(d.name for d in paths.modules.iterdir() if (d / MODULE_FILE).is_file())
-        if paths.modules.is_dir()
-        else []
-    )
     try:
-        mods = client().get("/state")["modules"]
-    except DaemonUnavailable:
-        mods = {}
-    rows = {n: mods.get(n, {}) for n in names}
+        rows = client().get("/modules")["modules"]
+    except DaemonUnavailable:  # the folders, without states
+        rows = (
+            {d.name: {} for d in sorted(paths.modules.iterdir()) if (d / MODULE_FILE).is_file()}
+            if paths.modules.is_dir()
+            else {}
+        )
+    names = list(rows)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -365,6 +364,26 @@ def _print_event(ev: dict[str, Any], as_json: bool = False) -> None:
     out.print(f"[{style}]{text}[/]" if style else text, markup=bool(style))
 
 
+def _script_outputs(
+    api: DaemonClient | RemoteClient, module: str, lines: int, name: str | None, as_json: bool
+) -> None:
+    if name is not None:
+        r = api.request("GET", f"/modules/{module}/scripts", params={"name": name}, accept=(404,))
+        if isinstance(r, dict):
+            raise HakitError(str(r.get("detail")))
+        click.echo(r, nl=False)
+        return
+    rows = api.get(f"/modules/{module}/scripts", limit=max(1, min(lines, 500)))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        err.print(f"no script outputs for {module} on this node")
+    for r in rows:
+        t = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["at"]))
+        out.print(f"{t}  {r['size']:>8} B  {r['name']}")
+
+
 @click.command("log")
 @click.argument("module", type=MODULE)
 @click.option("-n", "--lines", type=int, default=50, show_default=True)
@@ -372,11 +391,25 @@ def _print_event(ev: dict[str, Any], as_json: bool = False) -> None:
 @click.option(
     "--json", "as_json", is_flag=True, help="One JSON object per entry and line (JSON Lines)."
 )
+@click.option("--scripts", is_flag=True, help="List the outputs of MODULE's scripts instead.")
+@click.option("--script", "script", metavar="FILE", help="Print one script output (see --scripts).")
 @node_option
-def log_cmd(module: str, lines: int, follow: bool, as_json: bool, node: str | None) -> None:
-    """The timeline of MODULE on this node: every decision and action with its cause."""
+def log_cmd(
+    module: str,
+    lines: int,
+    follow: bool,
+    as_json: bool,
+    scripts: bool,
+    script: str | None,
+    node: str | None,
+) -> None:
+    """The timeline of MODULE on this node: every decision and action with its cause (or, with
+    --scripts / --script, the outputs of its scripts)."""
     paths = Paths.from_env()
     api = client(node)
+    if scripts or script:
+        _script_outputs(api, module, lines, script, as_json)
+        return
     try:
         entries = api.get("/events", limit=max(1, min(lines, 2000)), module=module)
     except DaemonUnavailable:
