@@ -29,7 +29,7 @@ def openapi_json() -> str:
     return json.dumps(openapi(), indent=2, sort_keys=True) + "\n"
 
 
-def _example(path: str) -> str:
+def example_path(path: str) -> str:
     """A concrete path for the route table: `{module}` → `app`, …"""
     for k, v in {
         "{module}": "app",
@@ -57,7 +57,7 @@ def reference(header: str) -> str:
     ]
     for path, ops in doc["paths"].items():
         for method, op in ops.items():
-            r = route(method.upper(), _example(path))
+            r = route(method.upper(), example_path(path))
             role = (
                 "none (open)"
                 if r is not None and r.needs is None
