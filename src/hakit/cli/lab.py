@@ -234,9 +234,23 @@ def isolate(name: str, host: str) -> None:
 @lab.command("demo")
 @click.option("--name", default="demo", show_default=True, help="Name of the demo's lab.")
 @click.option("--keep", is_flag=True, help="Leave the lab up at the end, to explore it.")
-def demo(name: str, keep: bool) -> None:
+@click.option(
+    "--console",
+    "web_console",
+    is_flag=True,
+    help="Also run the web console on the lab (printed: its URL on this machine, a user and "
+    "password); implies --keep.",
+)
+@click.option(
+    "--console-port",
+    type=click.IntRange(1, 65535),
+    default=7380,
+    show_default=True,
+    help="The console's port on 127.0.0.1.",
+)
+def demo(name: str, keep: bool, web_console: bool, console_port: int) -> None:
     """Narrated demo: a 3-node cluster forms, survives a network cut, detects a power cut."""
     from hakit.lab.demo import run_demo
 
     check_environment()
-    run_demo(name, keep=keep, console=_out())
+    run_demo(name, keep=keep, console=_out(), web_console=web_console, console_port=console_port)

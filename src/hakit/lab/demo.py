@@ -390,7 +390,14 @@ class Demo:
         self.webclient(300)
 
 
-def run_demo(name: str, *, keep: bool, console: Console | None = None) -> None:
+def run_demo(
+    name: str,
+    *,
+    keep: bool,
+    console: Console | None = None,
+    web_console: bool = False,
+    console_port: int = 7380,
+) -> None:
     out = console or Console()
     lab = Lab(name)
     if lab.exists():
@@ -398,7 +405,19 @@ def run_demo(name: str, *, keep: bool, console: Console | None = None) -> None:
         lab.down(missing_ok=True)
     out.print(f"[bold]hakit demo[/]: building lab {name} (3 nodes, 2 networks, 1 client)…")
     lab.up(3, 2, 1)
+    if web_console:
+        keep = True  # the console shows the lab: both stay until `hakit lab down`
     try:
+        if web_console:
+            from hakit.lab.democonsole import start_console
+
+            web = start_console(lab, console_port)
+            out.print(
+                f"[bold]web console[/]: {web.url}  user [bold]{web.user}[/], password "
+                f"[bold]{web.password}[/] (a self-signed certificate: accept it in the "
+                f"browser; its log: {web.log})",
+                highlight=False,
+            )
         Demo(lab, out).run()
         out.print()
         out.print(Rule("[bold green]demo complete", align="left"))
@@ -408,6 +427,11 @@ def run_demo(name: str, *, keep: bool, console: Console | None = None) -> None:
                 f"The lab is still up: try `hakit lab exec {name} node1 -- hakit state`, "
                 f"`hakit lab poweroff {name} node2`, … and `hakit lab down {name}` when done."
             )
+            if web_console:
+                out.print(
+                    f"The web console shows it at https://127.0.0.1:{console_port}/ until then "
+                    "(try a power-off and watch it there)."
+                )
         else:
             lab.down()
             out.print(f"lab {name} removed: no namespace, mount or process left behind.")
