@@ -222,6 +222,7 @@ def test_login_install_failover_swap_checker(env: Env, browser: Any, tmp_path: P
         "stop on the primary: node2 will take over (it is an up-to-date secondary)"
     )
     page.click("#confirm button[value=cancel]")
+    _see(page, "section[aria-label=configuration] pre.file:has-text('kind: mirror')")
     _shot(page, "module")
 
     # the primary loses power: the page shows the failover live, through the other node

@@ -285,6 +285,14 @@ def build_app(console: Console) -> Any:
             "body": body,
         }
 
+    async def files(request: Request, s: Session, role: str) -> Response:
+        c, m = _names(request)
+        node = request.query_params.get("node")
+        if node is not None:
+            check_name(node, "node")
+        r = await forward(c, node, "GET", f"/v1/modules/{m}/files", s)
+        return JSONResponse(r, status_code=200 if r["ok"] else 502)
+
     async def command(request: Request, s: Session, role: str) -> Response:
         c, m = _names(request)
         cmd = request.path_params["command"]
@@ -394,6 +402,7 @@ def build_app(console: Console) -> Any:
         Route("/api/me", needs("monitor", me, post=False)),
         Route("/api/stream", needs("monitor", stream, post=False)),
         Route(prefix + "/events", needs("monitor", events, post=False)),
+        Route(prefix + "/modules/{module}/files", needs("monitor", files, post=False)),
         Route(
             prefix + "/modules/{module}/command/{command}",
             needs("control", command),

@@ -4,7 +4,7 @@
 (function () {
   const ROLES = ["monitor", "control", "admin"];
   const NEEDS = { command: "control", checker: "control", install: "admin", registry: "admin" };
-  const S = { me: null, clusters: {}, events: {}, fetched: {}, history: {}, rates: {}, live: false };
+  const S = { me: null, clusters: {}, events: {}, fetched: {}, files: {}, history: {}, rates: {}, live: false };
   const $ = (sel, root) => (root || document).querySelector(sel);
   const view = $("#view");
 
@@ -210,7 +210,35 @@
     out.push(checkersCard(cluster, module, mod));
     out.push(failoverChart(cluster, module, mod));
     out.push(timelineCard(cluster, module));
+    out.push(configCard(cluster, module, mod));
     return out;
+  }
+
+  // the module's files as a node has them (read-only), and its uninstallation (admin)
+  function configCard(cluster, module, mod) {
+    const key = cluster + "/" + module;
+    const card = h("section", { class: "card", "aria-label": "configuration" }, h("h2", { text: "Configuration" }));
+    if (!(key in S.files)) {
+      S.files[key] = null;
+      api("GET", `/api/clusters/${encodeURIComponent(cluster)}/modules/${encodeURIComponent(module)}/files`)
+        .then((r) => { S.files[key] = r.ok ? r.body : { error: r.message }; render(); });
+    }
+    const f = S.files[key];
+    if (f === null) card.append(h("p", { class: "explain", text: "reading the module's files…" }));
+    else if (f.error) card.append(h("p", { class: "error", text: f.error }));
+    else {
+      for (const [name, text] of Object.entries(f.files || {})) {
+        card.append(h("details", { open: name === "module.yaml" ? true : null }, h("summary", { text: name }), h("pre", { class: "file", text })));
+      }
+    }
+    const stopped = Object.values(mod.nodes || {}).every((n) => n.state === "STOP" || n.reachable === false);
+    card.append(h("div", { class: "actions" }, actionButton("uninstall", NEEDS.install, `Uninstall ${module}?`,
+      stopped ? `remove ${module} from every node of ${cluster} (its files are deleted; replicated data stays)` : `uninstall ${module}: every node refuses while it runs — stop it first`,
+      async () => {
+        const r = await api("POST", `/api/clusters/${encodeURIComponent(cluster)}/modules/${encodeURIComponent(module)}/uninstall`);
+        flash(`uninstall ${module}: ${(r.results || []).map((x) => x.node + ": " + (x.ok ? "done" : x.message)).join("; ") || r.message}`, !r.ok);
+      })));
+    return card;
   }
 
   function replicationCard(cluster, module, mod) {
@@ -460,7 +488,7 @@
     });
   }
 
-  window.addEventListener("hashchange", () => { view.dataset.route = ""; S.fetched = {}; render(); view.focus(); });
+  window.addEventListener("hashchange", () => { view.dataset.route = ""; S.fetched = {}; S.files = {}; render(); view.focus(); });
   (async function start() {
     const r = await fetch("/api/me", { credentials: "same-origin" });
     if (r.status === 401) { location.href = "/login?why=expired"; return; }
