@@ -46,7 +46,7 @@ COMMANDS = (
 SMALL_BODY = 64 * 1024
 PACKAGE_BODY = 64 * 1024 * 1024
 BODY_TIME = 60.0  # seconds for a whole request body to arrive
-KEEPALIVE = 15.0  # a comment on the browser's stream that often; the session is checked too
+KEEPALIVE = 5.0  # a ping on the browser's stream that often; the session is checked too
 ASSETS = ("app.js", "app.css", "login.js")
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
@@ -215,7 +215,7 @@ def build_app(console: Console) -> Any:
                         if live is None:
                             yield _sse("expired", {})
                             return
-                        yield b": keep-alive\n\n"
+                        yield _sse("ping", {})  # an event, so the page sees the silence
                         continue
                     if msg is None:
                         return

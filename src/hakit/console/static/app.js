@@ -437,9 +437,22 @@
     }
   }
 
+  // the console pings every 5 s: a stream silent for 15 s is dead (a console that lost power
+  // sends no reset), so the page reconnects, maybe to the console's other node (its HA)
+  let watchdog = null;
   function connect() {
     const es = new EventSource("/api/stream");
     const live = $("#live");
+    const alive = () => {
+      clearTimeout(watchdog);
+      watchdog = setTimeout(() => {
+        es.close();
+        live.textContent = "reconnecting…"; live.className = "live off";
+        connect();
+      }, 15000);
+    };
+    alive();
+    for (const kind of ["ping", "snapshot", "events", "cluster", "removed", "event"]) es.addEventListener(kind, alive);
     es.addEventListener("open", () => { live.textContent = "live"; live.className = "live on"; });
     es.addEventListener("error", async () => {
       live.textContent = "reconnecting…"; live.className = "live off";
