@@ -3,7 +3,8 @@
 The commands run in-process through `hakit.cli.main.main` (what the installed `hakit` runs),
 with a real cluster configuration in a temporary folder and no daemon running; nodes' API
 addresses are on loopback, so the commands that reach a node fail fast with a refused
-connection. Long-running or machine-changing commands (`daemon`, `lab`, `witness run`) are left
+connection. Long-running or machine-changing commands (`daemon`, `lab`, `witness run`,
+`console serve`) are left
 out: their arguments are the same option types checked here; so is `log --follow`. No
 argument holds a NUL: a command line cannot carry one (execve ends each argument at it).
 """
@@ -23,7 +24,7 @@ from hypothesis import strategies as st
 
 from hakit.cli.main import cli, main
 
-SKIP = {("daemon",), ("lab",), ("witness", "run")}
+SKIP = {("daemon",), ("lab",), ("witness", "run"), ("console", "serve")}
 FOLLOW = {"-f", "--follow"}  # `log -f` follows the timeline until interrupted, as `tail -F`
 
 
@@ -110,6 +111,7 @@ def test_random_arguments_give_a_result_or_a_documented_error(
 ) -> None:
     for var, sub in (("HAKIT_ETC", "etc"), ("HAKIT_VAR", "var"), ("HAKIT_LOG", "log")):
         monkeypatch.setenv(var, str(cluster / sub))
+    monkeypatch.setenv("HAKIT_CONSOLE_STATE", str(cluster / "console"))
     monkeypatch.delenv("HAKIT_NODE", raising=False)
     monkeypatch.chdir(cluster)
 

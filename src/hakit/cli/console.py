@@ -87,13 +87,16 @@ def user() -> None:
 
 
 def _password(stdin: bool) -> str:
-    if stdin:
-        return sys.stdin.readline().rstrip("\r\n")
-    if not sys.stdin.isatty():
-        raise ConsoleError("no terminal to ask the password: use --password-stdin")
-    first = getpass.getpass("password: ")
-    if getpass.getpass("again: ") != first:
-        raise ConsoleError("the two passwords differ")
+    try:
+        if stdin:
+            return sys.stdin.readline().rstrip("\r\n")
+        if not sys.stdin.isatty():
+            raise ConsoleError("no terminal to ask the password: use --password-stdin")
+        first = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != first:
+            raise ConsoleError("the two passwords differ")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConsoleError(f"cannot read the password: {e}") from None
     return first
 
 

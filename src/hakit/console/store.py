@@ -64,6 +64,8 @@ class JsonFile:
         except FileNotFoundError:
             self._data, self._stamp = {}, None
             return self._data
+        except OSError as e:
+            raise ConsoleError(f"cannot read {self.path}: {e.strerror}") from None
         stamp = (st.st_mtime_ns, st.st_size)
         if stamp != self._stamp:
             if st.st_size > MAX_FILE:
