@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from hakit import __version__
 from hakit.core.jointoken import DEFAULT_TTL, MAX_TTL
 from hakit.errors import HakitError
+from hakit.metrics.collector import add_metrics_route
 from hakit.wire.apiauth import Verifier
 
 API_PREFIX = "/v1"
@@ -307,4 +308,5 @@ def create_app(source: StatusSource, hello: dict[str, str]) -> FastAPI:
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    add_metrics_route(app, source.status)  # GET /metrics (docs/metrics.md)
     return app
