@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -29,6 +29,8 @@ from hakit.metrics.samples import Histogram, Sample, samples
 log = logging.getLogger("hakit.metrics")
 
 METRICS_PATH = "/metrics"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+"""The classic text format, which every Prometheus reads (our names need no escaping)."""
 
 
 def families(status: Mapping[str, Any]) -> list[Metric]:
@@ -95,4 +97,4 @@ def add_metrics_route(app: FastAPI, status: Callable[[], Mapping[str, Any]]) -> 
             return PlainTextResponse(
                 f"metrics could not be built: {type(e).__name__}: {e}\n", status_code=500
             )
-        return Response(body, media_type=CONTENT_TYPE_LATEST)
+        return Response(body, media_type=CONTENT_TYPE)
