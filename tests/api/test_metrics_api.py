@@ -42,7 +42,7 @@ def test_metrics_in_the_prometheus_text_format() -> None:
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
     found = {f.name: f for f in text_string_to_metric_families(r.text)}
-    up = [s for s in found["hakit_peer_up"].samples]
+    up = list(found["hakit_peer_up"].samples)
     assert [(s.labels, s.value) for s in up] == [
         ({"cluster": "demo", "node": "node1", "peer": "node2"}, 1.0)
     ]

@@ -104,7 +104,12 @@ MIRROR: dict[str, Any] = {
         "witness_reachable": True,
     },
     "checkers": {
-        "web": {"type": "tcp", "what": "10.0.1.100:80", "health": "down", "detail": "ECONNREFUSED x"},
+        "web": {
+            "type": "tcp",
+            "what": "10.0.1.100:80",
+            "health": "down",
+            "detail": "ECONNREFUSED x",
+        },
         "disk": {"type": "custom", "what": "/usr/local/bin/check", "health": "off"},
     },
     "recovery": {"max": 3, "window": 600, "used": 1},
@@ -145,6 +150,7 @@ def by_name(st: dict[str, Any]) -> dict[str, dict[tuple[tuple[str, str], ...], f
 
 
 M = (("module", "db"),)
+WEB = (*M, ("checker", "web"), ("type", "tcp"))
 
 
 @pytest.mark.parametrize(
@@ -178,7 +184,11 @@ M = (("module", "db"),)
         ("hakit_module_config_error", M, 0.0),
         ("hakit_checker_health", (*M, ("checker", "web"), ("type", "tcp"), ("health", "down")), 1),
         ("hakit_checker_health", (*M, ("checker", "web"), ("type", "tcp"), ("health", "up")), 0),
-        ("hakit_checker_health", (*M, ("checker", "disk"), ("type", "custom"), ("health", "off")), 1),
+        (
+            "hakit_checker_health",
+            (*M, ("checker", "disk"), ("type", "custom"), ("health", "off")),
+            1,
+        ),
         ("hakit_checker_recoveries_used", M, 1.0),
         ("hakit_witness_lease", M, 1.0),
         ("hakit_witness_reachable", M, 1.0),
