@@ -36,6 +36,11 @@ class Paths:
         return self.etc / "modules"
 
     @property
+    def tokens(self) -> Path:
+        """The cluster's API tokens (hashes only), the same on every node (ADR 0004)."""
+        return self.etc / "tokens.json"
+
+    @property
     def socket(self) -> Path:
         """Unix socket of the local daemon's API."""
         return self.var / "hakit.sock"
@@ -48,6 +53,11 @@ class Paths:
     def events_log(self) -> Path:
         """Timeline of decisions, one JSON object per line."""
         return self.log / "events.jsonl"
+
+    @property
+    def audit_log(self) -> Path:
+        """The audit trail: every command and configuration change, one JSON object per line."""
+        return self.log / "audit.jsonl"
 
 
 LOG_DIR_MODE = 0o750

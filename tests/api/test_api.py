@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 
-from hakit.api.app import Guard, create_app
+from hakit.api.app import create_app
+from hakit.api.guard import Guard
 from hakit.config.model import Cluster
 from hakit.daemon.status import build_status
 from hakit.errors import HakitError
+from hakit.paths import Paths
 
 CONFIG = Cluster.model_validate(
     {
@@ -69,6 +72,13 @@ def get(path: str, **params: Any) -> httpx.Response:
 
 
 class Source:
+    paths = Paths(
+        etc=Path("/nonexistent/etc"), var=Path("/nonexistent/var"), log=Path("/nonexistent/log")
+    )
+
+    def events_after(self, seq: int) -> tuple[int, list[dict[str, Any]]]:
+        return 1, self.events(1)[: max(0, 1 - seq)]
+
     def status(self) -> dict[str, Any]:
         return build_status(CONFIG, "node1", SNAPSHOT, {"pid": 1}, now=100.0)
 

@@ -9,7 +9,8 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from hakit.api.app import Guard, create_app
+from hakit.api.app import create_app
+from hakit.api.guard import Guard
 from tests.api.test_api import Source
 from tests.unit.test_metrics import status as rich_status
 

@@ -20,7 +20,8 @@ import httpx
 import pytest
 
 from hakit.adapters.nodeapi import NodeApi, NodeUnreachable
-from hakit.api.app import BODY_LIMIT, Guard, create_app
+from hakit.api.app import create_app
+from hakit.api.guard import BODY_LIMIT, Guard
 from hakit.api.server import HANDSHAKE_TIMEOUT, PENDING_PER_ADDRESS, tcp_server
 from hakit.tls import client_context, identity
 from hakit.waiting import wait_until
@@ -86,12 +87,23 @@ def test_a_node_reads_another_over_mutual_tls() -> None:
         assert r.json()["cluster"] == "demo"
 
 
-def test_a_client_without_a_certificate_is_refused() -> None:
+def test_a_client_without_a_certificate_gets_only_the_open_requests() -> None:
+    """A tool (no client certificate) reaches the open requests; everything else needs an API
+    token, which this server (no token store) never accepts."""
     with serving("node1") as s:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.load_verify_locations(cadata=identity(SECRET, CLUSTER, "node1").ca_pem)
-        with pytest.raises(httpx.HTTPError):
-            raw_get(s, ctx, "node1.demo.hakit")
+        assert raw_get(s, ctx, "node1.demo.hakit").json()["node"] == "node1"
+        with httpx.Client(verify=ctx, trust_env=False, timeout=5) as c:
+            r = c.get(
+                f"https://127.0.0.1:{s.port}/v1/state",
+                extensions={"sni_hostname": "node1.demo.hakit"},
+                headers=signed(s),  # a node's signature does not make a tool a node
+            )
+        assert (r.status_code, r.json()) == (
+            401,
+            {"detail": "this API answers only the cluster's nodes"},
+        )
         # the same request with a node's certificate is served
         assert raw_get(s, node_ctx("node2"), "node1.demo.hakit").json()["node"] == "node1"
 

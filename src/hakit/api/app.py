@@ -1,4 +1,6 @@
-"""The daemon's HTTP API (FastAPI). Read-only status for now; commands come with modules.
+"""The node API v1 (FastAPI): state, commands, modules, configuration (here) and the
+administration plane (`api.admin`: tokens, audit, live stream, module files). Who may call
+what is decided in front of it (`api.guard`); docs/api.md is generated from its OpenAPI.
 
 The app only renders what the daemon hands it through `StatusSource`; it never reaches into
 daemon internals.
@@ -7,17 +9,16 @@ daemon internals.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any, Protocol
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 
 from hakit import __version__
+from hakit.api.admin import Admin, AdminSource, add_admin_routes
 from hakit.core.jointoken import DEFAULT_TTL, MAX_TTL
 from hakit.errors import HakitError
 from hakit.metrics.collector import add_metrics_route
-from hakit.wire.apiauth import Verifier
 
 API_PREFIX = "/v1"
 
@@ -36,7 +37,7 @@ COMMANDS = (
 )
 
 
-class StatusSource(Protocol):
+class StatusSource(AdminSource, Protocol):
     def status(self) -> dict[str, Any]: ...
 
     def events(self, limit: int, module: str | None = None) -> list[dict[str, Any]]: ...
@@ -80,116 +81,50 @@ class StatusSource(Protocol):
         ...
 
 
-BODY_LIMIT = 64 * 1024
-PACKAGE_LIMIT = 64 * 1024 * 1024
-CLUSTER_LIMIT = 1 << 20  # a cluster.yaml (config.safeyaml.MAX_BYTES)
-PACKAGE_PATH = API_PREFIX + "/modules"
-CLUSTER_PATHS = (API_PREFIX + "/cluster/check", API_PREFIX + "/cluster/apply")
 HELLO_PATH = API_PREFIX + "/hello"
+CLUSTER_PATHS = (API_PREFIX + "/cluster/check", API_PREFIX + "/cluster/apply")
+DESCRIPTION = """State and control of one hakit node, and through it of its cluster.
+
+Clients: the cluster's nodes (mutual TLS + signed requests), tools and people with an API
+token (`Authorization: Bearer hkt_…`, roles admin/control/monitor), root on the node's unix
+socket. See docs/api.md and docs/security.md."""
 
 
-def body_limit(method: str, path: str) -> int:
-    """The largest body a request may have: a module package, a cluster.yaml, or an ordinary
-    request."""
-    if (method, path) == ("POST", PACKAGE_PATH):
-        return PACKAGE_LIMIT
-    if method == "POST" and path in CLUSTER_PATHS:
-        return CLUSTER_LIMIT
-    return BODY_LIMIT
-
-
-async def _refuse(scope: Any, send: Any, status: int, why: str) -> None:
-    async def nothing() -> Any:
-        return {"type": "http.disconnect"}
-
-    # closing the connection: the rest of a refused body is never read
-    response = JSONResponse({"detail": why}, status_code=status, headers={"Connection": "close"})
-    await response(scope, nothing, send)
-
-
-class Guard:
-    """ASGI middleware in front of the API: the body is bounded (`body_limit`, refused with 413
-    as soon as its length or the bytes received pass it) and, on the TCP API (`verifier`), every
-    request but `GET /v1/hello` must be signed for this node and boot: all checks but the MAC
-    come before any body is read; every refusal is a JSON `{"detail": …}`."""
-
-    def __init__(self, app: Any, verifier: Verifier | None, now: Callable[[], float]) -> None:
-        self.app = app
-        self.verifier = verifier
-        self.now = now
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        method, path = scope["method"], scope["path"]
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        verifier = None if (method, path) == ("GET", HELLO_PATH) else self.verifier
-        if verifier is not None:
-            why = verifier.precheck(headers, self.now())
-            if why is not None:
-                await _refuse(scope, send, 401, why)
-                return
-        limit = body_limit(method, path)
-        length = headers.get("content-length", "0")
-        if not (length.isascii() and length.isdigit()):
-            await _refuse(scope, send, 400, "malformed content-length header")
-            return
-        if int(length) > limit:
-            await _refuse(scope, send, 413, f"body of {length} bytes, limit {limit}")
-            return
-        chunks, size = [], 0
-        while True:
-            msg = await receive()
-            if msg["type"] != "http.request":
-                return  # the client went away
-            chunk = msg.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                await _refuse(scope, send, 413, f"body over the limit of {limit} bytes")
-                return
-            chunks.append(chunk)
-            if not msg.get("more_body"):
-                break
-        body = b"".join(chunks)
-        if verifier is not None:
-            query = scope["query_string"].decode("latin-1")
-            target = path + ("?" + query if query else "")
-            why = verifier.check(headers, method, target, body, self.now())
-            if why is not None:
-                await _refuse(scope, send, 401, why)
-                return
-        sent = False
-
-        async def again() -> Any:
-            nonlocal sent
-            if sent:
-                return await receive()  # waits for the disconnect
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app(scope, again, send)
-
-
-def create_app(source: StatusSource, hello: dict[str, str]) -> FastAPI:
-    """The API; `hello` ({"node", "boot"}) is what `GET /v1/hello` answers."""
+def create_app(source: StatusSource, hello: dict[str, str], admin: Admin | None = None) -> FastAPI:
+    """The API; `hello` ({"node", "boot"}) is what `GET /v1/hello` answers; `admin` (the token
+    store and the CA) enables the administration routes that need them."""
     app = FastAPI(
         title="hakit node API",
         version=__version__,
-        description="State and control of one hakit node.",
+        description=DESCRIPTION,
         docs_url=None,
         redoc_url=None,
+        openapi_url=API_PREFIX + "/openapi.json",
     )
+    add_admin_routes(app, source, admin)
 
     @app.get(API_PREFIX + "/state", summary="State of the cluster as seen by this node")
     def state() -> dict[str, Any]:
         return source.status()
 
-    @app.get(API_PREFIX + "/events", summary="Recent timeline entries, oldest first")
+    @app.get(
+        API_PREFIX + "/events",
+        summary="Recent timeline entries, oldest first (filters: module, kind, since)",
+    )
     def events(
-        limit: int = Query(100, ge=1, le=2000), module: str | None = None
+        limit: int = Query(100, ge=1, le=2000),
+        module: str | None = None,
+        kind: str | None = Query(None, max_length=64),
+        since: float | None = Query(None, ge=0),
     ) -> list[dict[str, Any]]:
-        return source.events(limit, module)
+        if kind is None and since is None:
+            return source.events(limit, module)
+        found = [
+            e
+            for e in source.events(2000, module)
+            if (kind is None or e.get("kind") == kind) and (since is None or e["at"] >= since)
+        ]
+        return found[-limit:]
 
     @app.post(
         API_PREFIX + "/modules",

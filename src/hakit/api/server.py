@@ -13,6 +13,7 @@ import secrets
 import signal
 import socket
 import ssl
+import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -22,7 +23,11 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from hakit.adapters.tcp import Admission, accept_bounded, listen
-from hakit.api.app import Guard, create_app
+from hakit.adapters.tokenstore import TokenStore
+from hakit.api.admin import Admin
+from hakit.api.app import create_app
+from hakit.api.guard import Access, Guard
+from hakit.api.tokensync import TokenSync
 from hakit.config.load import load_cluster
 from hakit.daemon.logs import LOGGER, daemon_logging
 from hakit.daemon.runtime import (
@@ -33,7 +38,7 @@ from hakit.daemon.runtime import (
 )
 from hakit.paths import Paths
 from hakit.probe.manager import ProbeManager
-from hakit.tls import NodeIdentity, identity, peer_node, server_context
+from hakit.tls import NodeIdentity, ca_fingerprint, identity, peer_node, server_context
 from hakit.wire.apiauth import Verifier, api_key
 
 log = logging.getLogger(LOGGER)
@@ -74,18 +79,38 @@ def _tcp_sockets(addresses: list[str], port: int) -> list[socket.socket]:
     return socks
 
 
+class _LocalPeers(H11Protocol):
+    """uvicorn's HTTP protocol on the unix socket, telling the API who is at the other end
+    (`SO_PEERCRED`: uid and pid) for the audit trail."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        cred: dict[str, int] = {}
+        with contextlib.suppress(OSError, AttributeError):
+            pid, uid, _gid = struct.unpack(
+                "3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+            )
+            cred = {"uid": uid, "pid": pid}
+        self.app_state = {**self.app_state, "hakit_local": cred}
+
+
 def _node_peers(cluster: str, nodes: Callable[[], Iterable[str]]) -> type[asyncio.Protocol]:
-    """uvicorn's HTTP protocol that closes every TLS connection whose (verified) client
-    certificate does not name one of the cluster's `nodes()` (asked at each connection: a
-    configuration applied live adds and removes nodes)."""
+    """uvicorn's HTTP protocol that closes every TLS connection whose client certificate does
+    not name one of the cluster's `nodes()` (asked at each connection: a configuration applied
+    live adds and removes nodes). A client without a certificate is a tool: the API then
+    requires an API token of it (`api.guard`)."""
 
     class NodePeers(H11Protocol):
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             tls = transport.get_extra_info("ssl_object")
-            if peer_node(tls.getpeercert() if tls else None, cluster, nodes()) is None:
+            cert = tls.getpeercert() if tls else None
+            node = peer_node(cert, cluster, nodes())
+            if cert and node is None:
                 log.warning("API: closed a TLS connection from %s: not a node", self.client)
                 transport.close()
+            self.app_state = {**self.app_state, "hakit_peer": node}
 
     return NodePeers
 
@@ -160,20 +185,38 @@ class _TlsServer(_Server):
 
 
 def tcp_server(app: Any, ident: NodeIdentity, nodes: Callable[[], Iterable[str]]) -> _Server:
-    """The TCP API: mutual TLS with the cluster's certificates, clients must be nodes."""
-    return _server(app, server_context(ident), _node_peers(ident.cluster, nodes), _TlsServer)
+    """The TCP API: TLS 1.3 with the node's certificate; clients are nodes (their certificate
+    of the cluster CA) or tools (no certificate: an API token in each request)."""
+    ctx = server_context(ident, tools=True)
+    return _server(app, ctx, _node_peers(ident.cluster, nodes), _TlsServer)
 
 
 async def _serve(daemon: NodeDaemon, paths: Paths) -> None:
     sock = _unix_socket(paths.socket)
     cfg = daemon.cluster.config
     hello = {"node": daemon.local, "boot": secrets.token_hex(16)}
-    server = _server(Guard(create_app(daemon, hello), None, time.time))
-    verifier = Verifier(api_key(daemon.cluster.secret, cfg.cluster), daemon.local, hello["boot"])
     addresses = [str(a) for a in cfg.nodes[daemon.local].addresses.values()]
+    ident = identity(daemon.cluster.secret, cfg.cluster, daemon.local, tuple(addresses))
+    tokens = TokenStore(paths.tokens)
+    tokens.load()
+    if tokens.problem:
+        log.error("API tokens: %s (no token is accepted until it is fixed)", tokens.problem)
+    sync = TokenSync(tokens, daemon.local, lambda: daemon.cluster)
+    ca = {
+        "cluster": cfg.cluster,
+        "ca": ident.ca_pem,
+        "fingerprint": "sha256:" + ca_fingerprint(ident.ca_pem),
+    }
+    admin = Admin(tokens, ca, sync.changed)
+    access = Access(tokens, metrics_open=cfg.api.metrics == "open")
+    server = _server(
+        Guard(create_app(daemon, hello, admin), None, time.time, access, daemon.local),
+        http=_LocalPeers,
+    )
+    verifier = Verifier(api_key(daemon.cluster.secret, cfg.cluster), daemon.local, hello["boot"])
     remote = tcp_server(
-        Guard(create_app(daemon, hello), verifier, time.time),
-        identity(daemon.cluster.secret, cfg.cluster, daemon.local),
+        Guard(create_app(daemon, hello, admin), verifier, time.time, access, daemon.local),
+        ident,
         lambda: daemon.cluster.config.nodes,
     )
     tcp = _tcp_sockets(addresses, cfg.api.port)
@@ -194,6 +237,7 @@ async def _serve(daemon: NodeDaemon, paths: Paths) -> None:
             server.should_exit = True  # the API answers until the modules are stopped
             remote.should_exit = True
             probes.close()
+            syncing.cancel()
 
     try:
         async with asyncio.TaskGroup() as tg:
@@ -202,6 +246,7 @@ async def _serve(daemon: NodeDaemon, paths: Paths) -> None:
             if tcp:
                 tg.create_task(remote.serve(sockets=tcp))
             tg.create_task(probes.run())
+            syncing = tg.create_task(sync.run())
             waiter = tg.create_task(wait_stop(main))
             await asyncio.wait([main, api, waiter], return_when=asyncio.FIRST_COMPLETED)
             if not stop.is_set():

@@ -9,7 +9,7 @@ with the path of the field to blame.
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
@@ -106,6 +106,15 @@ class Api(Frozen):
             "a join token made there by `hakit cluster add-node` is outstanding: TLS 1.3 with "
             "the node's certificate, which the new node checks against the CA fingerprint in "
             "its token before it sends the token."
+        ),
+    )
+    metrics: Literal["open", "token"] = Field(
+        "open",
+        description=(
+            "Who may read `GET /metrics` (Prometheus format) on `api.port`: `open` — any TLS "
+            "client, as node_exporter and Patroni (the metrics carry no secret); `token` — "
+            "only with an API token (any role), as `Authorization: Bearer` or Prometheus's "
+            "`authorization.credentials`."
         ),
     )
 

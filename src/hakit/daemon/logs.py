@@ -43,14 +43,16 @@ class Event:
 
 
 class _JsonLinesHandler(logging.Handler):
-    """Writes records carrying an `event` attribute as one JSON object per line."""
+    """Writes records carrying an `attribute` (`event`: the timeline, `audit`: the audit
+    trail) as one JSON object per line."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, attribute: str = "event") -> None:
         super().__init__()
         self._file = open_log(path)
+        self._attribute = attribute
 
     def emit(self, record: logging.LogRecord) -> None:
-        ev = getattr(record, "event", None)
+        ev = getattr(record, self._attribute, None)
         if ev is None:
             return
         try:
@@ -69,9 +71,11 @@ class Timeline:
         self.node = node
         self._events: deque[Event] = deque(maxlen=TIMELINE_KEPT)
         self._log = logging.getLogger(LOGGER + ".timeline")
+        self.seq = 0  # entries recorded since the daemon started
 
     def record(self, ev: Event) -> None:
         self._events.append(ev)
+        self.seq += 1
         level = logging.INFO
         if ev.kind in ("peer-lost", "link-down", "network-silent", "module-warning"):
             level = logging.WARNING
@@ -82,6 +86,11 @@ class Timeline:
     def recent(self, limit: int = 100, module: str | None = None) -> list[Event]:
         events = [e for e in self._events if module is None or e.module == module]
         return events[-limit:]
+
+    def after(self, seq: int) -> tuple[int, list[Event]]:
+        """The entries recorded after the `seq`-th (those still kept) and the current `seq`."""
+        new = min(max(self.seq - seq, 0), len(self._events))
+        return self.seq, list(self._events)[len(self._events) - new :]
 
 
 @contextmanager
@@ -102,6 +111,7 @@ def daemon_logging(log_dir: Path, node: str, *, to_stderr: bool = True) -> Itera
         err.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         handlers.append(err)
     handlers.append(_JsonLinesHandler(log_dir / "events.jsonl"))
+    handlers.append(_JsonLinesHandler(log_dir / "audit.jsonl", "audit"))
     q: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     listener = logging.handlers.QueueListener(q, *handlers, respect_handler_level=False)
     root = logging.getLogger(LOGGER)

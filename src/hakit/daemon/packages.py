@@ -249,6 +249,20 @@ def install_bytes(paths: Paths, data: bytes, name: str, force: bool) -> ModuleFi
         return install(paths, pkg, name, force)
 
 
+def check_bytes(paths: Paths, data: bytes, name: str) -> ModuleFile:
+    """Check a package received over the API exactly as `install_bytes` would, installing
+    nothing; errors name the files as `NAME.hakit/…`."""
+    with tempfile.TemporaryDirectory(prefix="hakit-package-") as tmp:
+        pkg = Path(tmp) / f"{name}{PACKAGE_SUFFIX}"
+        pkg.write_bytes(data)
+        try:
+            return check(paths, pkg, name)
+        except ConfigError as e:
+            raise ConfigError(
+                [replace(i, file=i.file.replace(tmp + "/", "", 1)) for i in e.issues]
+            ) from None
+
+
 def uninstall(paths: Paths, name: str) -> Path:
     target = paths.modules / name
     if not (target / MODULE_FILE).is_file():

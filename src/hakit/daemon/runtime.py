@@ -213,6 +213,10 @@ class NodeDaemon:
     def events(self, limit: int, module: str | None = None) -> list[dict[str, Any]]:
         return [e.to_json() for e in self.timeline.recent(limit, module)]
 
+    def events_after(self, seq: int) -> tuple[int, list[dict[str, Any]]]:
+        last, new = self.timeline.after(seq)
+        return last, [e.to_json() for e in new]
+
     async def install(self, package: bytes, name: str, force: bool) -> tuple[bool | None, str]:
         if force and name in self.modules.entries and not self.modules.entries[name].runner.stopped:
             raise HakitError(f"module {name} is running on {self.local}: stop it first")

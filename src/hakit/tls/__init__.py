@@ -23,6 +23,7 @@ import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from ipaddress import ip_address
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -81,8 +82,12 @@ class NodeIdentity:
 
 
 @lru_cache(maxsize=16)
-def identity(secret: bytes, cluster: str, node: str) -> NodeIdentity:
-    """The CA and `node`'s certificate, the same on every node for the same secret."""
+def identity(
+    secret: bytes, cluster: str, node: str, addresses: tuple[str, ...] = ()
+) -> NodeIdentity:
+    """The CA and `node`'s certificate, the same on every node for the same secret; the node's
+    `addresses` are added as IP names (for tools that check the host name of an address, as
+    Prometheus does with the CA file of `hakit cluster ca`)."""
     ca_key = Ed25519PrivateKey.from_private_bytes(_derive(secret, f"ca|{cluster}"))
     ca_subject = x509.Name(
         [
@@ -126,7 +131,12 @@ def identity(secret: bytes, cluster: str, node: str) -> NodeIdentity:
         .not_valid_before(_NOT_BEFORE)
         .not_valid_after(_NOT_AFTER)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName(name), *(x509.IPAddress(ip_address(a)) for a in addresses)]
+            ),
+            critical=False,
+        )
         .add_extension(
             x509.ExtendedKeyUsage(
                 [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
@@ -212,9 +222,13 @@ def _context(purpose: int, ident: NodeIdentity) -> ssl.SSLContext:
     return ctx
 
 
-def server_context(ident: NodeIdentity) -> ssl.SSLContext:
-    """Accepts only clients with a certificate of this cluster's CA (TLS 1.3)."""
-    return _context(ssl.PROTOCOL_TLS_SERVER, ident)
+def server_context(ident: NodeIdentity, *, tools: bool = False) -> ssl.SSLContext:
+    """Accepts only clients with a certificate of this cluster's CA (TLS 1.3); with `tools`
+    also clients without a certificate (the node API: they must then show an API token)."""
+    ctx = _context(ssl.PROTOCOL_TLS_SERVER, ident)
+    if tools:
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+    return ctx
 
 
 def client_context(ident: NodeIdentity) -> ssl.SSLContext:
