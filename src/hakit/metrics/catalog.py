@@ -36,7 +36,7 @@ MIRROR_STATES = ("STOP", "WAIT", "ALONE", "PRIM", "SECOND")
 FARM_STATES = ("STOP", "WAIT", "UP")
 STATUSES = ("not-ready", "transient", "ready")
 HEALTHS = ("idle", "unknown", "up", "down", "off")
-MODES = ("sync", "semi", "async")
+MODES = ("sync", "semi")
 REPLICATION_STATES = (
     "stopped",
     "starting",
@@ -68,6 +68,13 @@ METRICS: tuple[Spec, ...] = (
         "hakit_peer_last_heartbeat_age_seconds",
         "gauge",
         "Seconds since this node last heard the peer on that network (absent: never heard)",
+        (*N, "peer", "network"),
+    ),
+    Spec(
+        "hakit_peer_heartbeats",
+        "counter",
+        "Fresh heartbeats this node accepted from the peer on that network: the loss is "
+        "1 - rate(...) x the interval",
         (*N, "peer", "network"),
     ),
     Spec(

@@ -99,9 +99,11 @@ def node_samples(st: Mapping[str, Any], base: Labels) -> Out:
         yield from _s("hakit_peer_up", pl, bool(p.get("alive")))
         yield from _s("hakit_peer_clock_offset_seconds", pl, p.get("clock_offset"))
         heard = p.get("last_heard_by_network") or {}
+        counts = p.get("heartbeats_by_network") or {}
         for net, up in sorted((p.get("networks") or {}).items()):
             nl = (*pl, ("network", str(net)))
             yield from _s("hakit_peer_network_up", nl, bool(up))
+            yield from _s("hakit_peer_heartbeats", nl, counts.get(net))
             last = _num(heard.get(net))
             if last is not None and at is not None:
                 yield Sample("hakit_peer_last_heartbeat_age_seconds", nl, max(0.0, at - last))
