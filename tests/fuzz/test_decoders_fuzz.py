@@ -254,3 +254,32 @@ def test_state_files(folder: Path, data: bytes) -> None:
     path.write_bytes(data)
     with contextlib.suppress(StateFileError):
         read_json(path)
+
+
+# --- API tokens (ADR 0004) ----------------------------------------------------------------------
+
+
+@FAST
+@given(st.text(max_size=120))
+def test_an_authorization_header_is_a_token_or_a_reason(header: str) -> None:
+    from hakit.core.access import authenticate, new_token
+
+    token, tid, hashed = new_token(b"\x01" * 8, b"\x02" * 32)
+    from hakit.core.access import TokenRecord
+
+    records = {tid: TokenRecord(tid, "t", "monitor", hashed, 1.0, "test")}
+    found = authenticate(records, header, 2.0)
+    assert isinstance(found, str) or found.record.id == tid
+    assert token not in (found if isinstance(found, str) else "")
+    assert not isinstance(authenticate(records, "Bearer " + token, 2.0), str)
+
+
+@FAST
+@given(JSON)
+def test_token_records_from_a_peer_are_records_or_a_documented_error(data: object) -> None:
+    from hakit.adapters.tokenstore import parse_records
+
+    for shape in (data, {"tokens": data}, {"tokens": [data]}):
+        with contextlib.suppress(HakitError):
+            for r in parse_records(shape, "peer"):
+                assert r.role in ("admin", "control", "monitor")

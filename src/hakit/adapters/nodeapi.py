@@ -74,8 +74,10 @@ class NodeApi:
         path: str,
         params: dict[str, Any] | None = None,
         body: bytes = b"",
+        headers: dict[str, str] | None = None,
     ) -> httpx.Response:
-        """The answer of the first address that answers; `NodeUnreachable` if none does."""
+        """The answer of the first address that answers; `NodeUnreachable` if none does.
+        `headers`: more headers (not signed: informational, e.g. the user for the audit)."""
         url = httpx.URL(path, params=params or {})
         target = url.raw_path.decode()
         errors = []
@@ -88,7 +90,7 @@ class NodeApi:
                     trust_env=False,
                 ) as c:
                     boot = self._hello(c)
-                    headers = sign(
+                    signature = sign(
                         self._key,
                         self.sender,
                         self.node,
@@ -100,7 +102,11 @@ class NodeApi:
                         secrets.token_hex(12),
                     )
                     return c.request(
-                        method, target, headers=headers, content=body, extensions=self._sni
+                        method,
+                        target,
+                        headers={**(headers or {}), **signature},
+                        content=body,
+                        extensions=self._sni,
                     )
             except httpx.HTTPError as e:
                 errors.append(f"{addr}: {e or type(e).__name__}")

@@ -46,6 +46,7 @@ class TokenStore:
         return digest(self.records)
 
     def _save(self, records: dict[str, TokenRecord]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         write_json(
             self.path,
             {"version": 1, "tokens": [records[k].to_json() for k in sorted(records)]},

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 
 from hakit import __version__
 from hakit.api.admin import Admin, AdminSource, add_admin_routes
+from hakit.api.jsonl import read_back
 from hakit.core.jointoken import DEFAULT_TTL, MAX_TTL
 from hakit.errors import HakitError
 from hakit.metrics.collector import add_metrics_route
@@ -109,7 +110,8 @@ def create_app(source: StatusSource, hello: dict[str, str], admin: Admin | None 
 
     @app.get(
         API_PREFIX + "/events",
-        summary="Recent timeline entries, oldest first (filters: module, kind, since)",
+        summary="Timeline entries, oldest first (filters: module, kind, since); from the "
+        "daemon's memory and, beyond it, from events.jsonl (earlier runs)",
     )
     def events(
         limit: int = Query(100, ge=1, le=2000),
@@ -117,14 +119,23 @@ def create_app(source: StatusSource, hello: dict[str, str], admin: Admin | None 
         kind: str | None = Query(None, max_length=64),
         since: float | None = Query(None, ge=0),
     ) -> list[dict[str, Any]]:
-        if kind is None and since is None:
-            return source.events(limit, module)
-        found = [
-            e
-            for e in source.events(2000, module)
-            if (kind is None or e.get("kind") == kind) and (since is None or e["at"] >= since)
-        ]
-        return found[-limit:]
+        def keep(e: dict[str, Any]) -> bool:
+            return (module is None or e.get("module") == module) and (
+                kind is None or e.get("kind") == kind
+            )
+
+        kept = source.events(2000)
+        mine = [e for e in kept if keep(e) and (since is None or e["at"] >= since)][-limit:]
+        if len(mine) >= limit or not kept:
+            return mine
+        oldest = kept[0]["at"]
+        older = read_back(
+            source.paths.events_log,
+            lambda e: e["at"] < oldest and keep(e),
+            limit - len(mine),
+            since,
+        )
+        return older + mine
 
     @app.post(
         API_PREFIX + "/modules",
@@ -243,5 +254,5 @@ def create_app(source: StatusSource, hello: dict[str, str], admin: Admin | None 
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    add_metrics_route(app, source.status)  # GET /metrics (docs/metrics.md)
+    add_metrics_route(app, lambda: source.status())  # GET /metrics (docs/metrics.md)
     return app

@@ -7,15 +7,13 @@ Records are written through the daemon's logging queue (never blocking the event
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from hakit.api.jsonl import read_back
+
 AUDIT_LOGGER = "hakit.audit"
-SCAN_LIMIT = 16 << 20  # bytes of the file read back at most (the newest)
 MAX_MESSAGE = 300
 
 
@@ -50,24 +48,6 @@ def record(entry: dict[str, Any]) -> None:
     )
 
 
-def _lines_from_end(path: Path) -> Iterator[str]:
-    try:
-        f = path.open("rb")
-    except FileNotFoundError:
-        return
-    with f:
-        size = f.seek(0, os.SEEK_END)
-        start = max(0, size - SCAN_LIMIT)
-        f.seek(start)
-        data = f.read()
-    lines = data.split(b"\n")
-    if start:
-        lines = lines[1:]  # a partial first line
-    for raw in reversed(lines):
-        if raw.strip():
-            yield raw.decode("utf-8", "replace")
-
-
 def query(
     path: Path,
     limit: int = 100,
@@ -78,27 +58,15 @@ def query(
 ) -> list[dict[str, Any]]:
     """Matching records, oldest first (at most `limit`, the newest). `who` matches a token id
     or name, a node, a user; `failed`: only refused or failed ones."""
-    out: list[dict[str, Any]] = []
-    for line in _lines_from_end(path):
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(rec, dict) or not isinstance(rec.get("at"), int | float):
-            continue
-        if since is not None and rec["at"] < since:
-            break
-        if module is not None and rec.get("module") != module:
-            continue
-        if who is not None and who not in _who_keys(rec.get("who")):
-            continue
-        if failed and rec.get("result") == "ok":
-            continue
-        out.append(rec)
-        if len(out) >= limit:
-            break
-    out.reverse()
-    return out
+
+    def keep(rec: dict[str, Any]) -> bool:
+        return (
+            (module is None or rec.get("module") == module)
+            and (who is None or who in _who_keys(rec.get("who")))
+            and not (failed and rec.get("result") == "ok")
+        )
+
+    return read_back(path, keep, limit, since)
 
 
 def _who_keys(who: object) -> set[str]:

@@ -3,6 +3,7 @@ signed requests)."""
 
 from __future__ import annotations
 
+import getpass
 import os
 from typing import Any
 
@@ -14,6 +15,15 @@ from hakit.errors import DaemonUnavailable, HakitError
 from hakit.paths import Paths
 
 TIMEOUT = 5.0
+
+
+def user_header() -> dict[str, str]:
+    """Who types the command, for the audit trail (`sudo` keeps the name in SUDO_USER)."""
+    try:
+        name = os.environ.get("SUDO_USER") or getpass.getuser()
+    except (KeyError, OSError):
+        return {}
+    return {"X-Hakit-On-Behalf-Of": name[:64]} if name.isascii() and name.isprintable() else {}
 
 
 class _Client:
@@ -76,7 +86,9 @@ class DaemonClient(_Client):
             with httpx.Client(
                 transport=transport, base_url="http://hakit", timeout=self.timeout
             ) as c:
-                r = c.request(method, "/v1" + path, params=params, content=body)
+                r = c.request(
+                    method, "/v1" + path, params=params, content=body, headers=user_header()
+                )
         except (httpx.ConnectError, httpx.RemoteProtocolError) as e:
             raise self._unavailable(f"no answer: {e}") from None
         except httpx.TimeoutException:
@@ -96,6 +108,8 @@ def _answer(r: httpx.Response, accept: tuple[int, ...]) -> Any:
     if r.status_code in (400, 401, 413):
         raise HakitError(f"refused by the daemon (HTTP {r.status_code}): {r.json().get('detail')}")
     r.raise_for_status()
+    if not r.headers.get("content-type", "").startswith("application/json"):
+        return r.text  # a script's output
     return r.json()
 
 
@@ -132,7 +146,9 @@ class RemoteClient(_Client):
     ) -> Any:
         self.api.timeout = self.timeout
         try:
-            r = self.api.request(method, "/v1" + path, params=params, body=body)
+            r = self.api.request(
+                method, "/v1" + path, params=params, body=body, headers=user_header()
+            )
         except NodeUnreachable as e:
             raise DaemonUnavailable(
                 f"the hakit daemon on {self.node} does not answer on port {self.port} ({e})"

@@ -53,10 +53,10 @@ def parse_node(spec: str, *, addresses_required: bool = True) -> tuple[str, dict
 
 
 def parse_duration(text: str) -> float:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
     if m is None:
-        raise click.BadParameter(f"{text!r}: expected a duration such as 90s, 15m or 2h")
-    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+        raise click.BadParameter(f"{text!r}: expected a duration such as 90s, 15m, 2h or 30d")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
 
 
 def parse_member(text: str) -> tuple[str, int]:

@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 
 from hakit import __version__
-from hakit.cli import modules
+from hakit.cli import admin, modules
 from hakit.cli.cluster import cluster
 from hakit.cli.config import config
 from hakit.cli.lab import lab
@@ -73,6 +73,7 @@ cli.add_command(witness)
 
 
 modules.register(cli)
+admin.register(cli)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -156,16 +156,15 @@ def _running_on(module: str, nodes: list[str]) -> dict[str, str]:
 def module_list(as_json: bool) -> None:
     """Installed modules, with their state on this node when the daemon runs."""
     paths = Paths.from_env()
-    names = (
-        sorted(d.name for d in paths.modules.iterdir() if (d / MODULE_FILE).is_file())
-        if paths.modules.is_dir()
-        else []
-    )
     try:
-        mods = client().get("/state")["modules"]
-    except DaemonUnavailable:
-        mods = {}
-    rows = {n: mods.get(n, {}) for n in names}
+        rows = client().get("/modules")["modules"]
+    except DaemonUnavailable:  # the folders, without states
+        rows = (
+            {d.name: {} for d in sorted(paths.modules.iterdir()) if (d / MODULE_FILE).is_file()}
+            if paths.modules.is_dir()
+            else {}
+        )
+    names = list(rows)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -341,6 +340,7 @@ def wait(module: str, state: str, timeout: float, node: str | None) -> None:
 
 
 def _events(paths: Paths, module: str) -> Iterator[dict[str, Any]]:
+    """The timeline from events.jsonl, for when the daemon does not run."""
     path = paths.events_log
     if not path.exists():
         return
@@ -364,6 +364,26 @@ def _print_event(ev: dict[str, Any], as_json: bool = False) -> None:
     out.print(f"[{style}]{text}[/]" if style else text, markup=bool(style))
 
 
+def _script_outputs(
+    api: DaemonClient | RemoteClient, module: str, lines: int, name: str | None, as_json: bool
+) -> None:
+    if name is not None:
+        r = api.request("GET", f"/modules/{module}/scripts", params={"name": name}, accept=(404,))
+        if isinstance(r, dict):
+            raise HakitError(str(r.get("detail")))
+        click.echo(r, nl=False)
+        return
+    rows = api.get(f"/modules/{module}/scripts", limit=max(1, min(lines, 500)))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        err.print(f"no script outputs for {module} on this node")
+    for r in rows:
+        t = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["at"]))
+        out.print(f"{t}  {r['size']:>8} B  {r['name']}")
+
+
 @click.command("log")
 @click.argument("module", type=MODULE)
 @click.option("-n", "--lines", type=int, default=50, show_default=True)
@@ -371,39 +391,56 @@ def _print_event(ev: dict[str, Any], as_json: bool = False) -> None:
 @click.option(
     "--json", "as_json", is_flag=True, help="One JSON object per entry and line (JSON Lines)."
 )
+@click.option("--scripts", is_flag=True, help="List the outputs of MODULE's scripts instead.")
+@click.option("--script", "script", metavar="FILE", help="Print one script output (see --scripts).")
 @node_option
-def log_cmd(module: str, lines: int, follow: bool, as_json: bool, node: str | None) -> None:
-    """The timeline of MODULE on this node: every decision and action with its cause."""
+def log_cmd(
+    module: str,
+    lines: int,
+    follow: bool,
+    as_json: bool,
+    scripts: bool,
+    script: str | None,
+    node: str | None,
+) -> None:
+    """The timeline of MODULE on this node: every decision and action with its cause (or, with
+    --scripts / --script, the outputs of its scripts)."""
     paths = Paths.from_env()
-    if node is not None:
-        if follow:
-            raise click.UsageError("--follow reads this node's timeline; without --node")
-        for ev in client(node).get("/events", limit=min(lines, 2000), module=module):
-            _print_event(ev, as_json)
+    api = client(node)
+    if scripts or script:
+        _script_outputs(api, module, lines, script, as_json)
         return
-    entries = list(_events(paths, module))
-    for ev in entries[-lines:]:
+    try:
+        entries = api.get("/events", limit=max(1, min(lines, 2000)), module=module)
+    except DaemonUnavailable:
+        if node is not None or follow:
+            raise
+        entries = list(_events(paths, module))[-lines:]
+        err.print(f"the daemon does not run: the timeline as {paths.events_log} has it")
+    for ev in entries:
         _print_event(ev, as_json)
     if not follow:
         if not entries and not as_json:
-            err.print(f"no timeline entries for {module} in {paths.events_log}")
+            err.print(f"no timeline entries for {module}")
         return
-    path = paths.events_log
-    while not path.exists():  # like `tail -F`: the daemon creates it when it starts
+    seen = {(e["at"], e["message"]) for e in entries}
+    since = entries[-1]["at"] if entries else time.time()
+    while True:  # until ^C, like `tail -f`
         time.sleep(0.5)
-    with path.open(encoding="utf-8") as f:
-        f.seek(0, 2)
-        while True:
-            line = f.readline()
-            if not line:
-                time.sleep(0.2)
-                continue
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                continue
-            if ev.get("module") == module:
+        try:
+            new = api.get("/events", limit=2000, module=module, since=since)
+        except DaemonUnavailable as e:
+            err.print(f"{e}; trying again")
+            time.sleep(2)
+            continue
+        for ev in new:
+            key = (ev["at"], ev["message"])
+            if key not in seen:
                 _print_event(ev, as_json)
+                seen.add(key)
+        if new:
+            since = new[-1]["at"]
+            seen = {k for k in seen if k[0] >= since}
 
 
 def register(cli: click.Group) -> None:

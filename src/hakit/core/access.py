@@ -233,5 +233,9 @@ def allowed(role: Role, r: Route | None) -> str | None:
     if r is None:
         return "this request is not open to API tokens"
     if r.needs is not None and role < r.needs:
-        return f"a {r.needs.label} token is needed for this ({r.action}); this one is {role.label}"
+        article = "an" if r.needs is Role.ADMIN else "a"
+        return (
+            f"{article} {r.needs.label} token is needed for this ({r.action}); "
+            f"this one is {role.label}"
+        )
     return None

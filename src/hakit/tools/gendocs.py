@@ -1,6 +1,8 @@
-"""Generate the documentation that is derived from code: configuration reference, state machines.
+"""Generate the documentation that is derived from code: configuration reference, state machines,
+the node API's reference and OpenAPI document.
 
-python -m hakit.tools.gendocs          # rewrite docs/config-reference.md, docs/state-machines.md
+python -m hakit.tools.gendocs          # rewrite docs/config-reference.md, state-machines.md,
+                                       # api-reference.md, openapi.json
 python -m hakit.tools.gendocs --check  # fail if they are out of date (run by the test command)
 """
 
@@ -242,9 +244,23 @@ def _farm_section() -> list[str]:
     return lines
 
 
+def api_reference() -> str:
+    from hakit.tools import apidoc
+
+    return apidoc.reference(HEADER)
+
+
+def openapi_document() -> str:
+    from hakit.tools import apidoc
+
+    return apidoc.openapi_json()
+
+
 GENERATED = {
     "docs/config-reference.md": config_reference,
     "docs/state-machines.md": state_machines,
+    "docs/api-reference.md": api_reference,
+    "docs/openapi.json": openapi_document,
 }
 
 
