@@ -48,9 +48,10 @@ class Prometheus:
         self.dir = lab.host_path("client1", "/srv/prometheus")
         shutil.rmtree(self.dir, ignore_errors=True)
         (self.dir / "data").mkdir(parents=True)
-        # the cluster CA, as `hakit cluster ca` gives it (GET /v1/ca, here on the unix socket)
-        r = lab.exec("node1", [*self.curl_unix, "http://hakit/v1/ca"], capture=True)
-        (self.dir / "ca.pem").write_text(json.loads(r.stdout)["ca"])
+        # the cluster CA, as a user gives it to Prometheus
+        r = lab.exec("node1", ["hakit", "cluster", "ca"], capture=True)
+        assert r.stdout.startswith("-----BEGIN CERTIFICATE-----"), r.stderr
+        (self.dir / "ca.pem").write_text(r.stdout)
         shutil.copy(ALERTS, self.dir / "hakit-alerts.yml")
         targets = [f"{lab.address(n, 1)}:7351" for n in nodes]
         config = {
