@@ -35,9 +35,12 @@ debs=(iproute2 nftables util-linux procps psmisc iputils-ping ca-certificates fu
 build_debs=(python3 python3-venv dpkg-dev debhelper dh-virtualenv build-essential)
 [ "$action" = package ] && debs=("${build_debs[@]}")
 # The tests also replicate a real database (PostgreSQL, Debian's package), build, install and
-# remove the Debian package (tests/package) and rotate logs as it does (logrotate).
-# The console's browser tests drive Debian's Chromium (Playwright cannot download browsers).
-[ "$action" = test ] && debs+=(postgresql postgresql-contrib "${build_debs[@]}" logrotate chromium)
+# remove the Debian package (tests/package), rotate logs as it does (logrotate) and scrape the
+# nodes' /metrics with a real Prometheus (prometheus: also promtool, which checks the shipped
+# alert rules). The console's browser tests drive Debian's Chromium (Playwright cannot download
+# browsers).
+[ "$action" = test ] && debs+=(postgresql postgresql-contrib "${build_debs[@]}" logrotate
+                               prometheus chromium)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,3 +1,3 @@
 """hakit: software-only high availability and load balancing for Linux applications."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

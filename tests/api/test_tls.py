@@ -50,6 +50,13 @@ def serving(node: str, *, cert_of: str | None = None, boot: str = "boot-1") -> I
         time.time,
     )
     server = tcp_server(app, identity(SECRET, CLUSTER, cert_of or node), lambda: NODES)
+    with running(server) as port:
+        yield Served(node, boot, port)
+
+
+@contextmanager
+def running(server: Any) -> Iterator[int]:
+    """`server` (a `tcp_server`) on a free port of 127.0.0.1, in a thread: the port."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(16)
@@ -59,7 +66,7 @@ def serving(node: str, *, cert_of: str | None = None, boot: str = "boot-1") -> I
     try:
         wait_until(lambda: server.started or not thread.is_alive(), DEADLINE, "server start")
         assert server.started
-        yield Served(node, boot, sock.getsockname()[1])
+        yield sock.getsockname()[1]
     finally:
         server.should_exit = True
         thread.join(DEADLINE)

@@ -7,7 +7,6 @@ import asyncio
 import json
 import logging
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,9 +24,9 @@ from hakit.api.audit import AUDIT_LOGGER, query
 from hakit.api.guard import Access, Guard
 from hakit.api.server import tcp_server
 from hakit.tls import ca_fingerprint, identity
-from hakit.waiting import wait_until
 from hakit.wire.apiauth import Verifier, api_key
 from tests.api.test_api import Source
+from tests.api.test_tls import running
 
 SECRET = b"t" * 32
 CLUSTER = "demo"
@@ -56,19 +55,8 @@ def node(tmp: Path, name: str = "node1", secret: bytes = SECRET) -> Iterator[Nod
         name,
     )
     server = tcp_server(app, ident, lambda: ("node1", "node2"))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    sock.setblocking(False)
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])))
-    thread.start()
-    try:
-        wait_until(lambda: server.started or not thread.is_alive(), DEADLINE, "server start")
-        yield Node(sock.getsockname()[1], store, fp)
-    finally:
-        server.should_exit = True
-        thread.join(DEADLINE)
-        sock.close()
+    with running(server) as port:
+        yield Node(port, store, fp)
 
 
 def token(n: Node, role: str, ttl: float | None = None) -> str:

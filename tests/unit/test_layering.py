@@ -25,6 +25,7 @@ LAYERS = {
     "witness": 3,
     "tls": 2,
     "api": 4,
+    "metrics": 4,
     "probe": 4,
     "cli": 5,
     "console": 5,

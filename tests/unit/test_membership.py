@@ -86,6 +86,16 @@ def test_replayed_sequence_is_dropped() -> None:
     assert p2.link("net1").last_heard == 0.0  # replays did not refresh the link
 
 
+def test_fresh_heartbeats_are_counted_per_link_across_boots() -> None:
+    """The metrics' count (hakit_peer_heartbeats_total): fresh ones only, kept when the peer
+    restarts."""
+    p, _ = run(fresh(), (0.0, rx("net1", 1)), (0.1, rx("net1", 1)), (0.2, rx("net2", 2)))
+    assert (p.link("net1").heard, p.link("net2").heard) == (1, 1)  # the replay is not counted
+    p, _ = run(p, (0.3, rx("net1", 3)), (0.4, rx("net1", 1, BOOT2)))
+    assert p.boot == BOOT2
+    assert (p.link("net1").heard, p.link("net2").heard) == (3, 1)
+
+
 def test_replays_never_keep_a_dead_peer_alive() -> None:
     p, _ = run(fresh(), (0.0, rx("net1", 1)), (0.2, rx("net1", 2)))
     p, _ = run(p, (1.2, rx("net1", 2)), (1.21, m.Tick()))

@@ -64,7 +64,10 @@ class TokenStore:
                 f"bad token name {name!r}: 1-64 letters, digits, spaces and ._@- "
                 "(starting with a letter or digit)"
             )
-        Role.parse(role)  # ValueError → caller
+        try:
+            Role.parse(role)
+        except ValueError as e:
+            raise HakitError(str(e)) from None
         if ttl is not None and not 0 < ttl <= MAX_TTL:
             raise HakitError(f"bad lifetime {ttl:g} s: more than 0, at most 10 years")
         live = [r for r in self.records.values() if r.revoked is None]

@@ -19,6 +19,7 @@ from hakit.api.admin import Admin, AdminSource, add_admin_routes
 from hakit.api.jsonl import read_back
 from hakit.core.jointoken import DEFAULT_TTL, MAX_TTL
 from hakit.errors import HakitError
+from hakit.metrics.collector import add_metrics_route
 
 API_PREFIX = "/v1"
 
@@ -253,4 +254,5 @@ def create_app(source: StatusSource, hello: dict[str, str], admin: Admin | None 
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    add_metrics_route(app, lambda: source.status())  # GET /metrics (docs/metrics.md)
     return app

@@ -38,6 +38,7 @@ class Link:
     up: bool = False
     last_heard: float | None = None  # monotonic time of the last fresh heartbeat
     seq: int = -1  # highest sequence number accepted on this link for the current boot
+    heard: int = 0  # fresh heartbeats accepted on this link, every boot (for the metrics)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,11 +209,12 @@ def _classify_received(p: Peer, ev: Received, now: float) -> Classified:
     links = dict(p.links)
     if new_boot:
         retired = p.retired if current is None else ((*p.retired, current))[-RETIRED_BOOTS_KEPT:]
-        links = {n: Link(up=False, last_heard=None, seq=-1) for n in p.networks}
+        links = {n: Link(heard=p.link(n).heard) for n in p.networks}
         p = replace(p, boot=ev.boot, retired=retired)
     was_up = links[net].up if net in links else False
     heard_before = net in links and links[net].last_heard is not None
-    links[net] = Link(up=True, last_heard=now, seq=ev.seq)
+    count = links[net].heard if net in links else 0
+    links[net] = Link(up=True, last_heard=now, seq=ev.seq, heard=count + 1)
     protocol = ev.version if new_boot else max(p.protocol, ev.version)
     p = replace(
         p,

@@ -54,6 +54,7 @@ class Arbitration:
     asked_at: float = field(init=False, default=0.0)  # a takeover first asked (ping witness)
     last: tuple[bool, str] | None = field(init=False, default=None)
     answered: bool = field(init=False, default=False)
+    reachable: bool | None = field(init=False, default=None)  # the witness, at the last request
 
     def __post_init__(self) -> None:
         self._wake = asyncio.Event()
@@ -162,6 +163,7 @@ class Arbitration:
             force=m.forced,
         )
         now = time.monotonic()
+        self.reachable = reply is not None
         if reply is None:
             if self.held and now < self.deadline:
                 return True, "lease held (witness silent, within its term)"

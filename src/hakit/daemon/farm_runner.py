@@ -405,6 +405,7 @@ class FarmRunner(ModuleRunner):
                 return False, r.reason
             return await self._path_up()
         if run.op is fm.Op.RESTART:
+            self.count("restarts", action or self.cause)
             await self._stop_script("stop_both", state, "UP", action)
             r = await self._script("start_both", state, "UP", action)
             return r.ok, r.reason

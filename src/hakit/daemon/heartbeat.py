@@ -77,6 +77,7 @@ def peer_snapshot(p: m.Peer, now: float, wall: float) -> dict[str, Any]:
         "since": wall_of(p.since),
         "networks": {n: p.link(n).up for n in p.networks},
         "last_heard": {n: wall_of(p.link(n).last_heard) for n in p.networks},
+        "heard": {n: p.link(n).heard for n in p.networks},
         "boot": p.boot.hex() if p.boot else None,
         "clock_offset": p.clock_offset,
         "protocol": p.protocol or None,

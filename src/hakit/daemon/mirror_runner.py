@@ -203,6 +203,7 @@ class MirrorRunner(ModuleRunner):
                 "granted": m.lease if self.arbitration.configured else None,
                 "asking": m.asking,
                 "arbiter": m.arbiter_note or None,
+                "witness_reachable": self.arbitration.reachable,
             },
             **self.checks.status(),
         }
@@ -264,6 +265,7 @@ class MirrorRunner(ModuleRunner):
                 self.machine = m
                 await asyncio.to_thread(self._save, a.data, a.failover)
             elif isinstance(a, mm.RunOp):
+                self._count(a)
                 self._tg.create_task(self._op(a, before[0]))
             elif isinstance(a, mm.Publish):
                 await asyncio.to_thread(self._save, m.data, m.failover)
@@ -285,6 +287,16 @@ class MirrorRunner(ModuleRunner):
         after = self.machine.display()
         if after[0] != before[0]:
             self._tg.create_task(self._transition(before[0], after[0]))
+
+    def _count(self, run: mm.RunOp) -> None:
+        """The metrics' counters: a restart of the application, or a failover (this node takes
+        the primary role from its peer), with why."""
+        if run.op is mm.Op.RESTART_PRIMARY:
+            self.count("restarts", self.cause)
+        elif run.op is mm.Op.BECOME_PRIMARY and run.from_second:
+            p = self.machine.peer
+            why = "swap" if p.present and p.handover else self.cause
+            self.count("failovers", "peer-lost" if not p.alive else why)
 
     def _save(self, data: mm.Data, failover: bool) -> None:
         m = self.machine
@@ -736,6 +748,10 @@ class Replication:
                 for k in ("at", "bytes_sent", "files_total", "entries_fixed", "elapsed")
             }
             if self.last_sync
+            else None,
+            # the process's counters (docs/metrics.md): ops, bytes, waiting, lag, fsync
+            "stats": {k: v for k, v in link.stats.items() if k != "event"}
+            if link is not None and link.stats
             else None,
         }
 

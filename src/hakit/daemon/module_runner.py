@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -88,6 +89,8 @@ class ModuleRunner:
     held: list[Vip] = field(init=False, default_factory=list)
     cause: str = field(init=False, default="start")  # scripts' third argument, transitions
     shutting_down: bool = field(init=False, default=False)  # keep "run" for the next daemon
+    # the metrics' counters since this daemon started: "failovers"/"restarts" -> reason -> n
+    counts: dict[str, Counter[str]] = field(init=False, default_factory=dict)
 
     START_SCRIPTS: ClassVar[tuple[str, ...]] = ()
 
@@ -120,6 +123,9 @@ class ModuleRunner:
     @property
     def stopped(self) -> bool:
         raise NotImplementedError
+
+    def count(self, what: str, reason: str) -> None:
+        self.counts.setdefault(what, Counter())[reason] += 1
 
     def at_daemon_start(self, saved: dict[str, Any]) -> boot.AtStart:
         """Whether to start now: the `boot` policy, given the state a previous daemon saved

@@ -320,7 +320,8 @@ class ModuleManager:
             probe = None
             if hp is not None:
                 probe = {"port": hp.port, "bind": list(hp.addresses(here)), "path": hp.path}
-            out[n] = e.runner.status() | {"health_probe": probe}
+            counters = {k: dict(v) for k, v in e.runner.counts.items()}
+            out[n] = e.runner.status() | {"health_probe": probe, "counters": counters}
         for name, err in self.broken.items():
             out[name] = {"kind": self._kind(name), "nodes": {}, "error": err}
         installed = {n: (e.kind, e.nodes) for n, e in self.elsewhere.items()}

@@ -42,6 +42,7 @@ class ReplicationLink:
         self.proc: asyncio.subprocess.Process | None = None
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.progress: dict[str, Any] | None = None
+        self.stats: dict[str, Any] | None = None  # the latest `stats` event (metrics)
         self.state = "starting"  # primary: alone | resyncing | ready; secondary: listening...
         self.exited: asyncio.Future[int] | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -92,6 +93,9 @@ class ReplicationLink:
                 log.warning("replication process sent garbage: %r", line[:200])
                 continue
             kind = ev.get("event")
+            if kind == "stats":  # kept, not queued: nobody waits for it
+                self.stats = ev
+                continue
             if kind == "progress":
                 self.progress = ev
             elif kind in ("alone", "resync-failed"):

@@ -14,7 +14,8 @@ Protocol with the parent, JSON lines:
   can never write what nobody replicates (the peer is taking over) — and waits to be killed
   by the next daemon's reconciliation; a secondary stops.
 - child -> parent on stdout: `{"event": ...}` lines (mounted, listening, connected, alone,
-  diverged, progress, synced, resync-failed, lost, refused, verify, stopped, error).
+  diverged, progress, synced, resync-failed, lost, refused, verify, stopped, error), and
+  `stats` (the counters of the metrics, every STATS_EVERY seconds when they changed).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,7 @@ from hakit.wire.replication import (
 MOUNT_WAIT = 10.0
 STOP_WAIT = 30.0  # secondary: for the session to finish what it is applying
 EPOCH = 2.0  # seconds between activity-log epochs
+STATS_EVERY = 2.0  # seconds between two `stats` events (docs/metrics.md)
 _out_lock = threading.Lock()
 
 
@@ -236,6 +239,8 @@ class Primary:
         self._target: dict[str, Any] | None = None
         self._repair = threading.Event()
         self.tls = client_context(init.tls)
+        self._counted: Sender | None = None  # the sender whose counters `stats` adds
+        self._before = (0, 0)  # operations and bytes of the senders before it
 
     def mount(self) -> None:
         from hakit.replication.fs import serve
@@ -378,6 +383,24 @@ class Primary:
 
         threading.Thread(target=run, daemon=True).start()
 
+    def stats(self) -> dict[str, Any]:
+        """What the metrics show (only read here: counters and a histogram, no I/O)."""
+        sender = self.rep.sender
+        old = self._counted
+        if sender is not None and sender is not old:
+            if old is not None:
+                self._before = (self._before[0] + old.sent_ops, self._before[1] + old.sent_bytes)
+            self._counted = old = sender
+        waiting, lag = sender.backlog() if sender is not None else (0, 0.0)
+        return {
+            "state": self.rep.state.value,
+            "ops": self._before[0] + (old.sent_ops if old else 0),
+            "bytes": self._before[1] + (old.sent_bytes if old else 0),
+            "waiting": waiting,
+            "lag": round(lag, 3),
+            "fsync": self.rep.fsync_latency.snapshot(),
+        }
+
     def stop(self) -> None:
         self.rep.answer_held(False)  # never acknowledged: the application gets EIO
         done = self.unmount_all()  # returns once the application's operations are finished
@@ -422,6 +445,8 @@ class Secondary:
         # One session at a time applies (and owns the applier's cached descriptors): a new
         # primary's session waits for the previous one to end.
         self._session = threading.Lock()
+        self.receiver: Receiver | None = None  # the current session's (metrics)
+        self._before = (0, 0)  # operations applied and bytes received by the sessions before
         self.listener = Listener(
             init.listen,
             server_context(init.tls),
@@ -509,6 +534,9 @@ class Secondary:
             on_progress=_relay_progress,
             unclean=self.unclean,
         )
+        old, self.receiver = self.receiver, receiver
+        if old is not None:
+            self._before = (self._before[0] + old.applied, self._before[1] + old.received_bytes)
         try:
             if not receiver.welcome(conn, module):
                 emit("refused", peer=peer, reason=f"asks for module {module!r}", count=1)
@@ -532,6 +560,14 @@ class Secondary:
             return
         if not self.stop_event.is_set():
             emit("lost", reason=why, fatal=False)
+
+    def stats(self) -> dict[str, Any]:
+        r = self.receiver
+        return {
+            "state": "connected" if self.conn is not None else "listening",
+            "ops": self._before[0] + (r.applied if r else 0),
+            "bytes": self._before[1] + (r.received_bytes if r else 0),
+        }
 
     def _synced(self) -> None:
         keeper, self.keeper = self.keeper, None
@@ -578,6 +614,16 @@ def release(path: str) -> list[str]:
     if what:
         out.append(f"{path}: read-only bind {what}")
     return out
+
+
+def report_stats(stats: Callable[[], dict[str, Any]], stop: threading.Event) -> None:
+    """Every STATS_EVERY seconds, the counters of the metrics, when they changed."""
+    last: dict[str, Any] | None = None
+    while not stop.wait(STATS_EVERY):
+        now = stats()
+        if now != last:
+            emit("stats", **now)
+            last = now
 
 
 def _report_refused(peer: str, reason: str, count: int) -> None:
@@ -635,6 +681,7 @@ def main() -> int:
         threading.Thread(target=node.epochs, args=(stop,), daemon=True).start()
     else:
         threading.Thread(target=node.serve, daemon=True).start()
+    threading.Thread(target=report_stats, args=(node.stats, stop), daemon=True).start()
     for line in sys.stdin:
         try:
             cmd = json.loads(line)

@@ -124,6 +124,7 @@ class Receiver:
     on_progress: Callable[[bytes], None] = lambda blob: None
     unclean: bool = False
     applied: int = 0
+    received_bytes: int = 0  # of the stream (metrics)
     last_seq: int = 0
     fatal: str = ""  # why the replica gave up (disk full, I/O error)
 
@@ -165,6 +166,7 @@ class Receiver:
                     continue
                 if not data:
                     return
+                self.received_bytes += len(data)
                 out: list[bytes] = []
                 for op in decoder.feed(data):
                     out += self._one(op)
@@ -273,6 +275,8 @@ class Sender:
     on_broken: Callable[[str, list[Op]], None] = lambda why, pending: None
     seq: int = 0
     broken: str = ""
+    sent_ops: int = 0  # operations sent (metrics)
+    sent_bytes: int = 0  # bytes of their frames
     _inflight: dict[int, Op] = field(default_factory=dict)
     _replies: dict[int, Op] = field(default_factory=dict)
     _done: set[int] = field(default_factory=set)
@@ -414,8 +418,9 @@ class Sender:
                 if not self._inflight:
                     self._last_heard = time.monotonic()
                 self._inflight[seq] = frame
+            data = encode(frame)
             try:
-                self.sock.sendall(encode(frame))
+                self.sock.sendall(data)
             except OSError as e:  # a full buffer for ack_timeout, or a reset
                 reason = (
                     f"the replica did not read for {self.ack_timeout:g} s"
@@ -424,7 +429,16 @@ class Sender:
                 )
                 self._fail(reason, inline=False)
                 raise ChannelError(reason) from None
+            self.sent_ops += 1
+            self.sent_bytes += len(data)
         return seq
+
+    def backlog(self) -> tuple[int, float]:
+        """The operations waiting for the replica's answer, and for how long the replica has
+        been silent while they wait (0 when none wait): the replication's lag."""
+        with self._cond:
+            n = len(self._inflight)
+            return n, (max(0.0, time.monotonic() - self._last_heard) if n else 0.0)
 
     def wait(self, seq: int) -> Op:
         """The reply to `seq` (an ACK with its errno, or a query's answer) within the
