@@ -495,7 +495,17 @@
       if (admin && view.dataset.route === route) return; // forms keep what is typed
       const m = route.match(/^\/c\/([^/]+)\/m\/([^/]+)$/);
       const content = admin ? adminPage() : m ? modulePage(decodeURIComponent(m[1]), decodeURIComponent(m[2])) : overview();
-      view.replaceChildren(...content);
+      // redraw only what changed to the eye: states arrive every few seconds with new clocks
+      const fresh = document.createElement("main");
+      fresh.append(...content);
+      const shape = (e) => e.innerHTML.replace(/<svg[\s\S]*?<\/svg>/g, "<svg>");
+      if (view.dataset.route === route && shape(fresh) === shape(view)) {
+        // only the charts moved (they follow the clock): swap them, keep every button in place
+        const old = view.querySelectorAll("svg.chart");
+        fresh.querySelectorAll("svg.chart").forEach((svgNew, i) => { if (old[i]) old[i].replaceWith(svgNew); });
+        return;
+      }
+      view.replaceChildren(...fresh.childNodes);
       view.dataset.route = route;
       if (focused) { const b = view.querySelector(`[data-action="${focused}"]`); if (b) b.focus(); }
     });
