@@ -170,13 +170,14 @@
     card.append(nt);
     const mods = Object.keys(st.modules || {}).sort();
     if (!mods.length) { card.append(h("p", { class: "explain", text: "no module installed" })); return card; }
-    const mt = h("table", {}, h("tr", {}, h("th", { text: "module" }), ...nodes.map((n) => h("th", { text: n })), h("th", { text: "" })));
+    const mt = h("table", {}, h("tr", {}, h("th", { text: "module" }), ...nodes.map((n) => h("th", { text: n }))));
     for (const m of mods) {
       const mod = st.modules[m];
+      const b = badges(mod);
       mt.append(h("tr", { "data-module": m },
-        h("td", {}, h("a", { href: `#/c/${encodeURIComponent(name)}/m/${encodeURIComponent(m)}` }, m), h("small", { class: "explain", text: " " + (mod.kind || "") })),
-        ...nodes.map((n) => h("td", { "data-node": n }, stateChip((mod.nodes || {})[n]))),
-        h("td", {}, badges(mod))));
+        h("td", {}, h("a", { href: `#/c/${encodeURIComponent(name)}/m/${encodeURIComponent(m)}` }, m), h("small", { class: "explain", text: " " + (mod.kind || "") }),
+          b.length ? h("div", { class: "badges" }, b) : null),
+        ...nodes.map((n) => h("td", { "data-node": n }, stateChip((mod.nodes || {})[n])))));
     }
     card.append(mt);
     return card;
