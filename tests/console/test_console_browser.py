@@ -6,8 +6,8 @@ folder, HTTPS with its self-signed certificate) and Chromium runs in the client'
 namespace too (the lab's addresses exist only there). The one lab cluster is registered
 twice, as `paris` (through node1 first, by the CLI) and `lyon` (through node2 first, from the
 page): two labs are separate networks that one console process could not reach both of, and a
-second cluster in the same lab would double the daemons on this 2-core machine. The tests save the screenshots of
-docs/console.md into docs/console/.
+second cluster in the same lab would double the daemons on this 2-core machine. The tests
+save the screenshots of docs/console.md into docs/console/.
 """
 
 from __future__ import annotations
