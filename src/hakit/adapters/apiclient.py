@@ -137,6 +137,27 @@ class ClusterClient:
         """(HTTP status, JSON answer — or text if it is not JSON) from the first node that
         answers; `ClusterUnreachable` if none does. Commands are sent once per node: a node
         that answered (any status) is never asked again for the same request."""
+        r = await self._send(method, path, body, params, on_behalf_of)
+        try:
+            return r.status_code, r.json()
+        except ValueError:
+            return r.status_code, r.text
+
+    async def download(
+        self, path: str, params: dict[str, Any] | None = None, on_behalf_of: str | None = None
+    ) -> tuple[int, bytes]:
+        """(HTTP status, the answer's bytes) of a GET, e.g. a module's package."""
+        r = await self._send("GET", path, b"", params, on_behalf_of)
+        return r.status_code, r.content
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        body: bytes,
+        params: dict[str, Any] | None,
+        on_behalf_of: str | None,
+    ) -> httpx.Response:
         errors = []
         for addr in self._order():
             try:
@@ -153,10 +174,7 @@ class ClusterClient:
                 await self._drop(addr)
                 continue
             self.current = addr
-            try:
-                return r.status_code, r.json()
-            except ValueError:
-                return r.status_code, r.text
+            return r
         raise ClusterUnreachable(errors)
 
     async def get(self, path: str, **params: Any) -> Any:

@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response, Stream
 from starlette.routing import Route
 
 from hakit.console.clusters import Hub, Registry, parse_nodes, unreachable_types
+from hakit.console.manage import Journal, manage_routes
 from hakit.console.sessions import COOKIE, Session, Sessions, Throttle, csrf_ok
 from hakit.console.store import ConsoleError, check_name
 from hakit.console.users import Users, allows
@@ -45,6 +46,8 @@ COMMANDS = (
 )
 SMALL_BODY = 64 * 1024
 PACKAGE_BODY = 64 * 1024 * 1024
+EDIT_BODY = 4 * 1024 * 1024  # a module's edited files, or a cluster.yaml
+EDIT_PATHS = ("/edit/check", "/edit/apply", "/cluster/check", "/cluster/apply", "/create")
 BODY_TIME = 60.0  # seconds for a whole request body to arrive
 KEEPALIVE = 5.0  # a ping on the browser's stream that often; the session is checked too
 ASSETS = ("app.js", "app.css", "login.js")
@@ -81,6 +84,7 @@ class Console:
         self.hub = hub
         self.secure = secure
         self.throttle = Throttle(now)
+        self.journal = Journal(now)
 
     def session(self, request: Request, *, touch: bool = True) -> tuple[Session | None, str]:
         s, why = self.sessions.get(request.cookies.get(COOKIE), touch=touch)
@@ -129,6 +133,9 @@ def build_app(console: Console) -> Any:
                 return _error(400, str(e))
             except unreachable_types() as e:
                 return _error(502, str(e))
+            except Exception as e:  # a message, never a traceback, to the browser
+                log.exception("console: %s %s failed", request.method, request.url.path)
+                return _error(500, f"the console failed: {type(e).__name__}: {e}")
 
         return endpoint
 
@@ -155,11 +162,13 @@ def build_app(console: Console) -> Any:
         role = await asyncio.to_thread(console.users.verify, user, password)
         if role is None:
             console.throttle.failed(address)
+            console.journal.add("login-failed", user, address, "failed login")
             log.warning("console: failed login as %r from %s", user[:64], address)
             return RedirectResponse("/login?why=failed", 303)
         console.throttle.succeeded(address)
         sid, _ = console.sessions.create(user)
         log.info("console: %s (%s) logged in from %s", user, role, address)
+        console.journal.add("login", user, address, f"logged in ({role})")
         resp = RedirectResponse("/", 303)
         resp.set_cookie(
             COOKIE,
@@ -177,6 +186,8 @@ def build_app(console: Console) -> Any:
         if s is not None and _same_origin(request):
             console.sessions.drop_key(s.key)
             log.info("console: %s logged out", s.user)
+            address = request.client.host if request.client else "?"
+            console.journal.add("logout", s.user, address, "logged out")
         resp = RedirectResponse("/login?why=logout", 303)
         resp.delete_cookie(COOKIE, path="/", secure=console.secure, httponly=True)
         return resp
@@ -418,6 +429,7 @@ def build_app(console: Console) -> Any:
         Route("/api/registry", needs("admin", register), methods=["POST"]),
         Route("/api/registry/{cluster}/remove", needs("admin", unregister), methods=["POST"]),
     ]
+    routes += manage_routes(console, needs, forward, _names)
     app = Starlette(routes=routes)
     return Limits(app, console)
 
@@ -437,13 +449,21 @@ class Limits:
         self.console = console
 
     def _limit(self, scope: Any, headers: dict[str, str]) -> int:
-        if scope["method"] == "POST" and scope["path"].endswith("/install"):
-            cookies = dict(
-                c.strip().split("=", 1) for c in headers.get("cookie", "").split(";") if "=" in c
-            )
-            s, _ = self.console.sessions.get(cookies.get(COOKIE), touch=False)
-            if s is not None and allows(self.console.users.role(s.user) or "", "admin"):
-                return PACKAGE_BODY
+        path = scope["path"]
+        if scope["method"] != "POST":
+            return SMALL_BODY
+        if path.endswith("/install"):
+            big = PACKAGE_BODY
+        elif path.endswith(EDIT_PATHS):
+            big = EDIT_BODY
+        else:
+            return SMALL_BODY
+        cookies = dict(
+            c.strip().split("=", 1) for c in headers.get("cookie", "").split(";") if "=" in c
+        )
+        s, _ = self.console.sessions.get(cookies.get(COOKIE), touch=False)
+        if s is not None and allows(self.console.users.role(s.user) or "", "admin"):
+            return big
         return SMALL_BODY
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
