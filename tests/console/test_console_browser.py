@@ -39,7 +39,7 @@ pytestmark = [
     pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium"),
 ]
 
-LAB = "cw1"
+LAB = os.environ.get("HAKIT_CONSOLE_LAB", "cw1")  # another name when two runs share a machine
 PORT = 7380
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
 EXAMPLE = Path(__file__).resolve().parents[2] / "src" / "hakit" / "examples" / "mirror-web"
@@ -231,6 +231,10 @@ def test_login_install_failover_swap_checker(env: Env, browser: Any, tmp_path: P
     _act(page, "node2", "second")
     _see(page, "section[data-node=node1] h2 .state:has-text('PRIM ready')")
     _see(page, "section[data-node=node2] h2 .state:has-text('SECOND ready')")
+    # the scripts' outputs of each node, read from the page
+    page.click("section[aria-label='script outputs'] button:has-text('Refresh')")
+    page.click(".scripts[data-node=node1] button[data-script^=start_prim]")
+    _see(page, "pre.script-output")
     page.click("section[data-node=node1] button[data-action=stop]")
     assert page.inner_text("#confirm-text") == (
         "stop on the primary: node2 will take over (it is an up-to-date secondary)"
@@ -267,6 +271,41 @@ def test_login_install_failover_swap_checker(env: Env, browser: Any, tmp_path: P
     _see(page, "h1 .badge:has-text('checker vip off')")
     _shot(page, "module-failover")
 
+    # module.yaml edited in the page: checked (errors next to the editor), then refused by
+    # the nodes where the module runs, each saying why
+    page.goto(env.url + "/#/c/paris/m/web/edit")
+    editor = _see(page, "textarea[data-file='module.yaml']")
+    text = editor.input_value()
+    editor.fill(text.replace("failover: true", "failovr: true"))
+    page.click("button[data-action=check]")
+    assert "failovr" in _see(page, "pre.inline-problems[data-file='module.yaml']").inner_text()
+    _shot(page, "edit-errors")
+    editor.fill(text.replace("start_timeout: 30", "start_timeout: 31"))
+    page.click("button[data-action=apply]")
+    page.click("#confirm-ok")
+    _see(page, "#edit-result p.error[data-node=node1]:has-text('stop it first')")
+    _see(page, "#edit-result p.error[data-node=node2]:has-text('stop it first')")
+
+    # the audit trail of every node, the console's actions for alice
+    page.goto(env.url + "/#/c/paris/audit")
+    _see(page, "section[aria-label='audit records'] td.who:has-text('for alice')")
+    _see(page, "section[aria-label='console journal'] li:has-text('logged in')")
+    _shot(page, "audit")
+
+    # an API token created (shown once, with the CA fingerprint), then revoked
+    page.goto(env.url + "/#/c/paris/tokens")
+    page.fill("#tok-name", "ci")
+    page.select_option("#tok-role", "monitor")
+    page.click("form[aria-label='create a token'] button[type=submit]")
+    made = _see(page, "#made-token").inner_text()
+    assert "hkt_" in made, made
+    assert env.ca in made, made
+    _shot(page, "tokens")
+    token_id = made.split("hkt_")[1].split("_")[0]
+    page.click(f"tr[data-token={token_id}] button[data-action=revoke]")
+    page.click("#confirm-ok")
+    _see(page, f"#flash:has-text('token {token_id} (ci) revoked')")
+
     with _unix(env.lab, "node2") as c:
         audit = c.get("/v1/audit").json()
     records = audit["records"] if isinstance(audit, dict) else audit
@@ -288,6 +327,8 @@ def test_monitor_sees_but_cannot_act(env: Env, browser: Any) -> None:
     _see(page, "#flash.bad:has-text('your role monitor cannot do this')")
     assert not page.locator("#confirm").is_visible()
     _shot(page, "monitor")
+    page.goto(env.url + "/#/c/paris/tokens")
+    _see(page, "p.notice:has-text('API tokens need admin')")
     status, message = page.evaluate(
         """async () => {
             const me = await (await fetch('/api/me')).json();

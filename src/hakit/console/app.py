@@ -50,7 +50,7 @@ EDIT_BODY = 4 * 1024 * 1024  # a module's edited files, or a cluster.yaml
 EDIT_PATHS = ("/edit/check", "/edit/apply", "/cluster/check", "/cluster/apply", "/create")
 BODY_TIME = 60.0  # seconds for a whole request body to arrive
 KEEPALIVE = 5.0  # a ping on the browser's stream that often; the session is checked too
-ASSETS = ("app.js", "app.css", "login.js")
+ASSETS = ("app.js", "manage.js", "app.css", "login.js")
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
     "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",

@@ -4,7 +4,7 @@
 (function () {
   const ROLES = ["monitor", "control", "admin"];
   const NEEDS = { command: "control", checker: "control", install: "admin", registry: "admin" };
-  const S = { me: null, clusters: {}, events: {}, fetched: {}, files: {}, history: {}, rates: {}, live: false };
+  const S = { me: null, clusters: {}, events: {}, fetched: {}, files: {}, history: {}, rates: {}, lags: {}, scripts: {}, live: false };
   const $ = (sel, root) => (root || document).querySelector(sel);
   const view = $("#view");
 
@@ -22,6 +22,7 @@
   const may = (need) => S.me && ROLES.indexOf(S.me.role) >= ROLES.indexOf(need);
   const fmtTime = (t) => new Date(t * 1000).toLocaleTimeString([], { hour12: false });
   const mib = (b) => (b / 1048576).toFixed(1) + " MiB";
+  const M = window.hakitManage({ h, api, flash, may, fmtTime, confirmThen, render, S, svg });
 
   function flash(text, bad) {
     const f = $("#flash");
@@ -155,7 +156,7 @@
     const c = S.clusters[name];
     const st = c.state;
     const card = h("section", { class: "card" + (c.error ? " unreachable" : ""), "aria-label": "cluster " + name, "data-cluster": name });
-    card.append(h("h2", {}, `${name}`, st ? h("small", { class: "explain", text: ` — cluster ${st.cluster}, seen from ${st.node}` }) : null));
+    card.append(h("h2", {}, `${name}`, st ? h("small", { class: "explain", text: ` — cluster ${st.cluster}, seen from ${st.node}` }) : null), h("p", {}, M.clusterLinks(name)));
     if (c.error) card.append(h("p", { class: "error", text: (st ? "live updates lost: " : "unreachable: ") + c.error }));
     if (!st) return card;
     const nodes = Object.keys(st.nodes);
@@ -207,10 +208,12 @@
       grid.append(box);
     }
     out.push(grid);
+    if (mod.kind === "farm") out.push(M.sharesCard(mod));
     out.push(replicationCard(cluster, module, mod));
     out.push(checkersCard(cluster, module, mod));
     out.push(failoverChart(cluster, module, mod));
     out.push(timelineCard(cluster, module));
+    out.push(M.scriptsCard(cluster, module, mod));
     out.push(configCard(cluster, module, mod));
     return out;
   }
@@ -218,7 +221,7 @@
   // the module's files as a node has them (read-only), and its uninstallation (admin)
   function configCard(cluster, module, mod) {
     const key = cluster + "/" + module;
-    const card = h("section", { class: "card", "aria-label": "configuration" }, h("h2", { text: "Configuration" }));
+    const card = h("section", { class: "card", "aria-label": "configuration" }, h("h2", { text: "Configuration" }), M.moduleLinks(cluster, module));
     if (!(key in S.files)) {
       S.files[key] = null;
       api("GET", `/api/clusters/${encodeURIComponent(cluster)}/modules/${encodeURIComponent(module)}/files`)
@@ -257,7 +260,8 @@
       card.append(h("p", { class: "explain", text: `last resynchronisation ${l.at ? fmtTime(l.at) : ""}: ${l.bytes_sent} B sent, ${l.files_total} files compared in ${l.elapsed} s` }));
     }
     const samples = S.rates[cluster + "/" + module] || [];
-    card.append(h("h3", { text: "Throughput (resynchronisation, MiB/s)" }), lineChart(samples));
+    card.append(h("h3", { text: "Throughput (resynchronisation, MiB/s)" }), lineChart(samples, "MiB/s", "no resynchronisation seen since this page opened"));
+    card.append(h("h3", { text: "Replication lag (s, on the primary)" }), lineChart(S.lags[cluster + "/" + module] || [], "s", "no lag measured since this page opened"));
     return card;
   }
 
@@ -268,15 +272,15 @@
     return e;
   }
 
-  function lineChart(samples) {
+  function lineChart(samples, unit, empty) {
     const W = 600, H = 120;
-    const s = svg("svg", { class: "chart", viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "throughput chart" });
-    if (samples.length < 2) { s.append(svg("text", { x: 10, y: 60 }, "no resynchronisation seen since this page opened")); return s; }
+    const s = svg("svg", { class: "chart", viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": unit === "s" ? "lag chart" : "throughput chart" });
+    if (samples.length < 2) { s.append(svg("text", { x: 10, y: 60 }, empty)); return s; }
     const t0 = samples[0][0], t1 = samples[samples.length - 1][0];
-    const max = Math.max(1, ...samples.map((x) => x[1]));
+    const max = Math.max(unit === "s" ? 0.01 : 1, ...samples.map((x) => x[1]));
     const pts = samples.map(([t, v]) => `${(10 + (W - 20) * (t - t0) / Math.max(1, t1 - t0)).toFixed(1)},${(H - 15 - (H - 30) * v / max).toFixed(1)}`);
     s.append(svg("polyline", { points: pts.join(" "), fill: "none", stroke: "#1d4ed8", "stroke-width": "2" }));
-    s.append(svg("text", { x: 10, y: 12 }, `max ${max.toFixed(1)} MiB/s`));
+    s.append(svg("text", { x: 10, y: 12 }, `max ${max.toFixed(unit === "s" ? 3 : 1)} ${unit}`));
     return s;
   }
 
@@ -391,6 +395,7 @@
       h("div", { class: "full" }, h("button", { type: "submit", disabled: !admin }, "Check and install")),
       h("div", { class: "full", id: "inst-result", "aria-live": "polite" }));
     out.push(inst);
+    out.push(M.templatesCard(names, admin));
     const list = h("section", { class: "card" }, h("h2", { text: "Registered clusters" }));
     for (const n of names) {
       list.append(h("p", {}, `${n}: ${S.clusters[n].nodes.join(", ")} `, h("button", { type: "button", class: "quiet", disabled: !admin, onclick: () =>
@@ -435,6 +440,10 @@
       if (p) rates.push([now, (p.rate || 0) / 1048576]);
       else if (rates.length && rates[rates.length - 1][1] !== 0) rates.push([now, 0]);
       if (rates.length > 600) rates.splice(0, rates.length - 600);
+      const stats = mod.replication && mod.replication.stats;
+      const lags = (S.lags[key] = S.lags[key] || []);
+      if (stats && typeof stats.lag === "number") lags.push([now, stats.lag]);
+      if (lags.length > 600) lags.splice(0, lags.length - 600);
     }
   }
 
@@ -483,19 +492,35 @@
     });
   }
 
-  let pending = false;
-  function render() {
+  // pages with forms (what is typed must stay) are drawn when their route opens or their data
+  // arrives (render(true)), not at every change of the clusters' states
+  function page(route) {
+    const d = decodeURIComponent;
+    let m;
+    if (route === "/admin") return [true, adminPage()];
+    if ((m = route.match(/^\/c\/([^/]+)\/(audit|tokens|config)$/))) {
+      const f = { audit: M.auditPage, tokens: M.tokensPage, config: M.configPage }[m[2]];
+      return [true, f(d(m[1]))];
+    }
+    if ((m = route.match(/^\/c\/([^/]+)\/m\/([^/]+)\/edit$/))) return [true, M.editPage(d(m[1]), d(m[2]))];
+    if ((m = route.match(/^\/c\/([^/]+)\/m\/([^/]+)$/))) return [false, modulePage(d(m[1]), d(m[2]))];
+    return [false, overview()];
+  }
+
+  let pending = false, forced = false;
+  const still = (route) => route === "/admin" || /^\/c\/[^/]+\/(audit|tokens|config)$/.test(route) || /\/edit$/.test(route);
+  function render(force) {
+    forced = forced || force === true;
     if (pending) return;
     pending = true;
     requestAnimationFrame(() => {
       pending = false;
-      if ($("#confirm").open) return; // do not redraw under an open dialog
+      if ($("#confirm").open) { if (forced) setTimeout(() => render(true), 300); return; } // not under an open dialog
       const route = location.hash.replace(/^#/, "") || "/";
       const focused = document.activeElement && document.activeElement.getAttribute("data-action");
-      const admin = route === "/admin";
-      if (admin && view.dataset.route === route) return; // forms keep what is typed
-      const m = route.match(/^\/c\/([^/]+)\/m\/([^/]+)$/);
-      const content = admin ? adminPage() : m ? modulePage(decodeURIComponent(m[1]), decodeURIComponent(m[2])) : overview();
+      if (still(route) && view.dataset.route === route && !forced) return; // forms keep what is typed
+      forced = false;
+      const [, content] = page(route);
       // redraw only what changed to the eye: states arrive every few seconds with new clocks
       const fresh = document.createElement("main");
       fresh.append(...content);
@@ -512,7 +537,7 @@
     });
   }
 
-  window.addEventListener("hashchange", () => { view.dataset.route = ""; S.fetched = {}; S.files = {}; render(); view.focus(); });
+  window.addEventListener("hashchange", () => { view.dataset.route = ""; S.fetched = {}; S.files = {}; S.scripts = {}; M.reset(); render(); view.focus(); });
   (async function start() {
     const r = await fetch("/api/me", { credentials: "same-origin" });
     if (r.status === 401) { location.href = "/login?why=expired"; return; }
