@@ -509,3 +509,17 @@ def test_cluster_config_and_templates(store: Store) -> None:
     )
     assert r.status_code == 400
     assert "unknown template" in r.json()["message"]
+
+
+def test_edit_bodies_bounded_larger_for_admins_only(store: Store) -> None:
+    client, _, csrf = _managed(store)
+    h = {**ORIGIN, "X-Hakit-CSRF": csrf}
+    big = '{"files": {"bin/start_prim": "' + "#" * (100 * 1024) + '"}, "nodes": ["node1"]}'
+    r = client.post("/api/clusters/paris/modules/web/edit/check", content=big, headers=h)
+    assert r.status_code == 200, r.text  # 100 KiB of edited files: over 64 KiB, allowed
+    huge = "x" * (5 * 1024 * 1024)
+    r = client.post("/api/clusters/paris/cluster/check", content=huge, headers=h)
+    assert r.status_code == 413
+    client.post("/logout", headers=ORIGIN)
+    r = client.post("/api/clusters/paris/modules/web/edit/check", content=big, headers=ORIGIN)
+    assert r.status_code == 413  # no live admin session: the small limit
