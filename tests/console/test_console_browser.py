@@ -233,7 +233,7 @@ def test_login_install_failover_swap_checker(env: Env, browser: Any, tmp_path: P
     _see(page, "section[data-node=node2] h2 .state:has-text('SECOND ready')")
     # the scripts' outputs of each node, read from the page
     page.click("section[aria-label='script outputs'] button:has-text('Refresh')")
-    page.click(".scripts[data-node=node1] button[data-script^=start_prim]")
+    page.click(".scripts[data-node=node1] button[data-script*=start_prim]")
     _see(page, "pre.script-output")
     page.click("section[data-node=node1] button[data-action=stop]")
     assert page.inner_text("#confirm-text") == (
@@ -302,7 +302,7 @@ def test_login_install_failover_swap_checker(env: Env, browser: Any, tmp_path: P
     assert env.ca in made, made
     _shot(page, "tokens")
     token_id = made.split("hkt_")[1].split("_")[0]
-    page.click(f"tr[data-token={token_id}] button[data-action=revoke]")
+    page.click(f"tr[data-token='{token_id}'] button[data-action=revoke]")
     page.click("#confirm-ok")
     _see(page, f"#flash:has-text('token {token_id} (ci) revoked')")
 

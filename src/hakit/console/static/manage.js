@@ -149,8 +149,9 @@ window.hakitManage = function (ctx) {
     document.querySelectorAll("pre.inline-problems").forEach((e) => e.remove());
     const rest = [];
     for (const p of problems) {
-      const file = p.split(":")[0];
-      const ta = document.querySelector(`textarea[data-file="${CSS.escape(file)}"]`);
+      const where = p.split(":")[0]; // web.hakit/module.yaml, or module.yaml
+      const ta = [...document.querySelectorAll("textarea[data-file]")].find((t) => where === t.dataset.file || where.endsWith("/" + t.dataset.file));
+      const file = ta && ta.dataset.file;
       if (ta) {
         let pre = ta.parentElement.querySelector("pre.inline-problems");
         if (!pre) { pre = h("pre", { class: "problems inline-problems", "data-file": file }); ta.after(pre); }
