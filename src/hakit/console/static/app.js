@@ -488,6 +488,7 @@
       const d = JSON.parse(m.data);
       (S.events[d.cluster] = S.events[d.cluster] || []).push(d.event);
       if (S.events[d.cluster].length > 500) S.events[d.cluster].shift();
+      if (d.event.module) M.scriptsMayHaveRun(d.cluster, d.event.module);
       render();
     });
   }

@@ -158,7 +158,8 @@ window.hakitManage = function (ctx) {
         pre.textContent += (pre.textContent ? "\n" : "") + p;
       } else rest.push(p);
     }
-    box.replaceChildren(h("p", { class: "error", text: "Refused; nothing was changed." }), rest.length ? h("pre", { class: "problems", text: rest.join("\n") }) : null);
+    box.replaceChildren(h("p", { class: "error", text: "Refused; nothing was changed" + (rest.length ? ":" : " (the problems are under the files).") }));
+    if (rest.length) box.append(h("pre", { class: "problems", text: rest.join("\n") }));
   }
 
   function editPage(c, m) {
@@ -259,6 +260,14 @@ window.hakitManage = function (ctx) {
     return card;
   }
 
+  // a timeline entry of a module whose outputs are shown: its scripts may have run, read
+  // the lists again (once for a burst of entries)
+  function scriptsMayHaveRun(c, m) {
+    const sv = S.scripts[c + "/" + m];
+    if (!sv || sv.soon) return;
+    sv.soon = setTimeout(() => { sv.soon = null; sv.lists = {}; render(); }, 1500);
+  }
+
   function moduleLinks(c, m) {
     return h("div", { class: "actions" },
       h("a", { class: "button", href: `${base(c)}/modules/${enc(m)}/package`, download: `${m}.hakit` }, "Download .hakit"),
@@ -310,5 +319,5 @@ window.hakitManage = function (ctx) {
     return form;
   }
 
-  return { reset, auditPage, tokensPage, configPage, editPage, scriptsCard, moduleLinks, sharesCard, templatesCard, clusterLinks, journalCard };
+  return { reset, scriptsMayHaveRun, auditPage, tokensPage, configPage, editPage, scriptsCard, moduleLinks, sharesCard, templatesCard, clusterLinks, journalCard };
 };
