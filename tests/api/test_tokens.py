@@ -197,3 +197,20 @@ def test_the_live_stream_sends_the_state_then_new_timeline_entries(tmp_path: Pat
         ((kind, data),) = asyncio.run(asyncio.wait_for(first_two(), DEADLINE))
         assert kind == "state"
         assert data["cluster"] == "demo"
+
+
+def test_the_client_downloads_raw_bytes(tmp_path: Path) -> None:
+    """`download` answers the bytes as sent (a package is a zip, not JSON or text)."""
+    with node(tmp_path) as n:
+        c = client(n, token(n, "monitor"))
+
+        async def go() -> list[tuple[int, bytes]]:
+            try:
+                return [await c.download("/v1/health"), await c.download("/v1/nowhere")]
+            finally:
+                await c.aclose()
+
+        (status, data), (missing, _) = asyncio.run(go())
+    assert status == 200
+    assert json.loads(data) == {"status": "ok"}
+    assert missing == 404
