@@ -495,6 +495,11 @@ def test_cluster_config_and_templates(store: Store) -> None:
     )
     assert r.status_code == 400
     assert "no node 'node9'" in r.json()["message"]
+    r = client.post(
+        "/api/clusters/paris/cluster/apply", content='{"text": "x: 1", "nodes": []}', headers=h
+    )
+    assert r.status_code == 400
+    assert "no node chosen" in r.json()["message"]  # not every node
     tpl = client.get("/api/templates").json()
     assert set(tpl) == {"mirror-web", "farm-web", "console-ha"}
     assert "kind: farm" in tpl["farm-web"]["module.yaml"]

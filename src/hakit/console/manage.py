@@ -129,9 +129,11 @@ def template_files(name: str) -> dict[str, str]:
 
 
 def _nodes(spec: dict[str, Any], known: list[str]) -> list[str]:
-    nodes = spec.get("nodes") or known
+    nodes = spec.get("nodes", known)
     if not isinstance(nodes, list) or not all(isinstance(n, str) for n in nodes):
         raise ConsoleError("nodes: expected a list of node names")
+    if not nodes:
+        raise ConsoleError("no node chosen: tick the nodes to apply on")
     for n in nodes:
         if n not in known:
             raise ConsoleError(f"no node {n!r} in this cluster ({', '.join(known)})")
