@@ -148,6 +148,11 @@ def manage_routes(
 ) -> list[Route]:
     hub = console.hub
 
+    def module_nodes(c: str, m: str) -> list[str]:
+        st = hub.watched[c].state or {}
+        mod = (st.get("modules") or {}).get(m) or {}
+        return list(mod.get("nodes") or hub.nodes_of(c))
+
     def node_param(request: Request) -> str | None:
         node = request.query_params.get("node")
         return None if node is None else check_name(node, "node")
@@ -314,8 +319,9 @@ def manage_routes(
             raise ConsoleError("a change is checked or applied")
         spec = _json(await request.body())
         files = _files(spec)
-        nodes = _nodes(spec, hub.nodes_of(c))
-        base = await download(c, nodes[0] if nodes else None, m, s)
+        known = module_nodes(c, m)
+        nodes = _nodes(spec, known) if request.path_params["step"] == "apply" else known
+        base = await download(c, nodes[0], m, s)  # a node that has the module
         body = rebuild(base, files)
         if request.path_params["step"] == "check":
             r = await forward(
