@@ -188,7 +188,7 @@ def cluster_ca(output: Path | None) -> None:
     answer = client_for(Paths.from_env(), None).get("/ca")
     if output is None:
         click.echo(answer["ca"], nl=False)  # stdout: `hakit cluster ca > ca.pem` works
-        Console(stderr=True).print(f"fingerprint: {answer['fingerprint']}")
+        Console(stderr=True, soft_wrap=True).print(f"fingerprint: {answer['fingerprint']}")
     else:
         output.write_text(answer["ca"])
         out.print(f"wrote {output}; fingerprint: {answer['fingerprint']}")
