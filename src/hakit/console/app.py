@@ -287,7 +287,8 @@ def build_app(console: Console) -> Any:
         message = ""
         if isinstance(body, dict):
             message = str(body.get("message") or body.get("detail") or "")
-        log.info("console: %s: %s %s on %s: %s %s", s.user, method, path, node, status, message)
+        if method != "GET":  # the actions; reads would fill the log
+            log.info("console: %s: %s %s on %s: %s %s", s.user, method, path, node, status, message)
         return {
             "node": node,
             "status": status,
