@@ -25,7 +25,15 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from hakit.adapters.tcp import Admission, accept_bounded
 
-__all__ = ["BoundedH11", "BoundedTlsServer", "QuietServer", "uvicorn_config"]
+__all__ = [
+    "BoundedH11",
+    "BoundedTlsServer",
+    "QuietServer",
+    "read_body",
+    "refusal_status",
+    "replay",
+    "uvicorn_config",
+]
 
 
 class QuietServer(uvicorn.Server):
@@ -161,3 +169,45 @@ class BoundedTlsServer(QuietServer):
         for t in [*getattr(self, "_accepting", []), *getattr(self, "_handshakes", ())]:
             t.cancel()
         await super().shutdown(sockets)
+
+
+async def read_body(receive: Any, headers: dict[str, str], limit: int) -> bytes | str | None:
+    """An ASGI request's body, bounded: the bytes, or why it is refused (a `Content-Length`
+    over `limit` is refused before a byte is read, a body that passes it as soon as it does),
+    or None if the client went away. The caller answers the refusal (400/413)."""
+    length = headers.get("content-length", "0")
+    if not (length.isascii() and length.isdigit()):
+        return "malformed content-length header"
+    if int(length) > limit:
+        return f"body of {length} bytes, limit {limit}"
+    chunks, size = [], 0
+    while True:
+        msg = await receive()
+        if msg["type"] != "http.request":
+            return None
+        chunk = msg.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return f"body over the limit of {limit} bytes"
+        chunks.append(chunk)
+        if not msg.get("more_body"):
+            return b"".join(chunks)
+
+
+def replay(body: bytes, receive: Any) -> Any:
+    """An ASGI `receive` that gives the application `body` (already read), then waits for
+    the client's disconnect."""
+    sent = False
+
+    async def again() -> Any:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return again
+
+
+def refusal_status(why: str) -> int:
+    return 400 if why.startswith("malformed") else 413

@@ -17,25 +17,12 @@ from fastapi.responses import JSONResponse
 from hakit import __version__
 from hakit.api.admin import Admin, AdminSource, add_admin_routes
 from hakit.api.jsonl import read_back
+from hakit.core.access import MODULE_COMMANDS
 from hakit.core.jointoken import DEFAULT_TTL, MAX_TTL
 from hakit.errors import HakitError
 from hakit.metrics.collector import add_metrics_route
 
 API_PREFIX = "/v1"
-
-
-COMMANDS = (
-    "start",
-    "stop",
-    "restart",
-    "stopstart",
-    "swap",
-    "prim",
-    "second",
-    "primforce",
-    "failover-on",
-    "failover-off",
-)
 
 
 class StatusSource(AdminSource, Protocol):
@@ -188,9 +175,9 @@ def create_app(source: StatusSource, hello: dict[str, str], admin: Admin | None 
         summary="Run a module command on this node (200 accepted, 409 refused with the reason)",
     )
     async def module_command(module: str, command: str) -> JSONResponse:
-        if command not in COMMANDS:
+        if command not in MODULE_COMMANDS:
             raise HTTPException(
-                404, f"unknown command {command!r}; commands: {', '.join(COMMANDS)}"
+                404, f"unknown command {command!r}; commands: {', '.join(MODULE_COMMANDS)}"
             )
         try:
             accepted, message = await source.command(module, command)

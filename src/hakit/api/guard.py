@@ -17,6 +17,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
+from hakit.adapters.httpserver import read_body, refusal_status, replay
 from hakit.adapters.tokenstore import TokenStore
 from hakit.api import audit
 from hakit.core.access import NODES_ONLY, Authenticated, Role, allowed, authenticate, route
@@ -176,28 +177,12 @@ class Guard:
                 return
         if who is not None and (user := _user(headers)):
             who["user"] = user
-        limit = body_limit(method, path)
-        length = headers.get("content-length", "0")
-        if not (length.isascii() and length.isdigit()):
-            await _refuse(scope, send, 400, "malformed content-length header")
+        body = await read_body(receive, headers, body_limit(method, path))
+        if body is None:
+            return  # the client went away
+        if isinstance(body, str):
+            await _refuse(scope, send, refusal_status(body), body)
             return
-        if int(length) > limit:
-            await _refuse(scope, send, 413, f"body of {length} bytes, limit {limit}")
-            return
-        chunks, size = [], 0
-        while True:
-            msg = await receive()
-            if msg["type"] != "http.request":
-                return  # the client went away
-            chunk = msg.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                await _refuse(scope, send, 413, f"body over the limit of {limit} bytes")
-                return
-            chunks.append(chunk)
-            if not msg.get("more_body"):
-                break
-        body = b"".join(chunks)
         if node_verifier is not None:
             query = scope["query_string"].decode("latin-1")
             target = path + ("?" + query if query else "")
@@ -205,14 +190,7 @@ class Guard:
             if why is not None:
                 await _refuse(scope, send, 401, why)
                 return
-        sent = False
-
-        async def again() -> Any:
-            nonlocal sent
-            if sent:
-                return await receive()  # waits for the disconnect
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
+        again = replay(body, receive)
 
         scope = {**scope, "state": {**state, "hakit_who": who or {"kind": "anonymous"}}}
         if who is None or method == "GET":

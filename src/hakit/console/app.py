@@ -24,26 +24,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from hakit.adapters.httpserver import read_body, refusal_status, replay
 from hakit.console.clusters import Hub, Registry, parse_nodes, unreachable_types
 from hakit.console.manage import Journal, manage_routes
 from hakit.console.sessions import COOKIE, Session, Sessions, Throttle, csrf_ok
 from hakit.console.store import ConsoleError, check_name
 from hakit.console.users import Users, allows
+from hakit.core.access import MODULE_COMMANDS
 
 log = logging.getLogger("hakit.console")
 
-COMMANDS = (
-    "start",
-    "stop",
-    "restart",
-    "stopstart",
-    "swap",
-    "prim",
-    "second",
-    "primforce",
-    "failover-on",
-    "failover-off",
-)
 SMALL_BODY = 64 * 1024
 PACKAGE_BODY = 64 * 1024 * 1024
 EDIT_BODY = 4 * 1024 * 1024  # a module's edited files, or a cluster.yaml
@@ -308,7 +298,7 @@ def build_app(console: Console) -> Any:
     async def command(request: Request, s: Session, role: str) -> Response:
         c, m = _names(request)
         cmd = request.path_params["command"]
-        if cmd not in COMMANDS:
+        if cmd not in MODULE_COMMANDS:
             raise ConsoleError(f"unknown command {cmd!r}")
         node = request.query_params.get("node")
         if node is not None:
@@ -482,41 +472,18 @@ class Limits:
 
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         limit = self._limit(scope, headers)
-        length = headers.get("content-length", "0")
-        if not (length.isascii() and length.isdigit()):
-            await _refuse(scope, secured, 400, "malformed content-length header")
-            return
-        if int(length) > limit:
-            await _refuse(scope, secured, 413, f"body of {length} bytes, limit {limit}")
-            return
-        chunks: list[bytes] = []
-        size = 0
         try:
             async with asyncio.timeout(BODY_TIME):
-                while True:
-                    msg = await receive()
-                    if msg["type"] != "http.request":
-                        return
-                    chunk = msg.get("body", b"")
-                    size += len(chunk)
-                    if size > limit:
-                        await _refuse(scope, secured, 413, f"body over the limit of {limit} bytes")
-                        return
-                    chunks.append(chunk)
-                    if not msg.get("more_body"):
-                        break
+                body = await read_body(receive, headers, limit)
         except TimeoutError:
             await _refuse(scope, secured, 408, f"body not received within {BODY_TIME:g} s")
             return
-        body = b"".join(chunks)
-        sent = False
-
-        async def again() -> Any:
-            nonlocal sent
-            if sent:
-                return await receive()
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
+        if body is None:
+            return
+        if isinstance(body, str):
+            await _refuse(scope, secured, refusal_status(body), body)
+            return
+        again = replay(body, receive)
 
         await self.app(scope, again, secured)
 

@@ -177,6 +177,20 @@ def authenticate(
     return Authenticated(rec)
 
 
+# The module commands of `POST /v1/modules/{module}/{command}` (the CLI's, the console's).
+MODULE_COMMANDS = (
+    "start",
+    "stop",
+    "restart",
+    "stopstart",
+    "swap",
+    "prim",
+    "second",
+    "primforce",
+    "failover-on",
+    "failover-off",
+)
+
 # --- the route table ------------------------------------------------------------------------
 
 _M = r"(?P<module>[A-Za-z][A-Za-z0-9_-]{0,31})"
