@@ -17,7 +17,7 @@ def test_a_store_is_written_0600_with_hashes_only(tmp_path: Path) -> None:
     s.load()
     token, rec = s.create("ci", "control", 3600, "root", 100.0)
     assert s.path.stat().st_mode & 0o777 == 0o600
-    assert token.split("_")[2] not in s.path.read_text()
+    assert token.split("_", 2)[2] not in s.path.read_text()
     again = TokenStore(s.path)
     again.load()
     assert again.records[rec.id].expires == 3700.0
