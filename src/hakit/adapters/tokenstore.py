@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 from hakit.adapters.statefile import StateFileError, read_json, write_json
@@ -92,11 +93,9 @@ class TokenStore:
             raise HakitError(f"no API token {tid} (see `hakit token list`)")
         if rec.revoked is not None:
             return rec
-        records = merge(
-            self.records, [TokenRecord(**{**rec.to_json(), "revoked": now, "revoked_by": by})]
-        )
-        self._save(records)
-        return records[tid]
+        revoked = replace(rec, revoked=now, revoked_by=by)
+        self._save({**self.records, tid: revoked})
+        return revoked
 
     def merge_in(self, records: Iterable[TokenRecord]) -> bool:
         """Take a peer's records; True if the store changed (and was written)."""

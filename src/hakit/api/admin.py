@@ -20,8 +20,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 
 from hakit.adapters.tokenstore import TokenStore, parse_records
 from hakit.api import audit
-from hakit.api.guard import by_text
-from hakit.core.access import ROLES, Role, valid_id
+from hakit.core.access import valid_id
 from hakit.errors import ConfigError, HakitError
 from hakit.paths import Paths
 
@@ -115,7 +114,7 @@ def add_admin_routes(app: FastAPI, source: AdminSource, admin: Admin | None) -> 
     ) -> JSONResponse:
         s = store()
         try:
-            token, rec = s.create(name, role, ttl, by_text(_who(request)), time.time())
+            token, rec = s.create(name, role, ttl, audit.who_text(_who(request)), time.time())
         except HakitError as e:
             return JSONResponse({"detail": str(e)}, status_code=409)
         if admin is not None:
@@ -135,7 +134,7 @@ def add_admin_routes(app: FastAPI, source: AdminSource, admin: Admin | None) -> 
         if not valid_id(token):
             raise HTTPException(404, f"bad token id {token!r}: 12 characters a-z, 2-7")
         try:
-            rec = s.revoke(token, by_text(_who(request)), time.time())
+            rec = s.revoke(token, audit.who_text(_who(request)), time.time())
         except HakitError as e:
             return JSONResponse({"detail": str(e)}, status_code=404)
         if admin is not None:
@@ -195,8 +194,9 @@ def add_admin_routes(app: FastAPI, source: AdminSource, admin: Admin | None) -> 
             if paths.modules.is_dir()
             else []
         )
-        mods = source.status().get("modules", {})
-        return {"node": source.status().get("node"), "modules": {n: mods.get(n, {}) for n in names}}
+        st = source.status()
+        mods = st.get("modules", {})
+        return {"node": st.get("node"), "modules": {n: mods.get(n, {}) for n in names}}
 
     @app.get(
         "/v1/modules/{module}/files",
@@ -268,8 +268,6 @@ def add_admin_routes(app: FastAPI, source: AdminSource, admin: Admin | None) -> 
             {"name": p.name, "size": p.stat().st_size, "at": p.stat().st_mtime}
             for p in logs[-max(1, min(limit, 500)) :]
         ]
-
-    _ = ROLES, Role  # the roles' names are documented with the token routes
 
 
 def _files(folder: Path) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from hakit.adapters.httpserver import read_body, refusal_status, replay
 from hakit.adapters.tokenstore import TokenStore
 from hakit.api import audit
-from hakit.core.access import NODES_ONLY, Authenticated, Role, allowed, authenticate, route
+from hakit.core.access import NODES_ONLY, Authenticated, allowed, authenticate, route
 from hakit.wire.apiauth import Verifier
 
 log = logging.getLogger("hakit.api")
@@ -239,15 +239,3 @@ class Guard:
             "duration_ms": round((self.now() - started) * 1000, 1),
         }
         audit.record(entry)
-
-
-def role_of(who: dict[str, Any]) -> Role:
-    """The role a request's client has (nodes and root: admin)."""
-    if who.get("kind") == "token":
-        return Role.parse(str(who["role"]))
-    return Role.ADMIN if who.get("kind") in ("local", "node") else Role.MONITOR
-
-
-def by_text(who: dict[str, Any]) -> str:
-    """Who made a token or revoked it, as its record keeps it."""
-    return audit.who_text(who)

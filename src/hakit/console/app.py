@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 from hakit.adapters.httpserver import read_body, refusal_status, replay
 from hakit.console.clusters import Hub, Registry, parse_nodes, unreachable_types
-from hakit.console.manage import Journal, manage_routes
+from hakit.console.manage import Journal, manage_routes, node_param
 from hakit.console.sessions import COOKIE, Session, Sessions, Throttle, csrf_ok
 from hakit.console.store import ConsoleError, check_name
 from hakit.console.users import Users, allows
@@ -289,10 +289,7 @@ def build_app(console: Console) -> Any:
 
     async def files(request: Request, s: Session, role: str) -> Response:
         c, m = _names(request)
-        node = request.query_params.get("node")
-        if node is not None:
-            check_name(node, "node")
-        r = await forward(c, node, "GET", f"/v1/modules/{m}/files", s)
+        r = await forward(c, node_param(request), "GET", f"/v1/modules/{m}/files", s)
         return JSONResponse(r, status_code=200 if r["ok"] else 502)
 
     async def command(request: Request, s: Session, role: str) -> Response:
@@ -300,10 +297,7 @@ def build_app(console: Console) -> Any:
         cmd = request.path_params["command"]
         if cmd not in MODULE_COMMANDS:
             raise ConsoleError(f"unknown command {cmd!r}")
-        node = request.query_params.get("node")
-        if node is not None:
-            check_name(node, "node")
-        r = await forward(c, node, "POST", f"/v1/modules/{m}/{cmd}", s)
+        r = await forward(c, node_param(request), "POST", f"/v1/modules/{m}/{cmd}", s)
         return JSONResponse(r, status_code=200 if r["ok"] else 409)
 
     async def checker(request: Request, s: Session, role: str) -> Response:

@@ -140,6 +140,12 @@ def _nodes(spec: dict[str, Any], known: list[str]) -> list[str]:
     return list(nodes)
 
 
+def node_param(request: Request) -> str | None:
+    """The request's `?node=` (the node to ask), checked as a name; None if absent."""
+    node = request.query_params.get("node")
+    return None if node is None else check_name(node, "node")
+
+
 def manage_routes(
     console: Any,
     needs: Callable[..., Any],
@@ -152,10 +158,6 @@ def manage_routes(
         st = hub.watched[c].state or {}
         mod = (st.get("modules") or {}).get(m) or {}
         return list(mod.get("nodes") or hub.nodes_of(c))
-
-    def node_param(request: Request) -> str | None:
-        node = request.query_params.get("node")
-        return None if node is None else check_name(node, "node")
 
     async def fan_out(
         c: str, nodes: list[str], method: str, path: str, s: Session, **kw: Any
