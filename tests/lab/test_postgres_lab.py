@@ -58,11 +58,14 @@ i = 0
 with open(acked_path, "w") as acked:
     while time.monotonic() < end:
         i += 1
-        r = subprocess.run(
-            ["psql", "-h", vip, "-p", port, "-U", "postgres", "-d", "postgres", "-qAt",
-             "-v", "ON_ERROR_STOP=1", "-c", f"insert into t values ({i})"],
-            capture_output=True, timeout=10,
-        )
+        try:
+            r = subprocess.run(
+                ["psql", "-h", vip, "-p", port, "-U", "postgres", "-d", "postgres", "-qAt",
+                 "-v", "ON_ERROR_STOP=1", "-c", f"insert into t values ({i})"],
+                capture_output=True, timeout=10,
+            )
+        except subprocess.TimeoutExpired:  # e.g. a connection to the old primary: not acked
+            continue
         if r.returncode == 0:  # the commit was acknowledged
             acked.write(f"{i}\\n")
             acked.flush()
@@ -82,6 +85,14 @@ def sh(lab: Lab, host: str, script: str, check: bool = True) -> str:
     if check:
         assert r.returncode == 0, r.stdout + r.stderr
     return r.stdout
+
+
+def facts_of(lab: Lab, host: str, script: str) -> str:
+    """`script`'s output on `host` for a failure message; never raises (the host may be off)."""
+    try:
+        return f"{host}$ {script}\n" + sh(lab, host, script, check=False)
+    except Exception as e:
+        return f"{host}$ {script}: {e}"
 
 
 def me(lab: Lab, node: str, module: str) -> str:
@@ -146,6 +157,7 @@ def test_every_acknowledged_commit_survives_the_failover(
         client = lab.spawn(
             "client1",
             ["python3", "-c", CLIENT, VIP, str(port), str(acked_file), "150"],
+            log=tmp_path / "client.log",
         )
         wait_until(
             lambda: acked_file.exists() and len(acked_file.read_text().split()) >= 30,
@@ -165,7 +177,20 @@ def test_every_acknowledged_commit_survives_the_failover(
             raise AssertionError(f"node2 did not take over:\n{log[-3000:]}\n{scripts}") from None
         # a few more commits on the new primary, then stop the client
         n = len(acked_file.read_text().split())
-        wait_until(lambda: len(acked_file.read_text().split()) > n + 5, 30, "commits on node2")
+        try:
+            wait_until(lambda: len(acked_file.read_text().split()) > n + 5, 30, "commits")
+        except Exception:
+            facts = "\n".join(
+                facts_of(lab, h, c)
+                for h, c in [
+                    ("client1", "ip neigh"),
+                    ("node1", "ip -br addr"),
+                    ("node2", "ip -br addr"),
+                    ("node2", f"tail -n 20 /srv/{name}/pg.log"),
+                ]
+            )
+            client_log = (tmp_path / "client.log").read_text()[-2000:]
+            raise AssertionError(f"no commits on node2:\n{client_log}\n{facts}") from None
         os.kill(client, signal.SIGTERM)
         wait_until(lambda: not Path(f"/proc/{client}").exists(), 10, "client ends")
         acked = [int(x) for x in acked_file.read_text().split()]

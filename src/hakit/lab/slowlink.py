@@ -11,6 +11,10 @@ it forwards itself are not redirected again (`meta skuid`). What crosses the lin
 - a UDP datagram (heartbeats) goes through the proxy of its sender: `rtt / 2` more one way,
   `rtt` more for a heartbeat and its echo.
 
+The rules meet only new flows: a heartbeat flow the peer opened while nothing was redirected
+would make this node's datagrams its replies, sent straight past the proxy. `start` therefore
+forgets the UDP flows on those ports in both nodes (conntrack, through pyroute2).
+
 A powered-off node loses its proxy with its other processes (its nftables table stays with its
 namespace): `start(node)` again after `Lab.poweron`. Loopback only inside the lab's namespaces;
 the proxies are stopped by PID and the tables removed by `remove()`.
@@ -36,6 +40,20 @@ TABLE = "hakit_slowlink"
 NOBODY = 65534
 FIRST_PORT = 18200  # the proxies listen on FIRST_PORT, FIRST_PORT + 1, ... in each node
 READY_TIMEOUT = 10.0
+
+# Run inside a node's namespace (argv: the UDP ports): forget the conntrack entries of those
+# ports, so that the next datagram starts a new flow that meets the redirection rule (NAT is
+# decided once per flow, and a flow opened by the peer makes this node's datagrams replies).
+_FORGET_FLOWS = """\
+import socket, sys
+from pyroute2.conntrack import Conntrack
+ports = {int(p) for p in sys.argv[1:]}
+with Conntrack() as ct:
+    for entry in list(ct.dump_entries()):
+        t = entry.tuple_orig
+        if t.proto == socket.IPPROTO_UDP and ports & {t.sport, t.dport}:
+            ct.entry("del", tuple_orig=t)
+"""
 
 
 @dataclass
@@ -82,6 +100,8 @@ class SlowLink:
         """The redirection rules and a fresh proxy in `node`; the proxy's PID."""
         self.stop(node)
         self._nft(node, self._ruleset(node), f"redirecting {node}'s traffic to its delay proxy")
+        for host in self.nodes:  # the peer's flows too: one it saw first is one flow here
+            self._forget_flows(host)
         peer = self.lab.address(self._peer(node), self.network)
         argv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
         argv += [sys.executable, "-I", "-m", "hakit.lab.delay", "--delay", f"{self.rtt / 2:g}"]
@@ -99,6 +119,14 @@ class SlowLink:
                 raise LabError(f"{node}: the delay proxy did not start: {_text(log)[-500:]}")
             time.sleep(0.05)
         return pid
+
+    def _forget_flows(self, node: str) -> None:
+        """Forget `node`'s UDP flows on the redirected ports (see `_FORGET_FLOWS`)."""
+        if not self.udp_ports:
+            return
+        netns = self.lab.topology.host(node).netns
+        argv = ["nsenter", f"--net={netns_path(netns)}", "--", sys.executable, "-I", "-c"]
+        run([*argv, _FORGET_FLOWS, *map(str, self.udp_ports)], what=f"resetting {node}'s flows")
 
     def stop(self, node: str) -> None:
         """Stop `node`'s proxy (by PID) if it runs."""
