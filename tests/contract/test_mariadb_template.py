@@ -167,7 +167,8 @@ def test_start_check_stop_and_a_forced_stop(datadir: dict[str, str]) -> None:
     assert "mariadbd answers" in r.stdout
     assert run("check", env).returncode == 0
     again = run("start_prim", env)  # a second start (reconcile) finds it running
-    assert again.returncode == 0 and "already running" in again.stdout
+    assert again.returncode == 0
+    assert "already running" in again.stdout
     pid = mariadbd_pid(env)
     r = run("stop_prim", env, "ALONE", "STOP", "stop")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -177,7 +178,8 @@ def test_start_check_stop_and_a_forced_stop(datadir: dict[str, str]) -> None:
     assert run("start_prim", env).returncode == 0
     pid = mariadbd_pid(env)
     r = run("stop_prim", env, "ALONE", "STOP", "force")
-    assert r.returncode == 0 and "SIGKILL" in r.stdout
+    assert r.returncode == 0
+    assert "SIGKILL" in r.stdout
     assert gone(pid)
     assert Path(env["RUNDIR"], "mysqld.pid").exists()  # left behind, as by a power cut
     r = run("start_prim", env)

@@ -93,14 +93,10 @@ def sql(lab: Lab, host: str, port: int, query: str) -> str:
     return r.stdout
 
 
-def install(lab: Lab, tmp: Path, name: str, port: int) -> None:
+def install(lab: Lab, tmp: Path, name: str, port: int, **values: str) -> None:
     """Render the template, initialise the datadir on node1, install the package everywhere."""
-    folder = render(
-        "mariadb",
-        name,
-        tmp,
-        {"VIP": f"{VIP}/24", "PORT": str(port), "REPL_PORT": str(port + 4000)},
-    )
+    values = {"VIP": f"{VIP}/24", "PORT": str(port), "REPL_PORT": str(port + 4000), **values}
+    folder = render("mariadb", name, tmp, values)
     pkg = package(folder, tmp / f"{name}.hakit")
     for node in ("node1", "node2"):  # the lab lives for the file: the last case's data go
         sh(lab, node, f"find {DATADIR} -mindepth 1 -delete")
@@ -198,3 +194,22 @@ def test_every_acknowledged_commit_survives_the_failover(
             )
         lab.exec("node1", ["hakit", "module", "uninstall", name, "--all"], capture=True)
         time.sleep(0.2)
+
+
+def test_non_durable_settings_are_refused_with_the_reason(lab: Lab, tmp_path: Path) -> None:
+    """A user's `innodb_flush_log_at_trx_commit=2` would lose the last second of acknowledged
+    commits at a failover: the module does not start, on either node, and says why."""
+    name = "mdbrefused"
+    install(lab, tmp_path, name, 3309, EXTRA_ARGS="--innodb_flush_log_at_trx_commit=2")
+    try:
+        r = lab.exec("node1", ["hakit", "prim", name], capture=True, check=False)
+        wait_until(lambda: me(lab, "node1", name) == "STOP not-ready", 30, "node1 stopped")
+        timeline = lab.exec("node1", ["hakit", "log", name], capture=True).stdout
+        assert "prestart exited 1" in timeline, r.stdout + r.stderr + timeline
+        logs = f"/var/log/hakit/modules/{name}/scripts/*prestart*"
+        said = sh(lab, "node1", f"cat {logs}")
+        assert "REFUSED: innodb_flush_log_at_trx_commit=2" in said, said
+        assert not sh(lab, "node1", "ls /run/mysqld").strip()  # no pid file, no socket
+        assert me(lab, "node2", name) == "STOP not-ready"
+    finally:
+        lab.exec("node1", ["hakit", "module", "uninstall", name, "--all"], capture=True)
