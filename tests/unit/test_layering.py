@@ -22,6 +22,7 @@ LAYERS = {
     "testing": 2,
     "daemon": 3,
     "lab": 3,
+    "templates": 3,
     "witness": 3,
     "tls": 2,
     "api": 4,

@@ -28,6 +28,7 @@ import httpx
 
 from hakit.adapters.nodeapi import NodeApi, NodeUnreachable
 from hakit.adapters.scripts import BASE_ENV
+from hakit.adapters.services import INIT_D, SYSTEMD_RUNNING
 from hakit.config.checkers import (
     CheckerBase,
     CustomChecker,
@@ -273,6 +274,14 @@ def processes(proc: Path, c: ProcessChecker) -> ProbeResult:
 
 
 async def unit(name: str, limit: float) -> ProbeResult:
+    """A systemd unit is active; where systemd does not run, its `/etc/init.d` script's
+    `status` exits 0 (the same fallback as `services:`, adapters/services.py)."""
+    if not SYSTEMD_RUNNING.is_dir():
+        code, out = await run_bounded([str(INIT_D / name), "status"], {}, None, limit)
+        if code == 0:
+            return True, f"service {name} is running (init.d status)"
+        last = out.strip().splitlines()[-1] if out.strip() else "no output"
+        return False, f"service {name} is not running (init.d status: {last})"
     code, out = await run_bounded(["systemctl", "is-active", name], {}, None, limit)
     state = out.strip().splitlines()[-1] if out.strip() else "no answer"
     if code == 0:

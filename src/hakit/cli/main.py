@@ -10,6 +10,7 @@ from rich.console import Console
 
 from hakit import __version__
 from hakit.cli import admin, modules
+from hakit.cli import templates as template_commands
 from hakit.cli.cluster import cluster
 from hakit.cli.config import config
 from hakit.cli.console import console
@@ -75,6 +76,7 @@ cli.add_command(witness)
 
 
 modules.register(cli)
+template_commands.register(cli, modules.module_group)
 admin.register(cli)
 
 

@@ -44,6 +44,24 @@ SCRIPTS = (
 FARM_SCRIPTS = ("prestart", "start_both", "stop_both", "poststop", "transition")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+ServiceName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9:_.@-]{0,254}$")]
+SERVICES_DESCRIPTION = (
+    "Operating system services the module runs (systemd units, or `/etc/init.d` scripts where "
+    "systemd does not run), started in this order {where} after the start script and stopped "
+    "in the reverse order before the stop script; their own start at boot is switched off "
+    "when the module starts, and each is checked (an implied `process` checker "
+    "`service-NAME` with `unit: NAME`, unless the module has a checker of that name)."
+)
+
+
+def _unique(values: tuple[str, ...]) -> tuple[str, ...]:
+    twice = sorted({v for v in values if values.count(v) > 1})
+    if twice:
+        raise ValueError(f"listed twice: {', '.join(twice)}")
+    return values
+
+
+Services = Annotated[tuple[ServiceName, ...], AfterValidator(_unique)]
 EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
 
 
@@ -269,6 +287,7 @@ class MirrorModule(Frozen):
         ),
     )
     scripts: Scripts = Field(default_factory=Scripts, description="Script time limits.")
+    services: Services = Field((), description=SERVICES_DESCRIPTION.format(where="on the primary"))
     boot: BootPolicy = Field("auto", description=BOOT_DESCRIPTION)
     replication: Replication | None = Field(
         None, description="Directories replicated to the secondary (none: no replication)."
@@ -373,6 +392,7 @@ class FarmModule(Frozen):
         default_factory=Recovery, description="Loop protection of automatic recoveries."
     )
     scripts: Scripts = Field(default_factory=Scripts, description="Script time limits.")
+    services: Services = Field((), description=SERVICES_DESCRIPTION.format(where="on every node"))
     variables: dict[EnvName, str] = Field(
         default_factory=dict,
         description="Variables passed to every script in its environment.",
@@ -720,8 +740,9 @@ class ModuleFile:
 MODULE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}\Z")
 
 
-def load_module(directory: Path, cluster: Cluster, name: str | None = None) -> ModuleFile:
-    """Load and check a module folder against the cluster; `ConfigError` lists every problem."""
+def load_module(directory: Path, cluster: Cluster | None, name: str | None = None) -> ModuleFile:
+    """Load and check a module folder against the cluster (None: the module alone, where there
+    is no cluster configuration); `ConfigError` lists every problem."""
     name = name or directory.name
     path = directory / MODULE_FILE
     file = str(path)
@@ -759,7 +780,7 @@ def load_module(directory: Path, cluster: Cluster, name: str | None = None) -> M
     config: ModuleConfig = validate(
         FarmModule if kind == "farm" else MirrorModule, data, marks, file
     )
-    problems = check_against_cluster(config, cluster)
+    problems = check_against_cluster(config, cluster) if cluster is not None else []
     scripts = FARM_SCRIPTS if isinstance(config, FarmModule) else SCRIPTS
     bin_dir = directory / "bin"
     if bin_dir.exists() and not bin_dir.is_dir():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +23,13 @@ from typing import Any
 
 from hakit.adapters.probes import ProbeContext, ProbePort
 from hakit.adapters.statefile import read_json, write_json
-from hakit.config.checkers import CheckerBase, CustomChecker, Recovery, VipChecker
+from hakit.config.checkers import (
+    CheckerBase,
+    CustomChecker,
+    ProcessChecker,
+    Recovery,
+    VipChecker,
+)
 from hakit.core import checks as ck
 
 IMPLICIT_VIP = VipChecker(
@@ -32,13 +39,27 @@ IMPLICIT_VIP = VipChecker(
 from the primary (deleted by hand, interface reset) makes it stopstart."""
 
 
+def service_checker_name(service: str) -> str:
+    """`service-NAME`, with what a checker name cannot hold (`@`, `.`, `:`) as `-`, ≤ 32."""
+    return ("service-" + re.sub(r"[^A-Za-z0-9_-]", "-", service))[:32]
+
+
 def effective_checkers(
-    kind: str, checkers: tuple[CheckerBase, ...], has_vips: bool
+    kind: str, checkers: tuple[CheckerBase, ...], has_vips: bool, services: tuple[str, ...] = ()
 ) -> tuple[CheckerBase, ...]:
-    own = any(isinstance(c, VipChecker) or c.name == IMPLICIT_VIP.name for c in checkers)
+    """The module's checkers and the implied ones: `vip` for a mirror with VIPs, one
+    `service-NAME` per service of `services:` (both unless the module has its own)."""
+    names = {c.name for c in checkers}
+    out = list(checkers)
+    own = any(isinstance(c, VipChecker) for c in checkers) or IMPLICIT_VIP.name in names
     if kind == "mirror" and has_vips and not own:
-        return (*checkers, IMPLICIT_VIP)
-    return checkers
+        out.append(IMPLICIT_VIP)
+    for service in services:
+        name = service_checker_name(service)
+        if name not in names:
+            names.add(name)
+            out.append(ProcessChecker(name=name, type="process", unit=service, timeout=10.0))
+    return tuple(out)
 
 
 def spec_of(c: CheckerBase, kind: str) -> ck.Spec:

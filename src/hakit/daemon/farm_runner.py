@@ -63,6 +63,7 @@ class FarmRunner(ModuleRunner):
     replication: None = field(init=False, default=None)  # farms replicate nothing
 
     START_SCRIPTS = ("prestart", "start_both", "transition")
+    SERVICE_STEPS = (("start_both", "start"), ("stop_both", "stop"), ("prestart", "disable"))
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -58,6 +58,7 @@ class MirrorRunner(ModuleRunner):
     run_flag: bool = field(init=False, default=False)
 
     START_SCRIPTS = ("prestart", "start_prim", "start_second", "transition")
+    SERVICE_STEPS = (("start_prim", "start"), ("stop_prim", "stop"), ("prestart", "disable"))
 
     def __post_init__(self) -> None:
         super().__post_init__()

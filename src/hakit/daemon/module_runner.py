@@ -9,10 +9,12 @@ module's folders, its VIPs resolved on this node, and the emergency release of i
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from hakit.adapters.farm import FarmPathPort, NftFarmPath
@@ -93,6 +95,7 @@ class ModuleRunner:
     counts: dict[str, Counter[str]] = field(init=False, default_factory=dict)
 
     START_SCRIPTS: ClassVar[tuple[str, ...]] = ()
+    SERVICE_STEPS: ClassVar[tuple[tuple[str, str], ...]] = ()  # (script, what services do)
 
     def __post_init__(self) -> None:
         self.name = self.module.name
@@ -108,7 +111,7 @@ class ModuleRunner:
         self.checks = CheckerSet(
             module=self.name,
             kind=cfg.kind,
-            configs=effective_checkers(cfg.kind, cfg.checkers, bool(self.vip_list)),
+            configs=effective_checkers(cfg.kind, cfg.checkers, bool(self.vip_list), cfg.services),
             recovery=cfg.recovery,
             probes=self.env.probes,
             context=self._probe_context,
@@ -240,13 +243,37 @@ class ModuleRunner:
         return {}
 
     async def _script(self, name: str, state: str, next_state: str, action: str) -> ScriptResult:
+        """Run script `name` and the module's `services:` with it: started after a start
+        script that succeeded, stopped before a stop script, switched off at boot before
+        `prestart` (SERVICE_STEPS)."""
+        step = dict(self.SERVICE_STEPS).get(name) if self.module.config.services else None
+        if step in ("stop", "disable"):
+            r = await self._run(name, state, next_state, action, services=step)
+            if not r.ok:
+                return r
+        r = await self._run(name, state, next_state, action)
+        if step == "start" and r.ok:
+            return await self._run(name, state, next_state, action, services=step)
+        return r
+
+    async def _run(
+        self, name: str, state: str, next_state: str, action: str, services: str | None = None
+    ) -> ScriptResult:
+        """One script of `bin/`, or (`services`: start, stop, disable) `hakit service` on the
+        module's services, as a script of its own (bounded, logged, in the timeline)."""
         cfg = self.module.config.scripts
         timeout = cfg.start_timeout if name in self.START_SCRIPTS else cfg.stop_timeout
         self.var.mkdir(parents=True, exist_ok=True)
+        program, args = self.module.bin / name, [state, next_state, action]
+        if services is not None:
+            force = ["--force"] if services == "stop" and action == "force" else []
+            program = Path(sys.executable)
+            args = ["-m", "hakit", "service", services, *force, *self.module.config.services]
+            name = f"{name}-services"
         r = await self.env.scripts.run(
             name,
-            self.module.bin / name,
-            [state, next_state, action],
+            program,
+            args,
             self.script_env(name, state, next_state, action),
             timeout,
             self.log_dir / "scripts",
