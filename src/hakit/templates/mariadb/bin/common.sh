@@ -1,3 +1,4 @@
+#!/bin/sh
 # Sourced by the other scripts (not a hakit script itself): names and helpers shared by them.
 # The module's variables (DATADIR, PORT, RUNDIR, DEFAULTS_FILE, ...) come from the environment.
 SOCKET="$RUNDIR/mysqld.sock"
