@@ -42,8 +42,23 @@ FARM_VIP = "10.100.1.200"
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    with lab_up(LAB, 3, 1, 1) as lab:
+    """Three servers; node3, the shared backup, can carry one primary (`max_primaries`)."""
+    with lab_up(LAB, 3, 1, 1, daemon=False) as lab:
+        for node in NODES:
+            path = lab.dir / node / "fs" / "etc" / "hakit" / "cluster.yaml"
+            text = path.read_text()
+            mark = "      net1: 10.100.1.13\n"
+            assert mark in text
+            path.write_text(text.replace(mark, mark + "    max_primaries: 1\n"))
+        lab.start_daemons(NODES)
         yield lab
+
+
+def power_on(lab: Lab, node: str) -> None:
+    """Power on, and start its daemon as systemd would (the lab was built without daemons,
+    to give node3 its capacity first)."""
+    lab.poweron(node)
+    lab.start_daemons([node])
 
 
 def example(tmp: Path, name: str, source: str, **changes: object) -> Path:
@@ -131,11 +146,16 @@ def test_farm_and_n_minus_1_mirrors_survive_two_servers_and_fail_back(
         assert get(lab, "http://10.100.1.141:8081/order") == "order-1"
         assert get(lab, "http://10.100.1.142:8082/order") == "order-2"
         assert get(lab, "http://10.100.1.141:8081/") == "served by node3"
+        # more than the backup was sized for: said, not refused
+        st = json.loads(lab.exec("node3", ["hakit", "state", "--json"], capture=True).stdout)
+        assert st["capacity"] == {"max_primaries": 1, "primaries": ["appa", "appb"], "over": True}
+        shown = lab.exec("node3", ["hakit", "state"], capture=True).stdout
+        assert "node3 runs 2 primaries (appa, appb), more than its max_primaries 1" in shown
         wait_until(lambda: farm_nodes(lab, 20) == {"node3"}, 15, "the farm on node3 alone")
 
         # power is back: each module returns to its preferred server, the farm to three
-        lab.poweron("node1")
-        lab.poweron("node2")
+        power_on(lab, "node1")
+        power_on(lab, "node2")
         a.wait("node1", "PRIM ready", 120)
         b.wait("node2", "PRIM ready", 120)
         a.wait("node3", "SECOND ready", 30)
@@ -146,10 +166,16 @@ def test_farm_and_n_minus_1_mirrors_survive_two_servers_and_fail_back(
             farm.wait(node, "UP ready", 60)
         wait_until(lambda: farm_nodes(lab) == set(NODES), 15, "the farm on three servers")
         assert "failback" in a.log("node1") + a.log("node3")
+        st = json.loads(lab.exec("node3", ["hakit", "state", "--json"], capture=True).stdout)
+        assert st["capacity"]["over"] is False
+        timeline = lab.exec("node3", ["cat", "/var/log/hakit/events.jsonl"], capture=True).stdout
+        kinds = [json.loads(line)["kind"] for line in timeline.splitlines()]
+        assert kinds.count("capacity-warning") == 1
+        assert kinds.count("capacity") == 1
     finally:
         for node in NODES:
             if lab.hosts()[node].power != "on":
-                lab.poweron(node)
+                power_on(lab, node)
         for m in (farm, a, b):
             m.cmd("node3", "stop", "--all", check=False)
         for m in (farm, a, b):
