@@ -47,7 +47,10 @@ VIPS = {"nginx-farm": "10.100.1.221", "apache-farm": "10.100.1.231"}
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
+    # the nodes' own boot links too: switching a service's start at boot off (services:)
+    # must not change the machine's
     private = ["/etc/nginx", "/etc/apache2", "/var/www/html"]
+    private += [f"/etc/rc{level}.d" for level in "2345"]
     with lab_up(LAB, 2, 1, 1, private=private) as lab:
         yield lab
 
