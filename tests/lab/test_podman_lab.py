@@ -61,6 +61,7 @@ lock_type = "file"
 # fsynced, before it is published.
 WRITER = f"""\
 #!/bin/sh
+trap 'exit 0' TERM  # podman stop: a clean exit (PID 1 has no default action for SIGTERM)
 cd /data
 mkdir -p www
 i=$(cut -d ' ' -f 1 records 2>/dev/null | sort -n | tail -n 1)
@@ -236,6 +237,16 @@ def test_every_acknowledged_record_survives_a_power_cut(
         # node2's container went on from the replicated records
         assert records.get(str(max(acked))) == "node2"
         assert before >= 30
+        # a graceful stop: podman stop, no forced call
+        module.cmd("node2", "stop")
+        module.wait("node2", "STOP not-ready", 60)
+        fmt = "'{{.State.Status}} {{.State.ExitCode}}'"
+        status = sh(lab, "node2", f"{podman(conf)} inspect -f {fmt} app")
+        assert status.split() == ["exited", "0"], status
+        logs = f"/var/log/hakit/modules/{NAME}/scripts/*stop_prim*"
+        calls = sh(lab, "node2", f"grep -h -e '^# command:' -e '^# stop_prim exited' {logs}")
+        assert calls.count("# command:") == 1, calls  # not called again with `force`
+        assert "stop_prim exited 0" in calls, calls
     finally:
         if client:
             os.kill(client, signal.SIGTERM)
