@@ -4,7 +4,7 @@
 - N-1: two mirror modules, each with its own preferred server (node1, node2), sharing one
   backup (node3);
 - active/active failback: each module goes back to its preferred server once it has returned
-  and is resynchronised (`default_primary`).
+  and is resynchronised (`default_primary`), at once or after `failback_delay`.
 
 Two servers lose their power at once: both applications run on the backup, with their data,
 and the farm is served by the one server left. Power comes back: each module returns to its
@@ -70,7 +70,7 @@ def example(tmp: Path, name: str, source: str, **changes: object) -> Path:
     return folder
 
 
-def app(tmp: Path, name: str, preferred: str, n: int) -> Path:
+def app(tmp: Path, name: str, preferred: str, n: int, **more: object) -> Path:
     """A mirror-web module on (preferred, node3) that fails back to `preferred`."""
     root = f"/srv/{name}"
     return example(
@@ -79,6 +79,7 @@ def app(tmp: Path, name: str, preferred: str, n: int) -> Path:
         "mirror-web",
         nodes=[preferred, "node3"],
         default_primary=preferred,
+        **more,
         vips=[{"address": f"10.100.1.{140 + n}/24", "network": "net1"}],
         replication={"mode": "sync", "port": 7380 + n, "dirs": [{"path": f"{root}/www"}]},
         variables={"WEB_PORT": str(8080 + n), "WEB_ROOT": root},
@@ -113,7 +114,7 @@ def test_farm_and_n_minus_1_mirrors_survive_two_servers_and_fail_back(
     a, b = LabModule(lab, "appa"), LabModule(lab, "appb")
     folders = [
         example(tmp_path, "farm-web", "farm-web", nodes=list(NODES)),
-        app(tmp_path, "appa", "node1", 1),
+        app(tmp_path, "appa", "node1", 1, failback_delay=2),
         app(tmp_path, "appb", "node2", 2),
     ]
     for folder in folders:
@@ -165,7 +166,8 @@ def test_farm_and_n_minus_1_mirrors_survive_two_servers_and_fail_back(
         for node in NODES:
             farm.wait(node, "UP ready", 60)
         wait_until(lambda: farm_nodes(lab) == set(NODES), 15, "the farm on three servers")
-        assert "failback" in a.log("node1") + a.log("node3")
+        assert "failback to node1, the default primary, in 2 s" in a.log("node3")
+        assert "failback: node2 is the default primary" in b.log("node3")  # at once
         st = json.loads(lab.exec("node3", ["hakit", "state", "--json"], capture=True).stdout)
         assert st["capacity"]["over"] is False
         timeline = lab.exec("node3", ["cat", "/var/log/hakit/events.jsonl"], capture=True).stdout
