@@ -244,7 +244,10 @@ def test_log_file_has_header_output_and_footer(real: ScriptWorld) -> None:
     assert "# HAKIT_MODULE=web\n# HAKIT_NODE=node1\n" in text
     assert "PATH=" not in text
     assert "port 80 already in use\n" in text  # stderr goes to the log
-    assert re.search(r"\n# start_prim exited 3 after \d+\.\d\d s\n$", text), text
+    # the footer and the reason say how it ended, with the last line it printed
+    said = r"start_prim exited 3 after \d+\.\d\d s: port 80 already in use"
+    assert re.search(rf"\n# {said}\n$", text), text
+    assert re.match(said, r.reason), r.reason
     assert stat.S_IMODE(r.log_path.stat().st_mode) == 0o600
 
 

@@ -81,8 +81,18 @@ class ScriptResult:
 
     @classmethod
     def exited(
-        cls, name: str, argv: Sequence[str], returncode: int, duration: float, log_path: Path | None
+        cls,
+        name: str,
+        argv: Sequence[str],
+        returncode: int,
+        duration: float,
+        log_path: Path | None,
+        said: str = "",
     ) -> ScriptResult:
+        """`said`: the last line the script printed, told with a failure (its reason)."""
+        text = f"{name} {ending(returncode)} after {duration:.2f} s"
+        if returncode != 0 and said:
+            text += f": {said}"
         return cls(
             name,
             tuple(argv),
@@ -91,7 +101,7 @@ class ScriptResult:
             False,
             duration,
             log_path,
-            _with_log(f"{name} {ending(returncode)} after {duration:.2f} s", log_path),
+            _with_log(text, log_path),
         )
 
     @classmethod
@@ -227,6 +237,23 @@ def _trim(log_dir: Path, keep: int) -> None:
             (log_dir / old).unlink()
 
 
+MAX_SAID = 200  # characters of a failed script's last line in its reason
+
+
+def last_line(path: Path) -> str:
+    """The last line a script printed (not the log's own `# ` lines), cut to MAX_SAID."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            tail = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    lines = [x.strip() for x in tail.splitlines() if x.strip() and not x.startswith("# ")]
+    said = lines[-1] if lines else ""
+    return said if len(said) <= MAX_SAID else said[: MAX_SAID - 1] + "…"
+
+
 def _append(path: Path, text: str) -> None:
     with contextlib.suppress(OSError), path.open("a", encoding="utf-8") as f:
         f.write(f"\n# {text}\n")
@@ -334,14 +361,14 @@ class ProcessScriptRunner:
         start: float,
         log_path: Path,
     ) -> ScriptResult:
+        rc: int | None
         try:
             rc = await asyncio.wait_for(proc.wait(), timeout)
-            return ScriptResult.exited(name, argv, rc, time.monotonic() - start, log_path)
         except TimeoutError:
-            if proc.returncode is not None:  # it ended just as time ran out
-                return ScriptResult.exited(
-                    name, argv, proc.returncode, time.monotonic() - start, log_path
-                )
+            rc = proc.returncode  # it may have ended just as time ran out
+        if rc is not None:
+            said = await asyncio.to_thread(last_line, log_path) if rc != 0 else ""
+            return ScriptResult.exited(name, argv, rc, time.monotonic() - start, log_path, said)
         pgid = proc.pid  # the session leader: its process group has its pid
         _killpg(pgid, signal.SIGTERM)
         deadline = time.monotonic() + grace(timeout)
