@@ -29,6 +29,8 @@ esac
 # util-linux: nsenter / unshare for the lab's mount namespaces; procps, psmisc: process tools;
 # fuse3, libfuse3-3: the replication layer (FUSE mount over replicated directories).
 # nginx: the shipped example farm-web (and the demo and tests that run it).
+# The tests also run the module templates with the real applications: nginx and apache2 (web
+# farms), MariaDB, podman (a busybox-static image built at test time).
 debs=(iproute2 nftables util-linux procps psmisc iputils-ping ca-certificates fuse3 libfuse3-3
       nginx)
 # The Debian package's build (packaging/build-deb): Debian's Python, dh-virtualenv, debhelper.
@@ -40,7 +42,8 @@ build_debs=(python3 python3-venv dpkg-dev debhelper dh-virtualenv build-essentia
 # alert rules). The console's browser tests drive Debian's Chromium (Playwright cannot download
 # browsers).
 [ "$action" = test ] && debs+=(postgresql postgresql-contrib "${build_debs[@]}" logrotate
-                               prometheus chromium)
+                               prometheus chromium apache2 mariadb-server mariadb-client
+                               podman busybox-static)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,10 +1,11 @@
 """The replication guarantee with a real database: every committed row survives a failover.
 
-PostgreSQL (Debian package) runs on the primary with its data directory replicated. A client on
-the lab's client host inserts numbered rows through the VIP, one transaction each, and records
-each number once PostgreSQL acknowledged its commit. The primary is then powered off (or its
-hakit daemon killed with SIGKILL) in the middle of the load; PostgreSQL starts on the other
-node from the replicated directory, and every acknowledged row must be there.
+PostgreSQL (Debian package, a cluster of its own made by `pg_createcluster`) runs on the
+primary, installed from the `postgresql` template's package, its data directory replicated.
+A client on the lab's client host inserts numbered rows through the VIP, one transaction each,
+and records each number once PostgreSQL acknowledged its commit. The primary is then powered
+off (or its hakit daemon killed with SIGKILL) in the middle of the load; PostgreSQL starts on
+the other node from the replicated directory, and every acknowledged row must be there.
 """
 
 from __future__ import annotations
@@ -12,19 +13,21 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from hakit.config.module import SCRIPTS
+from hakit import templates
+from hakit.daemon.packages import package
 from hakit.lab.lab import Lab
 from hakit.waiting import wait_until
 from tests.lab.modules import LabModule, lab_up
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+PG_VERSION = "15"
+PG_BIN = Path(f"/usr/lib/postgresql/{PG_VERSION}/bin")
+ETC = f"/etc/postgresql/{PG_VERSION}"
+PG_LOG = f"/var/log/postgresql/postgresql-{PG_VERSION}"
 
 pytestmark = [
     pytest.mark.lab,
@@ -36,20 +39,6 @@ pytestmark = [
 LAB = "tpg"
 VIP = "10.100.1.120"
 
-START_PRIM = f"""#!/bin/sh
-set -eu
-# the lab shares /tmp between nodes: the socket goes to the node's private /srv
-rm -f "$PGDATA/postmaster.pid"  # left by a power cut; the postmaster is not running here
-exec runuser -u postgres -- {PG_BIN}/pg_ctl start -w -t 60 -D "$PGDATA" -l "$PGLOG" \\
-    -o "-p $PGPORT -k $PGRUN -c listen_addresses='*'"
-"""
-STOP_PRIM = f"""#!/bin/sh
-# graceful: fast shutdown; forced: immediate
-mode=fast; [ "$3" = force ] && mode=immediate
-runuser -u postgres -- {PG_BIN}/pg_ctl stop -w -t 60 -D "$PGDATA" -m $mode 2>&1 || true
-pkill -9 -f "postgres -D $PGDATA" 2>/dev/null || true
-exit 0
-"""
 CLIENT = """\
 import subprocess, sys, time
 vip, port, acked_path, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
@@ -76,7 +65,8 @@ with open(acked_path, "w") as acked:
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    with lab_up(LAB, 2, 1, 1) as lab:
+    private = ["/var/lib/postgresql", "/var/run/postgresql", "/var/log/postgresql"]
+    with lab_up(LAB, 2, 1, 1, private=private) as lab:
         yield lab
 
 
@@ -99,42 +89,32 @@ def me(lab: Lab, node: str, module: str) -> str:
     return LabModule(lab, module).me(node)
 
 
-def install(lab: Lab, tmp: Path, name: str, mode: str, port: int) -> str:
-    data = f"/srv/{name}/data"
-    folder = tmp / name
-    (folder / "bin").mkdir(parents=True)
-    (folder / "module.yaml").write_text(
-        textwrap.dedent(
-            f"""\
-            kind: mirror
-            nodes: [node1, node2]
-            vips: [{{address: {VIP}/24, network: net1}}]
-            scripts: {{start_timeout: 90, stop_timeout: 60}}
-            replication:
-              mode: {mode}
-              port: {port + 100}
-              dirs: [{{path: {data}, require: [PG_VERSION]}}]
-            variables: {{PGDATA: {data}, PGLOG: /srv/{name}/pg.log, PGRUN: /srv/{name},
-                        PGPORT: '{port}'}}
-            """
-        )
-    )
-    for s in SCRIPTS:
-        p = folder / "bin" / s
-        p.write_text({"start_prim": START_PRIM, "stop_prim": STOP_PRIM}.get(s, "#!/bin/sh\n"))
-        p.chmod(0o755)
-    for node in ("node1", "node2"):
-        sh(lab, node, f"mkdir -p {data} && chown -R postgres: /srv/{name} && chmod 700 {data}")
+def install(lab: Lab, tmp: Path, name: str, mode: str, port: int) -> None:
+    """The postgresql template's package installed on both nodes, for a new Debian cluster
+    `name` made on node1 (its configuration in the shared /etc, its data node1's own)."""
     sh(
         lab,
         "node1",
-        f"runuser -u postgres -- {PG_BIN}/initdb -D {data} -A trust >/dev/null && "
-        f"echo 'host all all 0.0.0.0/0 trust' >> {data}/pg_hba.conf",
+        f"pg_createcluster {PG_VERSION} {name} -p {port} --start-conf manual >/dev/null && "
+        f"echo \"listen_addresses = '*'\" >> {ETC}/{name}/postgresql.conf && "
+        f"echo 'host all all 0.0.0.0/0 trust' >> {ETC}/{name}/pg_hba.conf",
     )
-    lab.exec("node1", ["hakit", "module", "install", str(folder), "--all"], capture=True)
+    data = f"/var/lib/postgresql/{PG_VERSION}/{name}"
+    sh(lab, "node2", f"install -d -o postgres -g postgres -m 700 {data}")
+    values = {"VIP": f"{VIP}/24", "PG_CLUSTER": name, "PGPORT": str(port), "MODE": mode}
+    values["REPL_PORT"] = str(port + 100)
+    folder = templates.render("postgresql", name, tmp, values)
+    pkg = package(folder, tmp / f"{name}.hakit")
+    lab.exec("node1", ["hakit", "module", "install", str(pkg), "--all"], capture=True)
     for node in ("node1", "node2"):
         wait_until(lambda node=node: me(lab, node, name) != "unknown", 10, "loaded")  # type: ignore[misc]
-    return data
+
+
+def drop(lab: Lab, name: str) -> None:
+    """The test's Debian cluster gone: its configuration from the shared /etc, its data."""
+    for node in ("node1", "node2"):
+        sh(lab, node, f"rm -rf /var/lib/postgresql/{PG_VERSION}/{name}", check=False)
+    shutil.rmtree(f"{ETC}/{name}", ignore_errors=True)
 
 
 @pytest.mark.parametrize(
@@ -145,7 +125,11 @@ def test_every_acknowledged_commit_survives_the_failover(
 ) -> None:
     name = f"pg{mode}{failure.replace('-', '')}"
     port = 5440 + len(list(tmp_path.parent.iterdir())) % 40
-    install(lab, tmp_path, name, mode, port)
+    try:
+        install(lab, tmp_path, name, mode, port)
+    except BaseException:
+        drop(lab, name)
+        raise
     psql = ["psql", "-h", VIP, "-p", str(port), "-U", "postgres", "-d", "postgres", "-qAt"]
     try:
         lab.exec("node1", ["hakit", "prim", name], capture=True)
@@ -186,7 +170,7 @@ def test_every_acknowledged_commit_survives_the_failover(
                     ("client1", "ip neigh"),
                     ("node1", "ip -br addr"),
                     ("node2", "ip -br addr"),
-                    ("node2", f"tail -n 20 /srv/{name}/pg.log"),
+                    ("node2", f"tail -n 20 {PG_LOG}-{name}.log"),
                 ]
             )
             client_log = (tmp_path / "client.log").read_text()[-2000:]
@@ -213,4 +197,4 @@ def test_every_acknowledged_commit_survives_the_failover(
                 "stopped",
             )
         lab.exec("node1", ["hakit", "module", "uninstall", name, "--all"], capture=True)
-        time.sleep(0.2)
+        drop(lab, name)

@@ -180,6 +180,8 @@ def test_the_package_ships_the_command_units_completion_and_policies(
         "usr/share/doc/hakit/docs/install.md",
         "usr/share/doc/hakit/docs/witness.md",
         "usr/share/man/man1/hakit.1.gz",
+        "usr/share/hakit/modules/postgresql.hakit",
+        "usr/share/hakit/modules/nginx-farm.hakit",
     ):
         assert files[path].isfile(), path
     # the package creates the node's folders in postinst: dpkg never owns (so never removes) them

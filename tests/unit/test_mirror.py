@@ -233,6 +233,44 @@ def test_default_primary_fails_back_after_the_other_is_ready() -> None:
     assert not sim.double_vip
 
 
+def test_a_failback_delay_keeps_the_roles_until_it_runs_out() -> None:
+    sim = MirrorSim(default_primary="node1", failback_delay=30)
+    first_start(sim)
+    sim.crash("node1")
+    sim.boot("node1")
+    assert sim.states() == ("SECOND ready", "PRIM ready")  # back, not yet primary again
+    assert any("failback to node1" in line and "in 30 s" in line for line in sim.nodes["node2"].log)
+    sim.advance(29)
+    assert sim.states() == ("SECOND ready", "PRIM ready")
+    sim.advance(1)
+    assert sim.states() == ("PRIM ready", "SECOND ready")
+    assert not sim.double_vip
+
+
+def test_a_failback_delay_starts_again_when_the_default_primary_leaves_and_returns() -> None:
+    sim = MirrorSim(default_primary="node1", failback_delay=30)
+    first_start(sim)
+    sim.crash("node1")
+    sim.boot("node1")
+    sim.advance(20)
+    sim.crash("node1")  # gone before the delay ran out: no failback to a node that is not there
+    assert sim.state("node2") == "ALONE ready"
+    sim.advance(15)  # the first wake-up comes: nothing to do
+    assert sim.state("node2") == "ALONE ready"
+    sim.boot("node1")
+    sim.advance(20)  # 20 s after its return: the new delay still runs
+    assert sim.states() == ("SECOND ready", "PRIM ready")
+    sim.advance(10)
+    assert sim.states() == ("PRIM ready", "SECOND ready")
+
+
+def test_due_is_handled_in_every_phase() -> None:
+    for phase in mm.Phase:
+        m = mm.Mirror("app", "node1", "node2", "node2", phase=phase, failback_at=5.0)
+        new, _ = mm.step(m, mm.Due(), 1.0, "x")  # before its time: nothing changes
+        assert new.phase is phase
+
+
 def test_failing_start_prim_stops_the_node_and_the_other_takes_over() -> None:
     sim = MirrorSim()
     first_start(sim)

@@ -72,6 +72,16 @@ def render_state(st: dict[str, Any], console: Console) -> None:
                 style="yellow",
             )
         )
+    cap = st.get("capacity") or {}
+    if cap.get("over"):
+        console.print(
+            Text(
+                f"{st['node']} runs {len(cap['primaries'])} primaries "
+                f"({', '.join(cap['primaries'])}), more than its max_primaries "
+                f"{cap['max_primaries']}",
+                style="yellow",
+            )
+        )
     rejected = hb.get("rejected") or {}
     if rejected:
         parts = ", ".join(f"{k} {v}" for k, v in sorted(rejected.items()))

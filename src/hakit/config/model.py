@@ -142,6 +142,16 @@ class Node(Frozen):
             "Heartbeats to this node on that network go to this address."
         ),
     )
+    max_primaries: int | None = Field(
+        None,
+        ge=1,
+        le=1000,
+        description=(
+            "How many mirror modules this node can run as primary at once (e.g. the shared "
+            "backup of an N-1 cluster). Beyond it the node still takes over — availability "
+            "first — but says so: a warning in the timeline and in `hakit state`."
+        ),
+    )
 
 
 class Cluster(Frozen):

@@ -286,6 +286,16 @@ class MirrorModule(Frozen):
             "the other node is back and synchronised, roles are swapped back to that node)."
         ),
     )
+    failback_delay: float = Field(
+        0,
+        ge=0,
+        le=86400,
+        description=(
+            "With `default_primary` a node name: seconds that node, back and a ready secondary, "
+            "stays secondary before the roles are swapped back (0: at once). It must stay "
+            "ready all that time; leaving and returning starts the delay again."
+        ),
+    )
     scripts: Scripts = Field(default_factory=Scripts, description="Script time limits.")
     services: Services = Field((), description=SERVICES_DESCRIPTION.format(where="on the primary"))
     boot: BootPolicy = Field("auto", description=BOOT_DESCRIPTION)
@@ -614,6 +624,14 @@ def check_mirror(m: MirrorModule, cluster: Cluster) -> list[Problem]:
                 "witness does not answer stays primary while its peer vouches for it, and a "
                 "peer that stops hearing it withdraws that within 2 intervals (+1 to hear it), "
                 "long enough before it may be granted the role (docs/mirror.md#split-brain)",
+            )
+        )
+    if m.failback_delay and m.default_primary not in m.nodes:
+        out.append(
+            Problem(
+                ("failback_delay",),
+                f"{m.failback_delay:g}",
+                "applies only with `default_primary` a node name (the server to go back to)",
             )
         )
     if m.default_primary not in ("alone", "lastprim", *m.nodes):

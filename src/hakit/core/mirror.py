@@ -54,6 +54,7 @@ from hakit.core.mirror_model import (
     Cmp,
     Command,
     Data,
+    Due,
     Event,
     Handler,
     HeldWrites,
@@ -71,6 +72,7 @@ from hakit.core.mirror_model import (
     Result,
     RunOp,
     Then,
+    Wake,
     compare,
     event_kind,
     peer_from_wire,
@@ -103,6 +105,8 @@ from hakit.core.mirror_ops import (
     _replica_lost_second,
 )
 from hakit.core.mirror_peer import (
+    _due_noted,
+    _due_primary,
     _peer_note,
     _peer_primary,
     _peer_second,
@@ -126,6 +130,7 @@ __all__ = [
     "Cmp",
     "Command",
     "Data",
+    "Due",
     "Event",
     "HeldWrites",
     "Holds",
@@ -141,6 +146,7 @@ __all__ = [
     "ReplicaLost",
     "RunOp",
     "Then",
+    "Wake",
     "compare",
     "peer_from_wire",
     "serves_alone",
@@ -200,6 +206,8 @@ TARGETS: dict[Handler, frozenset[Phase]] = {
     _arbiter_second: frozenset({P.PROMOTING}),
     _arbiter_waiting: frozenset({P.WAITING, P.PROMOTING, P.JOINING}),
     _arbiter_noted: _SAME,
+    _due_primary: frozenset({P.DEMOTING}),
+    _due_noted: _SAME,
 }
 """Where each handler may lead (besides staying put). `step` enforces it; the diagram in
 docs/state-machines.md is drawn from it."""
@@ -306,6 +314,7 @@ def _table() -> dict[tuple[Phase, str], Handler]:
                 Phase.WAITING: _recover_waiting,
                 Phase.STOPPED: _recover_late,
             }.get(phase, _recover_later)
+        t[(phase, "due")] = _due_primary if phase in (Phase.ALONE, Phase.PRIM) else _due_noted
         if phase in OP_OF_PHASE:
             op = OP_OF_PHASE[phase]
             t[(phase, f"done:{op.value}")] = _DONE[op]
@@ -314,7 +323,7 @@ def _table() -> dict[tuple[Phase, str], Handler]:
 
 TRANSITIONS: dict[tuple[Phase, str], Handler] = _table()
 """(phase, event kind) -> handler. Event kinds: `peer`, `cmd:<command>`, `done:<operation>`,
-`replica-lost`, `recover:<action>` and `holds` (checkers)."""
+`replica-lost`, `recover:<action>`, `holds` (checkers) and `due` (a failback delay ran out)."""
 
 
 def targets(phase: Phase, kind: str) -> frozenset[Phase]:

@@ -171,6 +171,8 @@ class Mirror:
     peer_name: str
     default_primary: str = "alone"
     keep: str = "first-primary"  # split-brain policy: who stays primary when both were
+    failback_delay: float = 0.0  # s a returned default primary stays secondary before the swap
+    failback_at: float = 0.0  # > 0: when the pending failback is due (see `Due`)
     phase: Phase = Phase.STOPPED
     data: Data = field(default_factory=Data)
     peer: PeerInfo = field(default_factory=PeerInfo)
@@ -280,7 +282,12 @@ class Arbiter:
     asked: float = field(default=0.0, compare=False)
 
 
-Event = Command | PeerChanged | OpDone | ReplicaLost | Recover | Holds | Arbiter
+@dataclass(frozen=True)
+class Due:
+    """A time the machine asked to be woken at (`Wake`) has come: a pending failback."""
+
+
+Event = Command | PeerChanged | OpDone | ReplicaLost | Recover | Holds | Arbiter | Due
 
 
 def event_kind(ev: Event) -> str:
@@ -296,6 +303,8 @@ def event_kind(ev: Event) -> str:
         return "holds"
     if isinstance(ev, Arbiter):
         return "arbiter"
+    if isinstance(ev, Due):
+        return "due"
     return "peer"
 
 
@@ -332,7 +341,14 @@ class HeldWrites:
     release: bool
 
 
-Action = RunOp | Persist | Publish | HeldWrites | Explain | Accepted | Refused
+@dataclass(frozen=True)
+class Wake:
+    """Send the machine `Due` at `at` (the executor's timer; an earlier one may be pending)."""
+
+    at: float
+
+
+Action = RunOp | Persist | Publish | HeldWrites | Wake | Explain | Accepted | Refused
 
 
 Result = tuple[Mirror, tuple[Action, ...]]

@@ -26,6 +26,7 @@ from hakit.core.mirror_model import (
     Publish,
     Result,
     Then,
+    Wake,
     compare,
 )
 from hakit.core.mirror_split import (
@@ -114,20 +115,48 @@ def _peer_primary(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
             Explain(f"{_name(m)} PRIM: {peer} is a ready secondary ({data.label()})"),
             Publish(),
         )
-        if m.default_primary == peer:
-            m4, more = _start_op(
-                m3,
-                Phase.DEMOTING,
-                now,
-                f"{_name(m)} failback: {peer} is the default primary; swapping",
-                then=Then.SWAP,
+        if m.default_primary == peer and m.failback_delay > 0:
+            at = now + m.failback_delay
+            m4 = replace(m3, failback_at=at)
+            told = Explain(
+                f"{_name(m)}: failback to {peer}, the default primary, in "
+                f"{m.failback_delay:g} s (failback_delay) if it stays a ready secondary"
             )
-            return m4, acts + more
+            return m4, (*acts, told, Wake(at))
+        if m.default_primary == peer:
+            return _failback(m3, now, acts)
         return m3, acts
     if was_ready and not is_ready:
         why = ev.why if isinstance(ev, PeerChanged) and ev.why else f"{peer} {m2.peer.describe()}"
         return _alone(m2, now, fresh_id, why)
     return m2, ()
+
+
+def _failback(m: Mirror, now: float, acts: tuple[Action, ...] = ()) -> Result:
+    """Swap the roles back to the peer, the default primary (a ready secondary)."""
+    m2, more = _start_op(
+        replace(m, failback_at=0.0),
+        Phase.DEMOTING,
+        now,
+        f"{_name(m)} failback: {m.peer_name} is the default primary; swapping",
+        then=Then.SWAP,
+    )
+    return m2, acts + more
+
+
+def _due_primary(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
+    """The failback delay ran out: swap if it is still due (the default primary stayed a
+    ready secondary all along: leaving reset it, and a later return set a later time)."""
+    if m.failback_at <= 0 or now < m.failback_at:
+        return m, ()
+    if m.phase is not Phase.PRIM or not m.peer_second_ready():
+        return replace(m, failback_at=0.0), ()
+    return _failback(m, now)
+
+
+def _due_noted(m: Mirror, ev: Event, now: float, fresh_id: str) -> Result:
+    """A wake-up for a failback that no longer applies (the node is no longer primary)."""
+    return replace(m, failback_at=0.0), ()
 
 
 def _alone(m: Mirror, now: float, fresh_id: str, why: str) -> Result:

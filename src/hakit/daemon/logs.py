@@ -77,7 +77,13 @@ class Timeline:
         self._events.append(ev)
         self.seq += 1
         level = logging.INFO
-        if ev.kind in ("peer-lost", "link-down", "network-silent", "module-warning"):
+        if ev.kind in (
+            "peer-lost",
+            "link-down",
+            "network-silent",
+            "module-warning",
+            "capacity-warning",
+        ):
             level = logging.WARNING
         elif ev.kind.endswith("-error"):
             level = logging.ERROR

@@ -72,6 +72,7 @@ class MirrorRunner(ModuleRunner):
             local=self.env.local,
             peer_name=cfg.peer_of(self.env.local),
             default_primary=cfg.default_primary,
+            failback_delay=cfg.failback_delay,
             data=data,
             failover=bool(saved.get("failover", cfg.failover)),
         )
@@ -275,6 +276,8 @@ class MirrorRunner(ModuleRunner):
             elif isinstance(a, mm.HeldWrites):
                 if self.replication is not None:
                     self.replication.held_writes(a.release)
+            elif isinstance(a, mm.Wake):
+                self._tg.create_task(self._wake(a.at))
             elif isinstance(a, Explain):
                 self._record(a.message, a.level)
             elif isinstance(a, Accepted | Refused):
@@ -435,6 +438,11 @@ class MirrorRunner(ModuleRunner):
 
     def kind_env(self) -> dict[str, str]:
         return {"HAKIT_PEER": self.machine.peer_name}
+
+    async def _wake(self, at: float) -> None:
+        """`Due` to the machine at `at` (its clock: `env.now`)."""
+        await asyncio.sleep(max(0.0, at - self.env.now()))
+        self.queue.put_nowait(Pending(mm.Due()))
 
     # --- split brain ---------------------------------------------------------------------------
 

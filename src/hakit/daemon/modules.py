@@ -24,6 +24,7 @@ from hakit.adapters.witness import WitnessClient, WitnessPort
 from hakit.config.load import ClusterFile
 from hakit.config.module import MODULE_FILE, MODULE_NAME, FarmModule, load_module
 from hakit.core import mirror as mm
+from hakit.core.capacity import Capacity, observe
 from hakit.core.outcomes import Accepted, Refused
 from hakit.daemon.farm_runner import FarmRunner
 from hakit.daemon.logs import LOGGER, Event
@@ -90,6 +91,7 @@ class ModuleManager:
     _witnesses: dict[tuple[tuple[str, int], ...], WitnessPort] = field(default_factory=dict)
     _scanning: asyncio.Lock = field(default_factory=asyncio.Lock)
     _running: bool = False
+    capacity: Capacity = field(default_factory=lambda: Capacity(None))
 
     def _env(self, vips: VipPort) -> Environment:
         """The runner's environment; `vips`: the module's VIP port (with its cloud movers)."""
@@ -138,6 +140,7 @@ class ModuleManager:
             try:
                 while True:
                     await self.rescan()
+                    self.check_capacity()
                     await asyncio.sleep(RESCAN_EVERY)
             finally:
                 self._running = False
@@ -285,6 +288,21 @@ class ModuleManager:
         self._event(name, "module-unloaded", f"{name}: {why}")
         self._published()
         self._holding()
+
+    def check_capacity(self) -> None:
+        """Warn in the timeline when this node runs more primaries than its `max_primaries`."""
+        primaries = tuple(
+            n
+            for n, e in self.entries.items()
+            if isinstance(e.runner, MirrorRunner)
+            and e.runner.machine.display()[0] in ("ALONE", "PRIM")
+        )
+        limit = self.cluster.config.nodes[self.local].max_primaries
+        self.capacity, say = observe(self.capacity, self.local, primaries, limit)
+        if say is not None:
+            level, message = say
+            kind = "capacity-warning" if level == "warning" else "capacity"
+            self.record(Event(time.time(), self.local, kind, message))
 
     def _event(self, module: str, kind: str, message: str) -> None:
         self.record(Event(time.time(), self.local, kind, message, module=module))

@@ -208,6 +208,7 @@ class NodeDaemon:
         }
         st = build_status(self.cluster.config, self.local, self.heartbeat.view.snapshot, daemon)
         st["modules"] = self.modules.status()
+        st["capacity"] = self.modules.capacity.to_json()
         return st
 
     def events(self, limit: int, module: str | None = None) -> list[dict[str, Any]]:

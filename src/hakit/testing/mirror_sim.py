@@ -45,6 +45,7 @@ class SimNode:
     preserved: list[str] = field(default_factory=list)  # why each join kept the diverged files
     data: set[int] = field(default_factory=set)  # the writes this node's copy holds
     held: list[int] = field(default_factory=list)  # writes held by its replication layer
+    wakes: list[float] = field(default_factory=list)  # times it asked to be woken at (Wake)
 
 
 class MirrorSim:
@@ -55,9 +56,11 @@ class MirrorSim:
         default_primary: str = "alone",
         keep: str = "first-primary",
         witness: bool = False,
+        failback_delay: float = 0.0,
     ) -> None:
         self.default_primary = default_primary
         self.keep = keep
+        self.failback_delay = failback_delay
         # a witness, if any: which nodes reach it, who holds its lease
         self.witness = witness
         self.reaches: dict[str, bool] = {a: True, b: True}
@@ -80,6 +83,7 @@ class MirrorSim:
             peer,
             self.default_primary,
             self.keep,
+            failback_delay=self.failback_delay,
             data=data,
             failover=failover,
             arbitrated=self.witness,
@@ -122,6 +126,8 @@ class MirrorSim:
                 node.log.append(a.message)
             elif isinstance(a, Accepted | Refused):
                 node.answers.append(a)
+            elif isinstance(a, mm.Wake):
+                node.wakes.append(a.at)
             elif isinstance(a, mm.HeldWrites):
                 (self.acked if a.release else self.refused).update(node.held)
                 if not a.release:
@@ -190,6 +196,17 @@ class MirrorSim:
         self.now += 0.01  # the request is asked after everything handled so far
         self._apply(node, mm.Arbiter(granted, detail, asked=self.now))
         return True
+
+    def advance(self, seconds: float) -> None:
+        """Let `seconds` pass: every wake-up that comes due is delivered (`Due`), then settle."""
+        self.now += seconds
+        for node in self.nodes.values():
+            due = [t for t in node.wakes if t <= self.now]
+            node.wakes = [t for t in node.wakes if t > self.now]
+            for _ in due:
+                if node.up:
+                    self._apply(node, mm.Due())
+        self.settle()
 
     def set_witness(self, **reaches: bool) -> None:
         """Which nodes reach the witness (`node1=False`: node1 cannot)."""
