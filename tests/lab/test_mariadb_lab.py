@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,30 +45,6 @@ DATADIR = "/var/lib/mysql"  # the template's defaults, made private to each node
 PRIVATE = [DATADIR, "/run/mysqld", "/var/log/mysql"]
 SOCKET = "/run/mysqld/mysqld.sock"
 USER, PASSWORD = "app", "app-secret"
-
-CLIENT = """\
-import subprocess, sys, time
-vip, port, user, password, acked_path, seconds = sys.argv[1:6] + [float(sys.argv[6])]
-end = time.monotonic() + seconds
-i = 0
-with open(acked_path, "w") as acked:
-    while time.monotonic() < end:
-        i += 1
-        try:
-            r = subprocess.run(
-                ["mariadb", "--no-defaults", "-h", vip, "-P", port, "-u", user,
-                 f"-p{password}", "--connect-timeout=3", "app",
-                 "-e", f"insert into t values ({i})"],
-                capture_output=True, timeout=10,
-            )
-        except subprocess.TimeoutExpired:  # e.g. a connection to the old primary: not acked
-            continue
-        if r.returncode == 0:  # the commit was acknowledged
-            acked.write(f"{i}\\n")
-            acked.flush()
-        else:
-            time.sleep(0.05)
-"""
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +126,27 @@ def test_every_acknowledged_commit_survives_the_failover(
         acked_file = tmp_path / "acked"
         client = lab.spawn(
             "client1",
-            ["python3", "-c", CLIENT, VIP, str(port), USER, PASSWORD, str(acked_file), "120"],
+            [
+                sys.executable,
+                "-m",
+                "hakit.lab.ledger",
+                str(acked_file),
+                "120",
+                "--",
+                "mariadb",
+                "--no-defaults",
+                "-h",
+                VIP,
+                "-P",
+                str(port),
+                "-u",
+                USER,
+                f"-p{PASSWORD}",
+                "--connect-timeout=3",
+                "app",
+                "-e",
+                "insert into t values ({i})",
+            ],
             log=tmp_path / "client.log",
         )
         wait_until(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,29 +39,6 @@ pytestmark = [
 
 LAB = "tpg"
 VIP = "10.100.1.120"
-
-CLIENT = """\
-import subprocess, sys, time
-vip, port, acked_path, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
-end = time.monotonic() + seconds
-i = 0
-with open(acked_path, "w") as acked:
-    while time.monotonic() < end:
-        i += 1
-        try:
-            r = subprocess.run(
-                ["psql", "-h", vip, "-p", port, "-U", "postgres", "-d", "postgres", "-qAt",
-                 "-v", "ON_ERROR_STOP=1", "-c", f"insert into t values ({i})"],
-                capture_output=True, timeout=10,
-            )
-        except subprocess.TimeoutExpired:  # e.g. a connection to the old primary: not acked
-            continue
-        if r.returncode == 0:  # the commit was acknowledged
-            acked.write(f"{i}\\n")
-            acked.flush()
-        else:
-            time.sleep(0.05)
-"""
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +118,19 @@ def test_every_acknowledged_commit_survives_the_failover(
         acked_file = tmp_path / "acked"
         client = lab.spawn(
             "client1",
-            ["python3", "-c", CLIENT, VIP, str(port), str(acked_file), "150"],
+            [
+                sys.executable,
+                "-m",
+                "hakit.lab.ledger",
+                str(acked_file),
+                "150",
+                "--",
+                *psql,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                "insert into t values ({i})",
+            ],
             log=tmp_path / "client.log",
         )
         wait_until(
