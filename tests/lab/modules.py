@@ -25,6 +25,14 @@ def lab_up(name: str, nodes: int, networks: int, clients: int, **options: Any) -
         lab.down(missing_ok=True)
 
 
+def sh(lab: Lab, host: str, script: str, check: bool = True) -> str:
+    """`sh -c script` on `host`; its output (with `check`, a failure fails the test)."""
+    r = lab.exec(host, ["sh", "-c", script], capture=True, check=False)
+    if check:
+        assert r.returncode == 0, f"{host}$ {script}\n{r.stdout}{r.stderr}"
+    return r.stdout
+
+
 M = TypeVar("M", bound="LabModule")
 
 

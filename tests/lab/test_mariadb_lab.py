@@ -27,7 +27,7 @@ from hakit.daemon.packages import package
 from hakit.lab.lab import Lab
 from hakit.templates import render
 from hakit.waiting import wait_until
-from tests.lab.modules import LabModule, lab_up
+from tests.lab.modules import LabModule, lab_up, sh
 
 pytestmark = [
     pytest.mark.lab,
@@ -51,13 +51,6 @@ USER, PASSWORD = "app", "app-secret"
 def lab() -> Iterator[Lab]:
     with lab_up(LAB, 2, 1, 1, private=PRIVATE) as lab:
         yield lab
-
-
-def sh(lab: Lab, host: str, script: str, check: bool = True) -> str:
-    r = lab.exec(host, ["sh", "-c", script], capture=True, check=False)
-    if check:
-        assert r.returncode == 0, r.stdout + r.stderr
-    return r.stdout
 
 
 def me(lab: Lab, node: str, module: str) -> str:

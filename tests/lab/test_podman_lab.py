@@ -26,7 +26,7 @@ from hakit import templates
 from hakit.daemon.packages import PACKAGE_SUFFIX, package_bytes
 from hakit.lab.lab import Lab
 from hakit.waiting import wait_until
-from tests.lab.modules import LabModule, lab_up
+from tests.lab.modules import LabModule, lab_up, sh
 
 BUSYBOX = Path("/bin/busybox")
 
@@ -93,13 +93,6 @@ with open(acked_path, "w") as acked:
             last = n
         time.sleep(0.05)
 """
-
-
-def sh(lab: Lab, host: str, script: str, check: bool = True) -> str:
-    r = lab.exec(host, ["sh", "-c", script], capture=True, check=False)
-    if check:
-        assert r.returncode == 0, f"{host}$ {script}\n{r.stdout}{r.stderr}"
-    return r.stdout
 
 
 def podman(conf: Path) -> str:

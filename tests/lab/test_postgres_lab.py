@@ -23,7 +23,7 @@ from hakit import templates
 from hakit.daemon.packages import package
 from hakit.lab.lab import Lab
 from hakit.waiting import wait_until
-from tests.lab.modules import LabModule, lab_up
+from tests.lab.modules import LabModule, lab_up, sh
 
 PG_VERSION = "15"
 PG_BIN = Path(f"/usr/lib/postgresql/{PG_VERSION}/bin")
@@ -46,13 +46,6 @@ def lab() -> Iterator[Lab]:
     private = ["/var/lib/postgresql", "/var/run/postgresql", "/var/log/postgresql"]
     with lab_up(LAB, 2, 1, 1, private=private) as lab:
         yield lab
-
-
-def sh(lab: Lab, host: str, script: str, check: bool = True) -> str:
-    r = lab.exec(host, ["sh", "-c", script], capture=True, check=False)
-    if check:
-        assert r.returncode == 0, r.stdout + r.stderr
-    return r.stdout
 
 
 def facts_of(lab: Lab, host: str, script: str) -> str:
