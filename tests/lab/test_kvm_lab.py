@@ -99,10 +99,62 @@ def test_every_acknowledged_guest_write_survives_a_power_cut(lab: Lab, tmp_path:
         assert boot, "no hakit-boot line on node2's console"
         assert int(boot[0]) >= max(before), (boot, max(before))
         assert set(acked(log2.read_text("latin-1"))) <= on_disk
+        print(f"acked on node1 {len(before)}, node2 booted at {boot[0]}, on disk {len(on_disk)}")
     finally:
         lab.poweron("node1")
         for node in ("node2", "node1"):
             m.cmd(node, "stop", check=False)
         lab.exec(
             "node2", ["hakit", "module", "uninstall", NAME, "--all"], capture=True, check=False
+        )
+
+
+def test_a_swap_shuts_the_guest_down_and_boots_it_on_the_other_node(
+    lab: Lab, tmp_path: Path
+) -> None:
+    values = {
+        "ACCEL": os.environ.get("HAKIT_KVM_ACCEL", "tcg"),
+        "MEMORY": "256",
+        "KERNEL": "vmlinuz",
+        "INITRD": "initrd",
+        "APPEND": "console=ttyS0 quiet panic=-1",
+        "SHUTDOWN_TIMEOUT": "5",
+        "HEARTBEAT_AGE": "15",
+    }
+    folder = render("kvm", NAME, tmp_path, values)
+    vm1 = lab.host_path("node1", VM_DIR)
+    shutil.rmtree(vm1, ignore_errors=True)
+    shutil.rmtree(lab.host_path("node2", VM_DIR), ignore_errors=True)
+    kvm_guest.build(vm1)
+    kvm_guest.make_disk(vm1 / "disk.img")
+    lab.exec("node2", ["mkdir", "-p", VM_DIR])
+    log1, log2 = lab.host_path("node1", SERIAL), lab.host_path("node2", SERIAL)
+    for log in (log1, log2):
+        log.unlink(missing_ok=True)
+    lab.exec("node1", ["hakit", "module", "install", str(folder), "--all"], capture=True)
+    m = LabModule(lab, NAME)
+    m.loaded()
+    try:
+        m.cmd("node1", "prim")
+        m.wait("node1", "ALONE ready", 60)
+        m.cmd("node2", "second")
+        m.wait("node2", "SECOND ready", 120)
+        wait_until(
+            lambda: log1.exists() and len(acked(log1.read_text("latin-1"))) >= 10, 90, "acks"
+        )
+        m.cmd("node1", "swap")
+        m.wait("node2", "PRIM ready", 90)
+        m.wait("node1", "SECOND ready", 120)
+        before = acked(log1.read_text("latin-1"))
+        wait_until(
+            lambda: log2.exists() and len(acked(log2.read_text("latin-1"))) >= 5, 90, "node2 acks"
+        )
+        boot = re.findall(r"hakit-boot last=(\d+)", log2.read_text("latin-1"))
+        assert boot, "no hakit-boot line on node2's console"
+        assert int(boot[0]) >= max(before), (boot, max(before))
+    finally:
+        for node in ("node2", "node1"):
+            m.cmd(node, "stop", check=False)
+        lab.exec(
+            "node1", ["hakit", "module", "uninstall", NAME, "--all"], capture=True, check=False
         )
