@@ -9,6 +9,7 @@ powered off while the guest writes; node2 boots the same image, and every acknow
 must be in the guest's /log.
 
 HAKIT_KVM_ACCEL (default tcg): this machine's nested /dev/kvm never boots Debian's kernel.
+HAKIT_KVM_CACHE (default writeback): the qemu cache mode under test.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def acked(text: str) -> list[int]:
 def test_every_acknowledged_guest_write_survives_a_power_cut(lab: Lab, tmp_path: Path) -> None:
     values = {
         "ACCEL": os.environ.get("HAKIT_KVM_ACCEL", "tcg"),
+        "CACHE": os.environ.get("HAKIT_KVM_CACHE", "writeback"),
         "MEMORY": "256",
         "KERNEL": "vmlinuz",
         "INITRD": "initrd",
@@ -114,6 +116,7 @@ def test_a_swap_shuts_the_guest_down_and_boots_it_on_the_other_node(
 ) -> None:
     values = {
         "ACCEL": os.environ.get("HAKIT_KVM_ACCEL", "tcg"),
+        "CACHE": os.environ.get("HAKIT_KVM_CACHE", "writeback"),
         "MEMORY": "256",
         "KERNEL": "vmlinuz",
         "INITRD": "initrd",
