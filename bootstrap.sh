@@ -30,7 +30,8 @@ esac
 # fuse3, libfuse3-3: the replication layer (FUSE mount over replicated directories).
 # nginx: the shipped example farm-web (and the demo and tests that run it).
 # The tests also run the module templates with the real applications: nginx and apache2 (web
-# farms), MariaDB, podman (a busybox-static image built at test time).
+# farms), MariaDB, podman (a busybox-static image built at test time) and a qemu virtual
+# machine (a guest made at test time from Debian's kernel and busybox; socat talks to its QMP).
 debs=(iproute2 nftables util-linux procps psmisc iputils-ping ca-certificates fuse3 libfuse3-3
       nginx)
 # The Debian package's build (packaging/build-deb): Debian's Python, dh-virtualenv, debhelper.
@@ -43,7 +44,7 @@ build_debs=(python3 python3-venv dpkg-dev debhelper dh-virtualenv build-essentia
 # browsers).
 [ "$action" = test ] && debs+=(postgresql postgresql-contrib "${build_debs[@]}" logrotate
                                prometheus chromium apache2 mariadb-server mariadb-client
-                               podman busybox-static)
+                               podman busybox-static qemu-system-x86 linux-image-amd64 socat)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
