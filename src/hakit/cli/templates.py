@@ -71,7 +71,7 @@ def module_new(name: str, template: str, sets: tuple[str, ...], where: Path) -> 
     out.print(f"wrote {folder}/ from template {template} ({checked})")
     doc = templates.load(template).spec.doc
     if doc:
-        out.print(f"read {doc} for its settings and limits")
+        out.print(f"its settings and limits: {doc} (installed: /usr/share/doc/hakit/{doc})")
 
 
 @click.command("templates")
