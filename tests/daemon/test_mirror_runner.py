@@ -106,10 +106,19 @@ def run(
 def test_prim_runs_prestart_adds_and_announces_the_vip_then_start_prim(tmp_path: Path) -> None:
     w = World(tmp_path)
 
+    state_file = tmp_path / "var" / "modules" / "web" / "state.json"
+
+    def saved_phase() -> str:
+        try:
+            return str(json.loads(state_file.read_text()).get("phase"))
+        except (OSError, ValueError):
+            return ""
+
     async def body(r: MirrorRunner) -> None:
         answer = await r.command(mm.Cmd.PRIM)
         assert isinstance(answer, Accepted)
         await until(lambda: r.machine.phase is mm.Phase.ALONE, "ALONE")
+        await until(lambda: saved_phase() == "alone", "ALONE saved")  # written on a thread
 
     r = run(body, w)
     assert [c.name for c in w.scripts.calls if c.name != "transition"] == ["prestart", "start_prim"]
@@ -121,7 +130,7 @@ def test_prim_runs_prestart_adds_and_announces_the_vip_then_start_prim(tmp_path:
     assert start.env["HAKIT_VIPS"] == "10.0.0.100/24"
     assert w.vips.addresses("eth0") == ["10.0.0.1/24", "10.0.0.100/24"]
     assert len(w.vips.announced) >= 1
-    saved = json.loads((tmp_path / "var" / "modules" / "web" / "state.json").read_text())
+    saved = json.loads(state_file.read_text())
     assert saved["run"] is True
     assert saved["phase"] == "alone"
     assert saved["data"]["alone_ok"] is True
