@@ -45,7 +45,7 @@ def lab() -> Iterator[Lab]:
     """Three servers; node3, the shared backup, can carry one primary (`max_primaries`)."""
     with lab_up(LAB, 3, 1, 1, daemon=False) as lab:
         for node in NODES:
-            path = lab.dir / node / "fs" / "etc" / "hakit" / "cluster.yaml"
+            path = lab.host_path(node, "/etc/hakit/cluster.yaml")
             text = path.read_text()
             mark = "      net1: 10.100.1.13\n"
             assert mark in text

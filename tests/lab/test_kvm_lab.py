@@ -49,12 +49,9 @@ def lab() -> Iterator[Lab]:
         yield lab
 
 
-def acked(text: str) -> list[int]:
-    return [int(x) for x in re.findall(r"acked (\d+)", text)]
-
-
-def test_every_acknowledged_guest_write_survives_a_power_cut(lab: Lab, tmp_path: Path) -> None:
-    values = {
+def settings() -> dict[str, str]:
+    """The template's variables for the test guest (direct boot, small, emulated by default)."""
+    return {
         "ACCEL": os.environ.get("HAKIT_KVM_ACCEL", "tcg"),
         "CACHE": os.environ.get("HAKIT_KVM_CACHE", "writeback"),
         "MEMORY": "256",
@@ -64,7 +61,14 @@ def test_every_acknowledged_guest_write_survives_a_power_cut(lab: Lab, tmp_path:
         "SHUTDOWN_TIMEOUT": "5",
         "HEARTBEAT_AGE": "15",
     }
-    folder = render("kvm", NAME, tmp_path, values)
+
+
+def acked(text: str) -> list[int]:
+    return [int(x) for x in re.findall(r"acked (\d+)", text)]
+
+
+def test_every_acknowledged_guest_write_survives_a_power_cut(lab: Lab, tmp_path: Path) -> None:
+    folder = render("kvm", NAME, tmp_path, settings())
     pkg = package(folder, tmp_path / f"{NAME}.hakit")
     vm1 = lab.host_path("node1", VM_DIR)
     kvm_guest.build(vm1)
@@ -114,17 +118,7 @@ def test_every_acknowledged_guest_write_survives_a_power_cut(lab: Lab, tmp_path:
 def test_a_swap_shuts_the_guest_down_and_boots_it_on_the_other_node(
     lab: Lab, tmp_path: Path
 ) -> None:
-    values = {
-        "ACCEL": os.environ.get("HAKIT_KVM_ACCEL", "tcg"),
-        "CACHE": os.environ.get("HAKIT_KVM_CACHE", "writeback"),
-        "MEMORY": "256",
-        "KERNEL": "vmlinuz",
-        "INITRD": "initrd",
-        "APPEND": "console=ttyS0 quiet panic=-1",
-        "SHUTDOWN_TIMEOUT": "5",
-        "HEARTBEAT_AGE": "15",
-    }
-    folder = render("kvm", NAME, tmp_path, values)
+    folder = render("kvm", NAME, tmp_path, settings())
     vm1 = lab.host_path("node1", VM_DIR)
     shutil.rmtree(vm1, ignore_errors=True)
     shutil.rmtree(lab.host_path("node2", VM_DIR), ignore_errors=True)

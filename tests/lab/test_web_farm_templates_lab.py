@@ -60,15 +60,15 @@ def own_configuration(lab: Lab, template: str) -> None:
     a page that says who serves it (what hakit.lab.webclient reads)."""
     service, etc, _ = SERVERS[template]
     for node in NODES:
-        fs = lab.dir / node / "fs"
-        shutil.copytree(etc, f"{fs}{etc}", symlinks=True, dirs_exist_ok=True)
+        own = lab.host_path(node, etc)
+        shutil.copytree(etc, own, symlinks=True, dirs_exist_ok=True)
         run = f"/srv/{service}"
         if service == "nginx":
-            conf = Path(f"{fs}{etc}/nginx.conf")
+            conf = own / "nginx.conf"
             text = conf.read_text().replace("pid /run/nginx.pid;", f"pid {run}/nginx.pid;")
             conf.write_text(text.replace("/var/log/nginx/", f"{run}/"))
         else:
-            envvars = Path(f"{fs}{etc}/envvars")
+            envvars = own / "envvars"
             text = envvars.read_text()
             for old in (
                 "/var/run/apache2$SUFFIX",
@@ -78,7 +78,7 @@ def own_configuration(lab: Lab, template: str) -> None:
                 text = text.replace(old, run)
             envvars.write_text(text)
         lab.exec(node, ["install", "-d", "-m", "755", run])
-        Path(f"{fs}/var/www/html/index.html").write_text(f"served by {node}\n")
+        (lab.host_path(node, "/var/www/html") / "index.html").write_text(f"served by {node}\n")
 
 
 def clients(lab: Lab, vip: str, n: int) -> dict[str, object]:
@@ -90,7 +90,7 @@ def clients(lab: Lab, vip: str, n: int) -> dict[str, object]:
 def server_pid(lab: Lab, template: str, node: str) -> int:
     """The PID in the server's pid file on `node` (0 when there is none)."""
     service = SERVERS[template][0]
-    pidfile = lab.dir / node / "fs" / "srv" / service / f"{service}.pid"
+    pidfile = lab.host_path(node, f"/srv/{service}/{service}.pid")
     try:
         return int(pidfile.read_text().split()[0])
     except (FileNotFoundError, IndexError, ValueError):

@@ -109,13 +109,12 @@ class SysV:
     manager: str = field(default="sysv", init=False)
 
     def _script(self, name: str) -> str:
-        script = self.init_d / name
-        if not os.access(script, os.X_OK):
+        if not self.exists(name):
             raise ServiceError(
-                f"service {name}: no systemd here and no executable {script}; "
+                f"service {name}: no systemd here and no executable {self.init_d / name}; "
                 "install the application's package on this node"
             )
-        return str(script)
+        return str(self.init_d / name)
 
     def exists(self, name: str) -> bool:
         return os.access(self.init_d / name, os.X_OK)

@@ -246,7 +246,7 @@ def build_packages(out_dir: Path) -> list[Path]:
     written = []
     with tempfile.TemporaryDirectory(prefix="hakit-templates-") as tmp:
         for name in names():
-            folder = render(name, name.replace(".", "-"), Path(tmp))
+            folder = render(name, name, Path(tmp))
             pkg = out_dir / f"{name}{PACKAGE_SUFFIX}"
             pkg.write_bytes(package_bytes(folder))
             written.append(pkg)
