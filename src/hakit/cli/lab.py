@@ -233,6 +233,16 @@ def isolate(name: str, host: str) -> None:
 
 @lab.command("demo")
 @click.option("--name", default="demo", show_default=True, help="Name of the demo's lab.")
+@click.option(
+    "--scene",
+    type=click.Choice(["tour", "farm-mirror", "active-active", "n-1", "vm"]),
+    default="tour",
+    show_default=True,
+    help="What to tell: the tour of hakit, or one architecture of docs/architectures.md on a "
+    "lab of its own (farm-mirror: a web farm and a mirrored application on three servers; "
+    "active-active: two applications each preferring its own server, failback; n-1: two "
+    "applications sharing one backup; vm: two KVM guests cross-replicated on two hosts).",
+)
 @click.option("--keep", is_flag=True, help="Leave the lab up at the end, to explore it.")
 @click.option(
     "--console",
@@ -248,9 +258,17 @@ def isolate(name: str, host: str) -> None:
     show_default=True,
     help="The console's port on 127.0.0.1.",
 )
-def demo(name: str, keep: bool, web_console: bool, console_port: int) -> None:
-    """Narrated demo: a 3-node cluster forms, survives a network cut, detects a power cut."""
+def demo(name: str, scene: str, keep: bool, web_console: bool, console_port: int) -> None:
+    """Narrated demo: a 3-node cluster forms, survives a network cut, detects a power cut
+    (or, with --scene, one architecture told and checked on its own lab)."""
     from hakit.lab.demo import run_demo
 
     check_environment()
-    run_demo(name, keep=keep, console=_out(), web_console=web_console, console_port=console_port)
+    run_demo(
+        name,
+        scene=scene,
+        keep=keep,
+        console=_out(),
+        web_console=web_console,
+        console_port=console_port,
+    )

@@ -12,7 +12,6 @@ import time
 from collections.abc import Iterable
 from functools import partial
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -20,6 +19,8 @@ from rich.rule import Rule
 
 from hakit.lab.errors import LabError
 from hakit.lab.lab import Lab
+from hakit.lab.narrator import DemoFailed, Narrator
+from hakit.lab.scenes import SCENES, build_lab
 from hakit.waiting import wait_until
 
 STEP_TIMEOUT = 15.0
@@ -41,33 +42,9 @@ with open("{log}", "a") as f:
 """
 
 
-class DemoFailed(LabError):
-    pass
-
-
-class Demo:
-    def __init__(self, lab: Lab, console: Console) -> None:
-        self.lab = lab
-        self.out = console
-
-    def state(self, node: str) -> dict[str, Any]:
-        r = self.lab.exec(node, ["hakit", "state", "--json"], capture=True, check=False)
-        if r.returncode != 0:
-            return {}
-        return json.loads(r.stdout)  # type: ignore[no-any-return]
-
-    def show_state(self, node: str) -> None:
-        self.out.print(f"[dim]$ hakit lab exec {self.lab.name} {node} -- hakit state[/]")
-        r = self.lab.exec(
-            node, ["hakit", "state"], capture=True, check=False, env={"COLUMNS": "100"}
-        )
-        self.out.print(r.stdout.rstrip(), highlight=False, markup=False)
-
-    def events(self, node: str) -> list[dict[str, Any]]:
-        path: Path = self.lab.host_path(node, "/var/log/hakit/events.jsonl")
-        if not path.exists():
-            return []
-        return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+class Demo(Narrator):
+    """The tour: a cluster forms, survives a network cut and a power cut, then a mirror and a
+    farm module at work (the default scene)."""
 
     def alive(self, observer: str, node: str) -> bool:
         st = self.state(observer)
@@ -83,10 +60,6 @@ class Demo:
     def lost(self, observer: str, node: str) -> bool:
         st = self.state(observer)
         return bool(st) and not st["nodes"][node]["alive"]
-
-    def step(self, title: str) -> None:
-        self.out.print()
-        self.out.print(Rule(f"[bold]{title}", align="left"))
 
     def run(self) -> None:
         lab, out = self.lab, self.out
@@ -167,16 +140,6 @@ class Demo:
         self.show_state("node2")
         self.mirror()
         self.farm()
-
-    def hakit(self, node: str, *args: str) -> str:
-        self.out.print(f"[dim]$ hakit lab exec {self.lab.name} {node} -- hakit {' '.join(args)}[/]")
-        r = self.lab.exec(node, ["hakit", *args], capture=True, check=False)
-        text = (r.stdout + r.stderr).strip()
-        if text:
-            self.out.print(text, highlight=False, markup=False)
-        if r.returncode != 0:
-            raise DemoFailed(f"demo: `hakit {' '.join(args)}` failed on {node}")
-        return text
 
     def client_log(self) -> list[tuple[float, str]]:
         path = self.lab.host_path("client1", CLIENT_LOG)
@@ -394,17 +357,36 @@ def run_demo(
     name: str,
     *,
     keep: bool,
+    scene: str = "tour",
     console: Console | None = None,
     web_console: bool = False,
     console_port: int = 7380,
 ) -> None:
+    """The tour (`scene` "tour") or one of the architecture scenes (hakit.lab.scenes)."""
     out = console or Console()
+    story = SCENES.get(scene)
+    if scene != "tour" and story is None:
+        raise LabError(f"no scene {scene!r}: choose one of tour, {', '.join(SCENES)}")
+    if story is not None and (why := story.missing()):
+        raise LabError(f"the scene {scene} cannot run here: {why}")
     lab = Lab(name)
     if lab.exists():
         out.print(f"[yellow]removing the lab {name} left by an earlier run[/]")
         lab.down(missing_ok=True)
-    out.print(f"[bold]hakit demo[/]: building lab {name} (3 nodes, 2 networks, 1 client)…")
-    lab.up(3, 2, 1)
+    if story is None:
+        out.print(f"[bold]hakit demo[/]: building lab {name} (3 nodes, 2 networks, 1 client)…")
+        lab.up(3, 2, 1)
+    else:
+        out.print(
+            f"[bold]hakit demo --scene {scene}[/]: {story.summary}; building lab {name} "
+            f"({story.nodes} nodes, 1 network, 1 client)…",
+            highlight=False,
+        )
+        try:
+            build_lab(lab, story)
+        except BaseException:
+            lab.down(missing_ok=True)
+            raise
     if web_console:
         keep = True  # the console shows the lab: both stay until `hakit lab down`
     try:
@@ -418,7 +400,15 @@ def run_demo(
                 f"browser; its log: {web.log})",
                 highlight=False,
             )
-        Demo(lab, out).run()
+        if story is None:
+            Demo(lab, out).run()
+        else:
+            told = story(lab, out)
+            try:
+                told.run()
+            finally:
+                if not keep:
+                    told.close()
         out.print()
         out.print(Rule("[bold green]demo complete", align="left"))
     finally:

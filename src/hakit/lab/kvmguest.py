@@ -1,13 +1,18 @@
-"""A tiny virtual machine for the kvm template's tests, built from the machine's Debian packages
-only: the kernel of linux-image-amd64 (/boot/vmlinuz-*) and an initramfs holding busybox-static,
-the kernel modules that read an ext4 virtio disk, and an /init that writes numbered lines to
-that disk, each made durable (`sync`) before it is acknowledged on the serial console."""
+"""A tiny virtual machine for the kvm template's tests and the `vm` demo scene, built from the
+machine's Debian packages only: the kernel of linux-image-amd64 (/boot/vmlinuz-*) and an
+initramfs holding busybox-static, the kernel modules that read an ext4 virtio disk, and an /init
+that writes numbered lines to that disk, each made durable (`sync`) before it is acknowledged on
+the serial console."""
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
+
+from hakit.lab.errors import LabError
 
 BUSYBOX = Path("/bin/busybox")
 
@@ -105,7 +110,8 @@ def _newc(entries: list[tuple[str, int, bytes]]) -> bytes:
 def build(dest: Path, pause: float = 0.2) -> tuple[Path, Path]:
     """Write `dest`/vmlinuz and `dest`/initrd (uncompressed cpio); return both paths."""
     k = kernel()
-    assert k is not None, missing()
+    if k is None:
+        raise LabError(f"cannot build the test guest: {missing()}")
     moddir = Path("/lib/modules") / k.name[len("vmlinuz-") :]
     names = [Path(m).stem for m in MODULES]
     d, f = 0o040755, 0o100644
@@ -138,3 +144,29 @@ def log_of(disk: Path) -> list[int]:
         ["debugfs", "-R", "cat /log", str(disk)], check=True, capture_output=True, text=True
     )
     return [int(x) for x in r.stdout.split() if x.isdigit()]
+
+
+def settings() -> dict[str, str]:
+    """The kvm template's variables for this guest: direct boot, 256 MiB; emulated (tcg) unless
+    HAKIT_KVM_ACCEL says otherwise (this machine's nested /dev/kvm never boots Debian's kernel);
+    HAKIT_KVM_CACHE (default writeback): the qemu cache mode."""
+    return {
+        "ACCEL": os.environ.get("HAKIT_KVM_ACCEL", "tcg"),
+        "CACHE": os.environ.get("HAKIT_KVM_CACHE", "writeback"),
+        "MEMORY": "256",
+        "KERNEL": "vmlinuz",
+        "INITRD": "initrd",
+        "APPEND": "console=ttyS0 quiet panic=-1",
+        "SHUTDOWN_TIMEOUT": "5",
+        "HEARTBEAT_AGE": "15",
+    }
+
+
+def acked(console: str) -> list[int]:
+    """The numbers the guest acknowledged (durable on its disk), from its serial console."""
+    return [int(x) for x in re.findall(r"acked (\d+)", console)]
+
+
+def boots(console: str) -> list[int]:
+    """At each boot of the guest, the last number its disk held."""
+    return [int(x) for x in re.findall(r"hakit-boot last=(\d+)", console)]
