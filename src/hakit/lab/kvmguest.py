@@ -32,11 +32,8 @@ MODULES = [
     "kernel/fs/ext4/ext4.ko",
 ]
 
-# The guest: load the drivers, mount the data disk, say what the disk holds ("hakit-boot
-# last=N", N the last number in /log), then append N+1, N+2, … to /log, each followed by
-# `sync` (a journal commit and a disk flush) and only then "acked N" on the console; a
-# heartbeat "hakit-alive K" every second in parallel (what the template's checker reads).
-INIT = """#!/bin/busybox sh
+# The guest: load the drivers, mount the data disk on /mnt, then run its workload.
+BOOT = """#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
@@ -48,7 +45,13 @@ mkdir -p /mnt
 if ! mount -t ext4 /dev/vda /mnt; then
     echo "hakit-error mount"; sleep 5; poweroff -f
 fi
-n=$(tail -n 1 /mnt/log 2>/dev/null); n=${{n:-0}}
+"""
+
+# The tests' workload: say what the disk holds ("hakit-boot last=N", N the last number in
+# /log), then append N+1, N+2, … to /log, each followed by `sync` (a journal commit and a disk
+# flush) and only then "acked N" on the console; a heartbeat "hakit-alive K" every second in
+# parallel (what the template's checker reads).
+LEDGER = """n=$(tail -n 1 /mnt/log 2>/dev/null); n=${{n:-0}}
 echo "hakit-boot last=$n"
 (k=0; while :; do k=$((k+1)); echo "hakit-alive $k"; sleep 1; done) &
 while :; do
@@ -107,8 +110,10 @@ def _newc(entries: list[tuple[str, int, bytes]]) -> bytes:
     return bytes(out)
 
 
-def build(dest: Path, pause: float = 0.2) -> tuple[Path, Path]:
-    """Write `dest`/vmlinuz and `dest`/initrd (uncompressed cpio); return both paths."""
+def build(dest: Path, pause: float = 0.2, workload: str | None = None) -> tuple[Path, Path]:
+    """Write `dest`/vmlinuz and `dest`/initrd (uncompressed cpio); return both paths. The guest
+    runs `workload` (shell, the disk on /mnt) or, by default, the acknowledged-writes ledger
+    with `pause` seconds between writes."""
     k = kernel()
     if k is None:
         raise LabError(f"cannot build the test guest: {missing()}")
@@ -122,7 +127,8 @@ def build(dest: Path, pause: float = 0.2) -> tuple[Path, Path]:
     entries.append(("bin/busybox", 0o100755, BUSYBOX.read_bytes()))
     for m, n in zip(MODULES, names, strict=True):
         entries.append((f"lib/modules/{n}.ko", f, (moddir / m).read_bytes()))
-    init = INIT.format(modules=" ".join(names), pause=pause)
+    init = BOOT.format(modules=" ".join(names))
+    init += LEDGER.format(pause=pause) if workload is None else workload
     entries.append(("init", 0o100755, init.encode()))
     dest.mkdir(parents=True, exist_ok=True)
     vmlinuz, initrd = dest / "vmlinuz", dest / "initrd"
