@@ -111,9 +111,16 @@ class EtcdCluster:
         finally:
             log.close()
 
+    @staticmethod
+    def available() -> bool:
+        return os.access(ETCD, os.X_OK)
+
     def start_all(self) -> None:
         for m in self.members:
             self.start(m)
+        self.wait_healthy()
+
+    def wait_healthy(self) -> None:
         wait_until(self.healthy, 30, "a healthy etcd cluster")
 
     def healthy(self) -> bool:

@@ -97,6 +97,7 @@ class Gateway:
         self._ctx = tls_context(access)
         self._client: httpx.AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._running: set[asyncio.Task[dict[str, Any]]] = set()
 
     def _http(self) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()
@@ -106,15 +107,22 @@ class Gateway:
         return self._client
 
     async def aclose(self) -> None:
+        """Wait for the calls still running (each bounded by its own end), close the client."""
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
         if self._client is not None and self._loop is asyncio.get_running_loop():
             await self._client.aclose()
         self._client = self._loop = None
 
     async def call(self, path: str, body: dict[str, Any], end: float) -> dict[str, Any]:
         """POST `body` to `path` on every endpoint; the first successful answer before `end`
-        (monotonic), else `EtcdError`."""
+        (monotonic), else `EtcdError`. The slower calls are not cancelled (a request cancelled
+        in flight can leave its connection half-used): each ends by `end` in the background."""
         http = self._http()
         tasks = [asyncio.create_task(self._one(http, e, path, body, end)) for e in self.endpoints]
+        self._running.update(tasks)
+        for t in tasks:
+            t.add_done_callback(self._running.discard)
         errors: list[str] = []
         try:
             for fut in asyncio.as_completed(tasks, timeout=max(0.0, end - time.monotonic())):
@@ -122,12 +130,8 @@ class Gateway:
                     return await fut
                 except EtcdError as e:
                     errors.append(str(e))
-                except TimeoutError:
-                    break
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        except TimeoutError:
+            pass
         raise EtcdError("; ".join(errors) or "no etcd endpoint answered in time")
 
     async def _one(
