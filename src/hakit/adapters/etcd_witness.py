@@ -97,7 +97,7 @@ class Gateway:
         self._ctx = tls_context(access)
         self._client: httpx.AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._running: set[asyncio.Task[dict[str, Any]]] = set()
+        self._running: set[asyncio.Task[dict[str, Any] | str]] = set()
 
     def _http(self) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()
@@ -126,15 +126,24 @@ class Gateway:
         errors: list[str] = []
         try:
             for fut in asyncio.as_completed(tasks, timeout=max(0.0, end - time.monotonic())):
-                try:
-                    return await fut
-                except EtcdError as e:
-                    errors.append(str(e))
+                answer = await fut
+                if isinstance(answer, dict):
+                    return answer
+                errors.append(answer)
         except TimeoutError:
             pass
         raise EtcdError("; ".join(errors) or "no etcd endpoint answered in time")
 
     async def _one(
+        self, http: httpx.AsyncClient, endpoint: str, path: str, body: dict[str, Any], end: float
+    ) -> dict[str, Any] | str:
+        """The answer of one endpoint, or what went wrong (never raises: it may run unwatched)."""
+        try:
+            return await self._post(http, endpoint, path, body, end)
+        except EtcdError as e:
+            return str(e)
+
+    async def _post(
         self, http: httpx.AsyncClient, endpoint: str, path: str, body: dict[str, Any], end: float
     ) -> dict[str, Any]:
         left = end - time.monotonic()
