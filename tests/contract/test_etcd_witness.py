@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from typing import TypeVar
 
@@ -23,6 +23,9 @@ import pytest
 
 from hakit.adapters.etcd_witness import EtcdAccess, EtcdWitness
 from hakit.adapters.witness import WitnessReply
+from hakit.config.module import SplitBrain
+from hakit.core import mirror as mm
+from hakit.daemon.arbiter import Arbitration
 from tests.daemon.conftest import free_tcp_port
 from tests.etcd.cluster import EtcdCluster
 
@@ -386,3 +389,108 @@ def test_without_its_majority_etcd_grants_nothing_and_the_holder_steps_down_firs
             if m.proc is None:
                 etcd.start(m)
         etcd.wait_healthy()
+
+
+# --- behind the arbiter: the same port as the hakit witness -----------------------------------
+
+
+class Cuttable:
+    """A TCP relay to one etcd member that the test can cut: the network between one node and
+    etcd (the other node still reaches etcd directly: an asymmetric partition)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.server: asyncio.Server | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return f"https://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _relay(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            ur, uw = await asyncio.open_connection("127.0.0.1", self.port)
+        except OSError:
+            w.close()
+            return
+        self.writers += [w, uw]
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(r, uw), pipe(ur, w))
+
+    async def cut(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for w in self.writers:
+            w.close()
+        self.writers.clear()
+
+
+def test_a_primary_cut_from_etcd_steps_down_before_the_other_is_granted(
+    etcd: EtcdCluster, module: str
+) -> None:
+    """Two arbiters (the daemon's, unchanged) on the etcd witness. node1 is primary; node2,
+    which lost node1, asks. node1 is cut from etcd (node2 is not): node1 tells its machine the
+    lease ended, and only `grace` later at the earliest is node2 granted. Never both."""
+    sb = SplitBrain.model_validate({"etcd": {"ttl": TTL, "grace": GRACE}})
+    said: dict[str, list[tuple[float, bool]]] = {"node1": [], "node2": []}
+
+    def arbiter(node: str, w: EtcdWitness, machine: mm.Mirror) -> Arbitration:
+        def post(ev: mm.Arbiter) -> None:
+            said[node].append((time.monotonic(), ev.granted))
+
+        return Arbitration(module, sb, w, ping, None, lambda: machine, post)
+
+    async def ping(address: str, limit: float) -> tuple[bool, str]:
+        raise AssertionError("no ping witness here")
+
+    async def body(n: Nodes) -> None:
+        relays = [Cuttable(m.client_port) for m in etcd.members]
+        n1 = n("node1", endpoints=tuple([await r.start() for r in relays]))
+        # primary with a ready secondary when the cut comes (no copy is outdated)
+        primary = replace(mm.Mirror(module, "node1", "node2", arbitrated=True), phase=mm.Phase.PRIM)
+        a1 = arbiter("node1", n1, primary)
+        t1 = asyncio.create_task(a1.run())
+        t2: asyncio.Task[None] | None = None
+        try:
+            await wait_for(lambda: bool(said["node1"]) and said["node1"][-1][1])
+            asking = replace(
+                mm.Mirror(module, "node2", "node1", arbitrated=True),
+                phase=mm.Phase.WAITING,
+                asking=True,
+            )
+            t2 = asyncio.create_task(arbiter("node2", n("node2"), asking).run())
+            await wait_for(lambda: bool(said["node2"]))  # refused: node1 holds it
+            assert said["node2"][-1][1] is False
+            for r in relays:
+                await r.cut()
+            await wait_for(lambda: bool(said["node2"]) and said["node2"][-1][1], TTL + GRACE + 10)
+        finally:
+            for t in (t1, t2):
+                if t is not None:
+                    t.cancel()
+            await asyncio.gather(t1, *([t2] if t2 else []), return_exceptions=True)
+            for r in relays:
+                await r.cut()
+        down = next(t for t, granted in said["node1"][1:] if not granted)
+        up = next(t for t, granted in said["node2"] if granted)
+        assert down + GRACE <= up
+        assert all(granted for _, granted in said["node1"][:1])
+
+    scenario(etcd, body)
+
+
+async def wait_for(cond: Callable[[], bool], limit: float = 10.0) -> None:
+    end = time.monotonic() + limit
+    while not cond():
+        assert time.monotonic() < end, "condition not reached in time"
+        await asyncio.sleep(0.01)

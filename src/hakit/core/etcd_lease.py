@@ -101,8 +101,9 @@ def decide(
 ) -> Grant | Refuse:
     """An `acquire` (or `renew`) by `node`, whose current etcd lease is `lease`."""
     h = state.holder
+    mine = [rev for n, rev in state.contenders if n == node]
     if h is not None and h.node != node:
-        return Refuse(h.node, f"held by {h.node}", register=True)
+        return Refuse(h.node, f"held by {h.node}", register=not mine)
     keep = _latest(state, node, alone, force)
     if h is not None:  # ours: renewed (perhaps moved onto our current etcd lease)
         same = h.lease == lease
@@ -115,7 +116,6 @@ def decide(
             f"what {state.latest} wrote alone)",
             register=False,
         )
-    mine = [rev for n, rev in state.contenders if n == node]
     earlier = sorted(
         (rev, n) for n, rev in state.contenders if n != node and (not mine or rev < mine[0])
     )
