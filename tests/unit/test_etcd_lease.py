@@ -10,12 +10,13 @@ FREE = el.State(None, None, 0, None, 0, ())
 
 
 def state(**kw: object) -> el.State:
-    return el.State(**{**FREE.__dict__, **kw})  # type: ignore[arg-type]
+    return el.State(**{**FREE.__dict__, **kw})
 
 
-def ask(s: el.State, node: str = "n2", lease: int = 2, **kw: object) -> el.Grant | el.Refuse:
+def ask(s: el.State, kw: dict[str, object]) -> el.Grant | el.Refuse:
+    """`n2` (etcd lease 2) asks for `db`."""
     args: dict[str, object] = {"asked_for": None, "grace": 0.5, "alone": False, "force": False}
-    return el.decide(s, node, "db", lease, **(args | kw))  # type: ignore[arg-type]
+    return el.decide(s, "n2", "db", 2, **(args | kw))  # type: ignore[arg-type]
 
 
 HELD = el.Holder("n1", 1, 7)
@@ -89,7 +90,7 @@ HELD = el.Holder("n1", 1, 7)
     ],
 )
 def test_decide(s: el.State, kw: dict[str, object], expected: el.Grant | el.Refuse) -> None:
-    assert ask(s, **kw) == expected
+    assert ask(s, kw) == expected
 
 
 @pytest.mark.parametrize(("ttl", "grace", "etcd"), [(1.0, 0.5, 2), (0.6, 0.3, 1), (2, 1, 3)])
