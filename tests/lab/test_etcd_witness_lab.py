@@ -181,3 +181,14 @@ def test_a_primary_cut_from_etcd_and_its_peer_steps_down_and_the_other_takes_ove
     assert m.served_by() == "node2"
     m.lab.heal("node1")
     m.pair("SECOND ready", "PRIM ready", 60)
+
+
+def test_asymmetric_the_primary_loses_etcd_first(watched: Any) -> None:
+    m = watched
+    m.lab.cut("node1", "client1")  # the primary still sees node2: nothing happens
+    wait_until(lambda: "still primary while node2 vouches" in m.log("node1"), 15, "warning")
+    assert (m.me("node1"), m.me("node2")) == ("PRIM ready", "SECOND ready")
+    m.lab.cut("node1", "node2")  # now node2 sees only etcd: it takes over, node1 stops
+    m.pair("WAIT not-ready", "ALONE ready", 20)
+    m.lab.heal("node1")
+    m.pair("SECOND ready", "PRIM ready", 60)
