@@ -93,9 +93,13 @@ def test_decide(s: el.State, kw: dict[str, object], expected: el.Grant | el.Refu
     assert ask(s, kw) == expected
 
 
-@pytest.mark.parametrize(("ttl", "grace", "etcd"), [(1.0, 0.5, 2), (0.6, 0.3, 1), (2, 1, 3)])
-def test_etcds_ttl_covers_the_nodes_ttl_and_the_grace(ttl: float, grace: float, etcd: int) -> None:
-    assert el.etcd_ttl(ttl, grace) == etcd >= ttl + grace
+@pytest.mark.parametrize(("ttl", "grace", "etcd"), [(1.0, 0.5, 2), (0.6, 0.3, 1), (1.5, 0.5, 3)])
+def test_etcds_ttl_covers_the_nodes_ttl_the_grace_and_a_margin(
+    ttl: float, grace: float, etcd: int
+) -> None:
+    assert el.etcd_ttl(ttl, grace) == etcd >= ttl + grace + el.MARGIN - 1e-9
+    assert el.believed(ttl, grace, etcd) == ttl
+    assert el.believed(ttl, grace, 1) <= max(0.0, 1 - grace - el.MARGIN)  # a shorter etcd TTL
 
 
 def test_last_round_trips_and_garbage_is_nothing() -> None:

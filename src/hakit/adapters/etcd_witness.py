@@ -13,8 +13,9 @@ to `MAX_RESPONSE` bytes and the whole request ends by its timeout. Every read is
 etcd members grants nothing, and writes need the majority anyway.
 
 Timing: a granted `acquire`/`renew` holds until the moment its lease keepalive (or grant) was
-*sent* plus `ttl`; etcd deletes the key `ceil(ttl + grace)` s after that keepalive *arrived*, so
-the holder's deadline and its grace have both passed before another node can be granted. The
+*sent* plus `ttl`; etcd deletes the key `ceil(ttl + grace + 0.1)` s after that keepalive
+*arrived*, so the holder's deadline and its grace have both passed before another node can be
+granted. The
 client's own memory of its deadlines (`LeaseMemory`) applies exactly as for the hakit witness:
 a late `renew` goes as `acquire`, a stale answer is not believed.
 """
@@ -39,7 +40,10 @@ from hakit.core import etcd_lease as el
 from hakit.wire.witness import Op
 
 MAX_RESPONSE = 256 * 1024  # bytes read of one answer (a range is limited to RANGE_LIMIT keys)
-RANGE_LIMIT = 128  # keys of one module: holder, last, latest and at most ~125 contenders
+# keys of one module read at once: holder, last, latest and contenders. Beyond it (a flood of
+# contender keys) `holder` may be cut off the read; the grant's transaction still compares it,
+# so a wrong read can only refuse, never grant twice.
+RANGE_LIMIT = 128
 
 
 class EtcdError(Exception):
@@ -256,7 +260,7 @@ class EtcdWitness:
         ours = holder is not None and holder.node == self.node and holder.lease == lease
         if ours:
             self._first.pop(module, None)
-            remaining = min(ttl, granted_ttl - grace)
+            remaining = el.believed(ttl, grace, granted_ttl)
             return self._answer(record, module, ttl, True, self.node, remaining, d.reason)
         who = holder.node if holder is not None else ""
         return self._answer(record, module, ttl, False, who, 0.0, "another node was faster")

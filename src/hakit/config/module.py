@@ -221,8 +221,8 @@ class EtcdLease(Frozen):
         ge=0,
         le=60,
         description=(
-            "Seconds more etcd keeps the lease (its etcd TTL is `ttl + grace` rounded up to "
-            "whole seconds), and that the other node waits after it first asked before it "
+            "Seconds more etcd keeps the lease (its etcd TTL is `ttl + grace + 0.1` rounded up "
+            "to whole seconds), and that the other node waits after it first asked before it "
             "takes a lease that expired: the time a primary that lost its lease has to "
             "release its VIPs."
         ),

@@ -14,9 +14,9 @@ the read. Under `PREFIX/MODULE/`:
   lease (forgotten when it stops asking); the smallest create revision asked first.
 
 The rules are those of the hakit witness, with etcd's lease in place of its clock:
-- the etcd lease lasts `ceil(ttl + grace)` seconds from the last keepalive etcd received; the node
-  believes it only `ttl` seconds from when it *sent* that keepalive, so the holder's grace has run
-  out by the time etcd deletes `holder` and another node can create it;
+- the etcd lease lasts `ceil(ttl + grace + MARGIN)` seconds from the last keepalive etcd
+  received; the node believes it only `ttl` seconds from when it *sent* that keepalive, so the
+  holder's grace has run out by the time etcd deletes `holder` and another node can create it;
 - a node takes a lease that expired (not released) only once its own first request of the
   contest is `grace` old (the time the holder needs to notice the separation too), at once if it
   was released, never held, or held last by itself;
@@ -66,9 +66,19 @@ class Refuse:
     register: bool  # record this node as a contender (its first request of the contest)
 
 
+MARGIN = 0.1  # s: etcd's leader and the node measure the lease with different clocks
+
+
 def etcd_ttl(ttl: float, grace: float) -> int:
-    """etcd's lease TTL (whole seconds): the node's ttl plus the holder's grace, rounded up."""
-    return max(1, math.ceil(ttl + grace - 1e-9))
+    """etcd's lease TTL (whole seconds): the node's ttl, the holder's grace and a safety margin
+    (`MARGIN`: 0.1 s is 100 ppm of clock-rate difference over 1000 s), rounded up."""
+    return max(1, math.ceil(ttl + grace + MARGIN - 1e-9))
+
+
+def believed(ttl: float, grace: float, etcd: int) -> float:
+    """How long after sending a keepalive a node may believe a lease whose etcd TTL is `etcd`
+    (what etcd said it granted: never less than asked, etcd may raise it to its minimum)."""
+    return max(0.0, min(ttl, etcd - grace - MARGIN))
 
 
 def encode_last(node: str, released: bool) -> bytes:
