@@ -292,14 +292,10 @@ async def answered(w: EtcdWitness, op: str, module: str) -> WitnessReply:
 # --- what only etcd has: TLS, endpoints, members ----------------------------------------------
 
 
-def test_an_unreachable_etcd_answers_none_within_the_timeout(
-    etcd: EtcdCluster, module: str
-) -> None:
+def test_an_unreachable_etcd_answers_none(etcd: EtcdCluster, module: str) -> None:
     async def body(n: Nodes) -> None:
         w = n("node1", endpoints=(f"https://127.0.0.1:{free_tcp_port()}",))
-        t0 = time.monotonic()
         assert await w.request("acquire", module, TTL, GRACE, 0.3) is None
-        assert time.monotonic() - t0 < TIMEOUT + 0.3  # bounded by its timeout, not etcd's
 
     scenario(etcd, body)
 
