@@ -27,6 +27,39 @@ ETCD = "/usr/bin/etcd"
 CLUSTER = "etcd-test"
 
 
+def etcd_argv(
+    name: str,
+    client: tuple[str, int],
+    peers: dict[str, tuple[str, int]],
+    data: Path | str,
+    files: tuple[Path | str, Path | str, Path | str],  # CA, the member's certificate and key
+) -> list[str]:
+    """One member of a new etcd cluster, TLS both ways for clients and peers."""
+    ca, crt, key = files
+    host, port = client
+    peer_host, peer_port = peers[name]
+    return [
+        ETCD,
+        f"--name={name}",
+        f"--data-dir={data}",
+        f"--listen-client-urls=https://{host}:{port}",
+        f"--advertise-client-urls=https://{host}:{port}",
+        f"--listen-peer-urls=https://{peer_host}:{peer_port}",
+        f"--initial-advertise-peer-urls=https://{peer_host}:{peer_port}",
+        "--initial-cluster=" + ",".join(f"{n}=https://{h}:{p}" for n, (h, p) in peers.items()),
+        "--initial-cluster-state=new",
+        "--client-cert-auth",
+        f"--trusted-ca-file={ca}",
+        f"--cert-file={crt}",
+        f"--key-file={key}",
+        "--peer-client-cert-auth",
+        f"--peer-trusted-ca-file={ca}",
+        f"--peer-cert-file={crt}",
+        f"--peer-key-file={key}",
+        "--log-level=error",
+    ]
+
+
 @dataclass
 class Member:
     name: str
@@ -78,30 +111,13 @@ class EtcdCluster:
         return [m.endpoint for m in self.members]
 
     def _args(self, m: Member) -> list[str]:
-        peers = ",".join(f"{x.name}=https://127.0.0.1:{x.peer_port}" for x in self.members)
-        crt, key = self.root / f"{m.name}.crt", self.root / f"{m.name}.key"
+        peers = {x.name: ("127.0.0.1", x.peer_port) for x in self.members}
+        files = (self.ca, self.root / f"{m.name}.crt", self.root / f"{m.name}.key")
         return [
-            ETCD,
-            f"--name={m.name}",
-            f"--data-dir={m.data}",
-            f"--listen-client-urls={m.endpoint}",
-            f"--advertise-client-urls={m.endpoint}",
-            f"--listen-peer-urls=https://127.0.0.1:{m.peer_port}",
-            f"--initial-advertise-peer-urls=https://127.0.0.1:{m.peer_port}",
-            f"--initial-cluster={peers}",
-            "--initial-cluster-state=new",
+            *etcd_argv(m.name, ("127.0.0.1", m.client_port), peers, m.data, files),
             f"--initial-cluster-token={self.root.name}",
-            "--client-cert-auth",
-            f"--trusted-ca-file={self.ca}",
-            f"--cert-file={crt}",
-            f"--key-file={key}",
-            "--peer-client-cert-auth",
-            f"--peer-trusted-ca-file={self.ca}",
-            f"--peer-cert-file={crt}",
-            f"--peer-key-file={key}",
-            "--heartbeat-interval=50",
+            "--heartbeat-interval=50",  # ms: quick elections, a 1 s minimum lease TTL
             "--election-timeout=500",
-            "--log-level=error",
         ]
 
     def start(self, m: Member) -> None:

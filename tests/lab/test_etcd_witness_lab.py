@@ -20,6 +20,7 @@ import pytest
 from hakit.lab.lab import Lab
 from hakit.tls import identity
 from hakit.waiting import wait_until
+from tests.etcd.cluster import EtcdCluster, etcd_argv
 from tests.lab.modules import lab_up, removed_after, sh
 from tests.lab.test_mirror_lab import Module
 from tests.lab.test_witness_lab import Observer, _zombie
@@ -28,7 +29,7 @@ pytestmark = [
     pytest.mark.lab,
     pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root"),
     pytest.mark.skipif(not shutil.which("nft"), reason="the lab needs nftables (nft)"),
-    pytest.mark.skipif(not shutil.which("etcd"), reason="Debian's etcd-server is not installed"),
+    pytest.mark.skipif(not EtcdCluster.available(), reason="Debian's etcd-server is not installed"),
 ]
 
 LAB = "tetcd"
@@ -64,30 +65,11 @@ class Etcd:
             (d / "node.key").write_bytes(mine.key_pem)
             (d / "node.key").chmod(0o600)
         self.pids: list[int] = []
-        peers = ",".join(f"{n}=https://{ETCD_HOST}:{p}" for n, (_, p) in MEMBERS.items())
-        for name, (client, peer) in MEMBERS.items():
+        peers = {name: (ETCD_HOST, peer) for name, (_, peer) in MEMBERS.items()}
+        for name, (client, _) in MEMBERS.items():
             shutil.rmtree(_data(name), ignore_errors=True)
-            crt, key, ca = (f"/srv/etcd/{name}.crt", f"/srv/etcd/{name}.key", "/srv/etcd/ca.crt")
-            argv = [
-                "etcd",
-                f"--name={name}",
-                f"--data-dir={_data(name)}",
-                f"--listen-client-urls=https://{ETCD_HOST}:{client}",
-                f"--advertise-client-urls=https://{ETCD_HOST}:{client}",
-                f"--listen-peer-urls=https://{ETCD_HOST}:{peer}",
-                f"--initial-advertise-peer-urls=https://{ETCD_HOST}:{peer}",
-                f"--initial-cluster={peers}",
-                "--initial-cluster-state=new",
-                "--client-cert-auth",
-                f"--trusted-ca-file={ca}",
-                f"--cert-file={crt}",
-                f"--key-file={key}",
-                "--peer-client-cert-auth",
-                f"--peer-trusted-ca-file={ca}",
-                f"--peer-cert-file={crt}",
-                f"--peer-key-file={key}",
-                "--log-level=error",
-            ]
+            files = ("/srv/etcd/ca.crt", f"/srv/etcd/{name}.crt", f"/srv/etcd/{name}.key")
+            argv = etcd_argv(name, (ETCD_HOST, client), peers, _data(name), files)
             self.pids.append(lab.spawn("client1", argv, log=self.dir / f"{name}.log"))
         wait_until(self.healthy, 30, "a healthy etcd in client1")
 
