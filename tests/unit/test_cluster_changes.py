@@ -49,6 +49,18 @@ def test_other_nodes_change_live_own_settings_at_restart() -> None:
     assert "heartbeat.timeout changed" in ch.summary()
 
 
+def test_the_etcd_witness_changes_at_restart() -> None:
+    old = cluster(BASE)
+    etcd = {"endpoints": ["https://10.0.9.1:2379"], "ca": "ca", "cert": "c", "key": "k"}
+    with_etcd = Cluster.model_validate(old.model_dump(mode="json") | {"etcd": etcd})
+    assert compare(old, with_etcd, "node1").restart == ("etcd",)
+    moved = Cluster.model_validate(
+        old.model_dump(mode="json") | {"etcd": etcd | {"endpoints": ["https://10.0.9.2:2379"]}}
+    )
+    ch = compare(with_etcd, moved, "node1")
+    assert (ch.live, ch.restart) == (False, ("etcd.endpoints",))
+
+
 def test_a_renamed_cluster_or_a_node_removing_itself_is_refused() -> None:
     old = cluster(BASE)
     ch = compare(old, cluster(BASE.replace("cluster: shop", "cluster: other")), "node1")
