@@ -44,7 +44,8 @@ build_debs=(python3 python3-venv dpkg-dev debhelper dh-virtualenv build-essentia
 # browsers).
 [ "$action" = test ] && debs+=(postgresql postgresql-contrib "${build_debs[@]}" logrotate
                                prometheus chromium apache2 mariadb-server mariadb-client
-                               podman busybox-static qemu-system-x86 linux-image-amd64 socat)
+                               podman busybox-static qemu-system-x86 linux-image-amd64 socat
+                               etcd-server etcd-client)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

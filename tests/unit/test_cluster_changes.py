@@ -49,6 +49,18 @@ def test_other_nodes_change_live_own_settings_at_restart() -> None:
     assert "heartbeat.timeout changed" in ch.summary()
 
 
+def test_the_etcd_witness_changes_at_restart() -> None:
+    old = cluster(BASE)
+    etcd = {"endpoints": ["https://10.0.9.1:2379"], "ca": "ca", "cert": "c", "key": "k"}
+    with_etcd = Cluster.model_validate(old.model_dump(mode="json") | {"etcd": etcd})
+    assert compare(old, with_etcd, "node1").restart == ("etcd",)
+    moved = Cluster.model_validate(
+        old.model_dump(mode="json") | {"etcd": etcd | {"endpoints": ["https://10.0.9.2:2379"]}}
+    )
+    ch = compare(with_etcd, moved, "node1")
+    assert (ch.live, ch.restart) == (False, ("etcd.endpoints",))
+
+
 def test_a_renamed_cluster_or_a_node_removing_itself_is_refused() -> None:
     old = cluster(BASE)
     ch = compare(old, cluster(BASE.replace("cluster: shop", "cluster: other")), "node1")
@@ -149,3 +161,26 @@ def test_every_port_with_who_listens_who_reaches_it_and_its_rules(tmp_path: Path
     ) in fw
     assert "firewall-cmd --permanent --zone=internal --add-port=9010/tcp" in fw
     assert fw.endswith("firewall-cmd --reload\n")
+
+
+def test_the_etcd_witness_is_reached_on_its_endpoints_and_opens_no_port(tmp_path: Path) -> None:
+    cfg = Cluster.model_validate(
+        cluster(BASE).model_dump(mode="json")
+        | {
+            "etcd": {
+                "endpoints": ["https://10.0.9.1:2379", "https://10.0.9.2:2379", "https://e3:2479"],
+                "ca": "ca",
+                "cert": "c",
+                "key": "k",
+            }
+        }
+    )
+    d = tmp_path / "db"
+    d.mkdir()
+    (d / "module.yaml").write_text("kind: mirror\nnodes: [node1, node2]\nsplit_brain: {etcd: {}}\n")
+    uses = [u for u in cluster_ports(cfg, [load_module(d, cfg)]) if u.what.startswith("etcd")]
+    assert [(u.protocol, u.port, u.listen) for u in uses] == [
+        ("tcp", 2379, (("etcd", "10.0.9.1"), ("etcd", "10.0.9.2"))),
+        ("tcp", 2479, (("etcd", "e3"),)),
+    ]
+    assert "2379" not in nftables(uses, "node1", "shop")  # nothing listens on a node

@@ -197,3 +197,60 @@ def test_every_error_is_reported_at_once(tmp_path: Path) -> None:
     text = good().replace("port: 7350", "port: 0").replace("interval: 0.2", "interval: -1")
     msgs = issues(tmp_path, text)
     assert len(msgs) == 2
+
+
+def etcd_section(tmp_path: Path, endpoints: str = "[https://10.0.9.1:2379]", **files: str) -> str:
+    for name in ("ca.crt", "node1.crt"):
+        (tmp_path / name).write_text(
+            "-----BEGIN CERTIFICATE-----\nMII\n-----END CERTIFICATE-----\n"
+        )
+    key = tmp_path / "node1.key"
+    key.write_text("-----BEGIN PRIVATE KEY-----\nMC4\n-----END PRIVATE KEY-----\n")
+    key.chmod(0o600)
+    paths = {"ca": "ca.crt", "cert": "node1.crt", "key": "node1.key"} | files
+    return (
+        f"etcd:\n  endpoints: {endpoints}\n  ca: {paths['ca']}\n  cert: {paths['cert']}\n"
+        f"  key: {paths['key']}\n"
+    )
+
+
+def test_an_etcd_section_loads_with_its_files_beside_cluster_yaml(tmp_path: Path) -> None:
+    cfg = load_cluster(write(tmp_path, good() + etcd_section(tmp_path))).config
+    assert cfg.etcd is not None
+    assert cfg.etcd.endpoints == ("https://10.0.9.1:2379",)
+    assert cfg.etcd_prefix == "/hakit/demo"
+
+
+@pytest.mark.parametrize(
+    ("endpoints", "expected"),
+    [
+        ("[http://10.0.9.1:2379]", "etcd.endpoints[0] = http://10.0.9.1:2379: expected https://"),
+        ("[https://10.0.9.1]", "etcd.endpoints[0] = https://10.0.9.1: expected https://HOST:PORT"),
+        ("[https://e1:2379/v3]", "without path or user"),
+        ("[https://e1:2379, https://e1:2379]", "already listed as etcd.endpoints[0]"),
+        ("[]", "etcd.endpoints"),
+    ],
+)
+def test_bad_etcd_endpoints_are_located(tmp_path: Path, endpoints: str, expected: str) -> None:
+    text = good() + etcd_section(tmp_path, endpoints)
+    msgs = issues(tmp_path, text)
+    assert any(expected in m for m in msgs), msgs
+    assert all(f":{line_of(text, 'endpoints:')}: " in m for m in msgs), msgs
+
+
+def test_etcd_files_are_checked(tmp_path: Path) -> None:
+    text = good() + etcd_section(tmp_path, ca="missing.crt", cert="node1.key")
+    (tmp_path / "node1.key").chmod(0o644)
+    msgs = issues(tmp_path, text)
+    assert len(msgs) == 3, msgs
+    assert f":{line_of(text, '  ca:')}: etcd.ca = {tmp_path}/missing.crt: file not found" in msgs[0]
+    assert "etcd.cert" in msgs[1]
+    assert "expected a PEM file with a certificate" in msgs[1]
+    assert f":{line_of(text, '  key:')}: etcd.key" in msgs[2]
+    assert "accessible to other users (mode 0644)" in msgs[2]
+
+
+def test_an_etcd_prefix_is_an_absolute_key(tmp_path: Path) -> None:
+    text = good() + etcd_section(tmp_path) + "  prefix: hakit/demo\n"
+    [msg] = issues(tmp_path, text)
+    assert f":{line_of(text, 'prefix:')}: etcd.prefix = hakit/demo: expected a key starting" in msg

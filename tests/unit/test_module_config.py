@@ -280,3 +280,40 @@ def test_boot_defaults_to_auto_and_refuses_other_words(tmp_path: Path) -> None:
     assert load_module(module(tmp_path, GOOD), CLUSTER).config.boot == "auto"
     msgs = errors(tmp_path / "x", GOOD + "boot: always\n")
     assert any("boot = 'always': expected 'on', 'off' or 'auto'" in m for m in msgs), msgs
+
+
+WITH_ETCD = Cluster.model_validate(
+    CLUSTER.model_dump(mode="json")
+    | {"etcd": {"endpoints": ["https://10.0.9.1:2379"], "ca": "ca", "cert": "c", "key": "k"}}
+)
+
+
+def test_a_module_arbitrated_by_the_clusters_etcd(tmp_path: Path) -> None:
+    mf = load_module(
+        module(tmp_path, GOOD + "split_brain:\n  etcd: {ttl: 2, grace: 0.5}\n"), WITH_ETCD
+    )
+    assert isinstance(mf.config, MirrorModule)
+    lease = mf.config.split_brain.lease
+    assert lease is not None
+    assert (lease.ttl, lease.grace) == (2, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("split_brain", "cluster", "expected"),
+    [
+        ("{etcd: {}}", CLUSTER, "cluster.yaml has no `etcd:` section"),
+        (
+            "{etcd: {}, witness: {addresses: [10.0.0.5]}}",
+            WITH_ETCD,
+            "`split_brain.witness` or `split_brain.etcd`, not both",
+        ),
+        ("{etcd: {grace: 0.1}}", WITH_ETCD, "split_brain.etcd.grace = 0.1: at least 1.5 ×"),
+    ],
+)
+def test_etcd_arbitration_errors_are_located(
+    tmp_path: Path, split_brain: str, cluster: Cluster, expected: str
+) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_module(module(tmp_path, GOOD + f"split_brain: {split_brain}\n"), cluster)
+    msgs = [str(i) for i in e.value.issues]
+    assert any(expected in m and ":11: " in m for m in msgs), msgs

@@ -3,7 +3,8 @@
 A daemon takes a new cluster configuration *live* (no restart, its modules keep running) when
 only other nodes change: nodes added, removed or given other addresses, networks described
 differently. What the daemon itself is built on — its own addresses (heartbeat sockets, API
-listeners), the heartbeat timing and ports, the API ports — is taken at its next restart. A new
+listeners), the heartbeat timing and ports, the API ports, the etcd it asks for leases — is
+taken at its next restart. A new
 cluster name is another cluster, and no node can remove itself: those are refused. Pure.
 """
 
@@ -86,6 +87,15 @@ def compare(old: Cluster, new: Cluster, local: str) -> ClusterChange:
             for f in type(new.api).model_fields
             if getattr(new.api, f) != getattr(old.api, f)
         ]
+    if new.etcd != old.etcd:  # the daemon's etcd witness is built once, with its TLS files
+        if new.etcd is None or old.etcd is None:
+            restart.append("etcd")
+        else:
+            restart += [
+                f"etcd.{f}"
+                for f in type(new.etcd).model_fields
+                if getattr(new.etcd, f) != getattr(old.etcd, f)
+            ]
     if (
         local in new.nodes
         and local in old.nodes

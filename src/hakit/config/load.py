@@ -297,6 +297,9 @@ CLUSTER_MISSING = (
 )
 
 
+MAX_PEM = 1 << 20  # bytes of a TLS file read to check it
+
+
 def read_text(path: Path, missing: str = CLUSTER_MISSING) -> str:
     """The text of a configuration file; `missing`: what to say when it does not exist."""
     try:
@@ -358,7 +361,52 @@ def load_cluster_text(text: str, path: Path, *, with_secret: bool = True) -> Clu
         if not secret_path.is_absolute():
             secret_path = path.parent / secret_path
         secret = load_secret(secret_path, file, marks.line(("secret_file",)))
+        etcd_issues = [
+            ConfigIssue(file, marks.line(loc), dotted(loc), value, expected)
+            for loc, value, expected in check_etcd_files(config, path.parent)
+        ]
+        if etcd_issues:
+            raise ConfigError(etcd_issues)
     return ClusterFile(path=path, config=config, secret=secret)
+
+
+def etcd_file(config: Cluster, folder: Path, field: str) -> Path:
+    """The path of `etcd.ca`, `etcd.cert` or `etcd.key` (relative: to `cluster.yaml`'s folder)."""
+    assert config.etcd is not None
+    given = Path(getattr(config.etcd, field))
+    return given if given.is_absolute() else folder / given
+
+
+def check_etcd_files(config: Cluster, folder: Path) -> list[tuple[tuple[str, ...], str, str]]:
+    """The etcd TLS files exist and are PEM; the key is not readable by other users."""
+    out: list[tuple[tuple[str, ...], str, str]] = []
+    if config.etcd is None:
+        return out
+    for field, marker in (
+        ("ca", b"CERTIFICATE"),
+        ("cert", b"CERTIFICATE"),
+        ("key", b"PRIVATE KEY"),
+    ):
+        p = etcd_file(config, folder, field)
+        loc = ("etcd", field)
+        try:
+            st = p.stat()
+            with p.open("rb") as f:
+                head = f.read(MAX_PEM)
+        except FileNotFoundError:
+            out.append((loc, str(p), "file not found"))
+            continue
+        except OSError as e:
+            out.append((loc, str(p), f"cannot read: {e.strerror or e}"))
+            continue
+        if b"-----BEGIN " not in head or marker not in head:
+            out.append((loc, str(p), f"expected a PEM file with a {marker.decode().lower()}"))
+        elif field == "key" and stat.S_IMODE(st.st_mode) & 0o077:
+            mode = stat.S_IMODE(st.st_mode)
+            out.append(
+                (loc, str(p), f"accessible to other users (mode {mode:04o}); run `chmod 600 {p}`")
+            )
+    return out
 
 
 def env_override(name: str) -> str | None:

@@ -154,6 +154,47 @@ class Node(Frozen):
     )
 
 
+class Etcd(Frozen):
+    """An etcd cluster (v3 API, etcd 3.4 or later) that mirror modules may use as their witness
+    (`split_brain.etcd` of a module; see [witness](witness.md#etcd)). TLS both ways."""
+
+    endpoints: tuple[str, ...] = Field(
+        min_length=1,
+        description=(
+            "Client URLs of the etcd members, `https://HOST:PORT` (all of them: each request "
+            "goes to every one at once, the first successful answer wins)."
+        ),
+    )
+    ca: str = Field(
+        min_length=1,
+        description=(
+            "PEM file of the CA that issued the etcd members' certificates (checked, with the "
+            "host name of the endpoint). A relative path is relative to the folder of "
+            "`cluster.yaml`."
+        ),
+    )
+    cert: str = Field(
+        min_length=1,
+        description=(
+            "PEM file of this node's client certificate, issued by the CA etcd trusts "
+            "(`--trusted-ca-file`, with `--client-cert-auth`). Relative: as `ca`."
+        ),
+    )
+    key: str = Field(
+        min_length=1,
+        description=(
+            "PEM file of the client certificate's private key (mode 0600). Relative: as `ca`."
+        ),
+    )
+    prefix: str = Field(
+        "",
+        description=(
+            "Keys of the leases are `PREFIX/MODULE/…` (default `/hakit/CLUSTER`): give every "
+            "cluster that shares the etcd its own prefix."
+        ),
+    )
+
+
 class Cluster(Frozen):
     """`/etc/hakit/cluster.yaml`: identical on every node of the cluster."""
 
@@ -182,6 +223,19 @@ class Cluster(Frozen):
             "starts with one; `hakit cluster add-node` adds the others."
         ),
     )
+    etcd: Etcd | None = Field(
+        None,
+        description=(
+            "An etcd cluster the mirror modules may use as their witness (see "
+            "[witness](witness.md#etcd))."
+        ),
+    )
+
+    @property
+    def etcd_prefix(self) -> str:
+        """Where this cluster's leases are in etcd."""
+        given = self.etcd.prefix if self.etcd is not None else ""
+        return (given or f"/hakit/{self.cluster}").rstrip("/")
 
     def peers_of(self, node: str) -> list[str]:
         return [n for n in self.nodes if n != node]

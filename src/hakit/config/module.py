@@ -202,6 +202,33 @@ class WitnessRef(Frozen):
     )
 
 
+class EtcdLease(Frozen):
+    """The lease of the primary role kept in the cluster's etcd (`etcd:` of `cluster.yaml`):
+    when the two nodes lose each other, only the node holding it may be or become primary."""
+
+    ttl: float = Field(
+        1.0,
+        ge=0.4,
+        le=60,
+        description=(
+            "Seconds a node believes its lease after it sent its last renewal; the primary "
+            "renews it every `ttl`/4. A primary that can reach neither etcd nor its peer stops "
+            "serving when its lease ends."
+        ),
+    )
+    grace: float = Field(
+        0.5,
+        ge=0,
+        le=60,
+        description=(
+            "Seconds more etcd keeps the lease (its etcd TTL is `ttl + grace + 0.1` rounded up "
+            "to whole seconds), and that the other node waits after it first asked before it "
+            "takes a lease that expired: the time a primary that lost its lease has to "
+            "release its VIPs."
+        ),
+    )
+
+
 class SplitBrain(Frozen):
     """Protection against two primaries after a network split, and what happens when the two
     nodes meet again after both were primary."""
@@ -220,6 +247,13 @@ class SplitBrain(Frozen):
     witness: WitnessRef | None = Field(
         None, description="A witness that arbitrates (see [witness](witness.md))."
     )
+    etcd: EtcdLease | None = Field(
+        None,
+        description=(
+            "The cluster's etcd (`etcd:` of `cluster.yaml`) arbitrates, instead of a hakit "
+            "witness (see [witness](witness.md#etcd))."
+        ),
+    )
     ping: tuple[IPvAnyAddress, ...] = Field(
         (),
         description=(
@@ -231,6 +265,12 @@ class SplitBrain(Frozen):
     ping_timeout: float = Field(
         1.0, gt=0, le=30, description="Seconds to wait for an answer of the ping witness."
     )
+
+    @property
+    def lease(self) -> WitnessRef | EtcdLease | None:
+        """The lease that arbitrates (a hakit witness or etcd), if any."""
+        return self.witness or self.etcd
+
     fence_timeout: float = Field(
         60.0,
         gt=0,
@@ -604,21 +644,39 @@ def check_mirror(m: MirrorModule, cluster: Cluster) -> list[Problem]:
                 f"(heartbeat.port, UDP) is {hb.port}: choose another witness port",
             )
         )
-    if w is not None and w.grace < 1.5 * hb.interval + 0.1:
+    lease, which = m.split_brain.lease, "witness" if w is not None else "etcd"
+    if w is not None and m.split_brain.etcd is not None:
         out.append(
             Problem(
-                ("split_brain", "witness", "grace"),
-                f"{w.grace:g}",
+                ("split_brain", "etcd"),
+                "etcd",
+                "a module has one arbiter: `split_brain.witness` or `split_brain.etcd`, not both",
+            )
+        )
+    if m.split_brain.etcd is not None and cluster.etcd is None:
+        out.append(
+            Problem(
+                ("split_brain", "etcd"),
+                "etcd",
+                "cluster.yaml has no `etcd:` section (endpoints, ca, cert, key): see "
+                "docs/witness.md#etcd",
+            )
+        )
+    if lease is not None and lease.grace < 1.5 * hb.interval + 0.1:
+        out.append(
+            Problem(
+                ("split_brain", which, "grace"),
+                f"{lease.grace:g}",
                 f"at least 1.5 × heartbeat.interval + 0.1 s = {1.5 * hb.interval + 0.1:g} s: "
                 "the two nodes may notice their separation that far apart, and the primary "
                 "must have released its VIPs before the other is granted the role",
             )
         )
-    if w is not None and hb.timeout + w.grace < 6 * hb.interval + 0.1:
+    if lease is not None and hb.timeout + lease.grace < 6 * hb.interval + 0.1:
         out.append(
             Problem(
-                ("split_brain", "witness", "grace"),
-                f"{w.grace:g}",
+                ("split_brain", which, "grace"),
+                f"{lease.grace:g}",
                 f"heartbeat.timeout + grace must be at least 6 × heartbeat.interval + 0.1 s = "
                 f"{6 * hb.interval + 0.1:g} s (timeout {hb.timeout:g} s): a primary whose "
                 "witness does not answer stays primary while its peer vouches for it, and a "

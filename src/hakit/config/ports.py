@@ -9,6 +9,8 @@ cluster's own traffic reach them. Pure: from the cluster and the installed modul
   nodes (the secondary listens) at its address on the replication network, from the other node;
 - a witness: UDP `split_brain.witness.port` on the witness's addresses, from the module's nodes
   (on another machine, unless one of its addresses is a node's);
+- the etcd witness: TCP to each of `etcd.endpoints`, from the nodes of the modules that use it
+  (`split_brain.etcd`);
 - a module's health probe: TCP `health_probe.port` on each of its nodes, from anyone (cloud
   load balancers, monitors): the one port open to all, read-only and bounded.
 """
@@ -19,6 +21,7 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from hakit.config.clashes import module_ports
 from hakit.config.model import Cluster
@@ -134,6 +137,25 @@ def cluster_ports(cluster: Cluster, modules: Sequence[ModuleFile]) -> list[PortU
                     "`hakit witness`",
                 )
             )
+        if m.split_brain.etcd is not None and cluster.etcd is not None:
+            owner = {str(a): n for n, a in every}
+            by_port: dict[int, list[str]] = {}
+            for url in cluster.etcd.endpoints:
+                parts = urlsplit(url)
+                if parts.hostname and parts.port:
+                    by_port.setdefault(parts.port, []).append(parts.hostname)
+            for port, hosts in sorted(by_port.items()):
+                uses.append(
+                    PortUse(
+                        f"etcd witness of module {mf.name}",
+                        "tcp",
+                        port,
+                        tuple((owner.get(h, "etcd"), h) for h in hosts),
+                        _all(cluster, m.nodes),
+                        "mutual TLS (etcd's CA; the nodes' client certificates)",
+                        "the cluster's etcd (`etcd.endpoints`)",
+                    )
+                )
     return _merged(uses)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import combinations
+from urllib.parse import urlsplit
 
 from hakit.config.model import MIN_PULSES_PER_TIMEOUT, Cluster
 
@@ -112,4 +113,38 @@ def check_ports(config: Cluster) -> list[Problem]:
 
 
 def check_cluster(config: Cluster) -> list[Problem]:
-    return check_timing(config) + check_topology(config) + check_ports(config)
+    return check_timing(config) + check_topology(config) + check_ports(config) + check_etcd(config)
+
+
+def check_etcd(config: Cluster) -> list[Problem]:
+    """`etcd.endpoints` are `https://HOST:PORT`, each once; `etcd.prefix` is an absolute key."""
+    out: list[Problem] = []
+    if config.etcd is None:
+        return out
+    seen: dict[str, int] = {}
+    for i, url in enumerate(config.etcd.endpoints):
+        loc = ("etcd", "endpoints", i)
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            parts, port = None, None
+        if parts is None or parts.scheme != "https" or not parts.hostname or port is None:
+            out.append(Problem(loc, url, "expected https://HOST:PORT (TLS is required)"))
+        elif parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+            out.append(Problem(loc, url, "expected https://HOST:PORT, without path or user"))
+        elif url.rstrip("/") in seen:
+            out.append(
+                Problem(loc, url, f"already listed as etcd.endpoints[{seen[url.rstrip('/')]}]")
+            )
+        seen.setdefault(url.rstrip("/"), i)
+    prefix = config.etcd.prefix
+    if prefix and (not prefix.startswith("/") or len(prefix) > 200 or not prefix.isprintable()):
+        out.append(
+            Problem(
+                ("etcd", "prefix"),
+                prefix,
+                "expected a key starting with / (200 characters at most)",
+            )
+        )
+    return out

@@ -1,11 +1,12 @@
 """The arbiter of one mirror module on this node: what allows it to be primary without its peer.
 
 Three mechanisms, configured in `split_brain:` of the module (see docs/mirror.md):
-- a **witness** (`hakit witness` on a third machine): a lease. While the module is primary, or
-  asks to become primary, the lease is acquired and renewed every `ttl`/4; it is released when
-  the module leaves the primary role. The lease is held until the client-side deadline of the
-  last granted request (the send time + `ttl`: earlier than the witness's own), so a node never
-  believes it holds a lease the witness may already give away;
+- a **witness** (`hakit witness` on a third machine, or the cluster's etcd): a lease. While
+  the module is primary, or asks to become primary, the lease is acquired and renewed every
+  `ttl`/4; it is released when the module leaves the primary role. The lease is held until
+  the client-side deadline of the last granted request (the send time + `ttl`: earlier than
+  the witness's own), so a node never believes it holds a lease the witness may already give
+  away;
 - a **ping witness**: at least one of the addresses answers a ping (checked every round while
   primary or asking); a takeover from a lost peer is allowed only `ping_timeout` + one round
   after it was first asked, the time an isolated primary needs to see its own pings fail;
@@ -65,7 +66,8 @@ class Arbitration:
 
     @property
     def period(self) -> float:
-        return self.cfg.witness.ttl / 4 if self.cfg.witness is not None else 0.25
+        lease = self.cfg.lease
+        return lease.ttl / 4 if lease is not None else 0.25
 
     def wake(self) -> None:
         """The machine may have started asking: answer now rather than at the next round."""
@@ -143,7 +145,7 @@ class Arbitration:
             self.post(mm.Arbiter(ok, detail, asked))
 
     async def _lease(self, wants: bool) -> tuple[bool, str]:
-        w, cfg = self.witness, self.cfg.witness
+        w, cfg = self.witness, self.cfg.lease
         assert w is not None
         assert cfg is not None
         if not wants:

@@ -22,7 +22,8 @@ from hakit.adapters.probes import ping
 from hakit.adapters.scripts import ScriptResult
 from hakit.adapters.statefile import read_json, write_json
 from hakit.adapters.vip import Vip, VipError
-from hakit.config.module import MirrorModule
+from hakit.adapters.witness import WitnessPort
+from hakit.config.module import MirrorModule, SplitBrain
 from hakit.core import checks as ck
 from hakit.core import mirror as mm
 from hakit.core.outcomes import Accepted, Explain, Refused
@@ -84,14 +85,7 @@ class MirrorRunner(ModuleRunner):
         self.arbitration = Arbitration(
             module=self.name,
             cfg=sb,
-            witness=self.env.witness_client(
-                self.env.cluster,
-                self.env.local,
-                self.env.cluster_secret,
-                [(str(a), sb.witness.port) for a in sb.witness.addresses],
-            )
-            if sb.witness is not None
-            else None,
+            witness=self._witness(sb),
             ping=ping,
             fence=self._fence if fence.is_file() and os.access(fence, os.X_OK) else None,
             machine=lambda: self.machine,
@@ -104,6 +98,19 @@ class MirrorRunner(ModuleRunner):
         self._peer_known = asyncio.Event()
         self._latest_peer: mm.PeerChanged | None = None
         self._last_peer: mm.PeerInfo | None = None
+
+    def _witness(self, sb: SplitBrain) -> WitnessPort | None:
+        """The lease's port: a hakit witness, or the cluster's etcd (checked at load time)."""
+        if sb.witness is not None:
+            return self.env.witness_client(
+                self.env.cluster,
+                self.env.local,
+                self.env.cluster_secret,
+                [(str(a), sb.witness.port) for a in sb.witness.addresses],
+            )
+        if sb.etcd is not None and self.env.etcd_client is not None:
+            return self.env.etcd_client()
+        return None
 
     # --- interface for the daemon ------------------------------------------------------------
 
@@ -200,6 +207,7 @@ class MirrorRunner(ModuleRunner):
                 "witness": [str(a) for a in cfg.split_brain.witness.addresses]
                 if cfg.split_brain.witness is not None
                 else None,
+                "etcd": cfg.split_brain.etcd is not None,
                 "ping": [str(a) for a in cfg.split_brain.ping],
                 "fencing": self.arbitration.fence is not None,
                 "granted": m.lease if self.arbitration.configured else None,

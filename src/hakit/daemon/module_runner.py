@@ -54,6 +54,8 @@ class Environment:
     cluster_secret: bytes = b""
     # (cluster, node, secret, addresses) -> the witness client of a mirror module
     witness_client: Callable[[str, str, bytes, list[tuple[str, int]]], WitnessPort] = WitnessClient
+    # the etcd witness of this node (cluster.yaml's `etcd:`), shared by its modules; None: none
+    etcd_client: Callable[[], WitnessPort] | None = None
     # module -> {node: (state, status)} as this node knows it (module checkers); None: unknown
     module_states: Callable[[str], dict[str, tuple[str, str]] | None] = lambda _: None
     machine_boot: str = ""  # this machine's boot id (empty: unknown, never seen as restarted)

@@ -17,11 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from hakit.adapters.etcd_witness import EtcdAccess, EtcdWitness
 from hakit.adapters.movers import CloudVips, movers_for
 from hakit.adapters.scripts import ScriptRunner
 from hakit.adapters.vip import Vip, VipPort
 from hakit.adapters.witness import WitnessClient, WitnessPort
-from hakit.config.load import ClusterFile
+from hakit.config.load import ClusterFile, etcd_file
 from hakit.config.module import MODULE_FILE, MODULE_NAME, FarmModule, load_module
 from hakit.core import mirror as mm
 from hakit.core.capacity import Capacity, observe
@@ -89,6 +90,7 @@ class ModuleManager:
     peers: dict[str, Any] = field(default_factory=dict)  # the latest heartbeat snapshot's
     _why: dict[str, str] = field(default_factory=dict)  # peer -> last membership sentence
     _witnesses: dict[tuple[tuple[str, int], ...], WitnessPort] = field(default_factory=dict)
+    _etcd: EtcdWitness | None = None
     _scanning: asyncio.Lock = field(default_factory=asyncio.Lock)
     _running: bool = False
     capacity: Capacity = field(default_factory=lambda: Capacity(None))
@@ -116,8 +118,26 @@ class ModuleManager:
             module_states=self.module_states,
             cluster_secret=self.cluster.secret,
             witness_client=self._witness_client,
+            etcd_client=self._etcd_client if cfg.etcd is not None else None,
             machine_boot=self.machine_boot,
         )
+
+    def _etcd_client(self) -> WitnessPort:
+        """One etcd witness (one etcd lease per module, one HTTPS connection per member) for
+        every module of this daemon that uses the cluster's etcd."""
+        if self._etcd is None:
+            cfg = self.cluster.config
+            assert cfg.etcd is not None
+            folder = self.cluster.path.parent
+            access = EtcdAccess(
+                cfg.etcd.endpoints,
+                etcd_file(cfg, folder, "ca"),
+                etcd_file(cfg, folder, "cert"),
+                etcd_file(cfg, folder, "key"),
+                cfg.etcd_prefix,
+            )
+            self._etcd = EtcdWitness(cfg.cluster, self.local, access)
+        return self._etcd
 
     def _witness_client(
         self, cluster: str, node: str, secret: bytes, addresses: list[tuple[str, int]]
