@@ -34,6 +34,7 @@ SMALL = 4096
 def _tree(root: Path) -> list[str]:
     names = []
     blob = b"x" * 1024
+    root.mkdir()
     for d in range(DIRS):
         sub = root / f"d{d:02}"
         sub.mkdir()
@@ -88,10 +89,10 @@ def workloads(root: Path) -> dict[str, float]:
         os.link(a, b)
         pairs.append((str(a), str(b)))
     t0 = time.perf_counter()
-    for a, b in pairs:
-        os.chmod(b, 0o600)
-        os.lstat(a)
-        os.lstat(b)
+    for first, second in pairs:
+        os.chmod(second, 0o600)
+        os.lstat(first)
+        os.lstat(second)
     out["linked_chmod_stat_us"] = _per_op_us(t0, len(pairs))
     return out
 
@@ -128,7 +129,9 @@ def part_metadata(bench: Bench, args: argparse.Namespace, result: dict[str, Any]
     valid = [s for s in samples if "replica_dropped" not in s]
     summary: dict[str, Any] = {}
     for config in ("direct", "sync"):
-        summary[config] = {k: stats([s[k] for s in valid if s["config"] == config]) for k in METRICS}
+        summary[config] = {
+            k: stats([s[k] for s in valid if s["config"] == config]) for k in METRICS
+        }
     summary["ratio"] = {
         k: summary["sync"][k]["median"] / summary["direct"][k]["median"]
         for k in METRICS
@@ -138,4 +141,3 @@ def part_metadata(bench: Bench, args: argparse.Namespace, result: dict[str, Any]
 
 
 METRICS = ("stat_walk_us", "create_us", "read_us", "unlink_us", "linked_chmod_stat_us")
-

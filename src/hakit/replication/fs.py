@@ -94,9 +94,18 @@ class ReplicatedFS(fuse.Operations):  # type: ignore[misc]
         except OSError as e:
             raise _errno(e) from None
 
-    def _owner(self) -> tuple[int, int]:
+    def _owner(self, path: str) -> tuple[int, int]:
+        """The owner of a new entry at `path`: the caller, with the group of the directory
+        when it has the set-group-ID bit (as the kernel does)."""
         uid, gid, _ = fuse.fuse_get_context()
-        return (-1, -1) if uid == 0 and gid == 0 else (uid, gid)
+        if uid == 0 and gid == 0:
+            return (-1, -1)  # the daemon's own: the kernel underneath decides as for the caller
+        parent = os.path.dirname(_rel(path)) or "."
+        try:
+            st = os.stat(parent, dir_fd=self.root, follow_symlinks=False)
+        except OSError as e:
+            raise _errno(e) from None
+        return (uid, st.st_gid if st.st_mode & 0o2000 else gid)
 
     def _masked(self, mode: int) -> int:
         """The caller's umask applied to a new entry's mode (the kernel usually did it already;
@@ -115,6 +124,11 @@ class ReplicatedFS(fuse.Operations):  # type: ignore[misc]
     def init_with_config(self, conn: Any, config: Any) -> None:
         if config is not None:
             config.use_ino = 1
+            # libfuse's high-level API gives every *name* its own kernel inode, so what the
+            # kernel caches about one name of a hard-linked file goes stale when the file is
+            # changed through another; no attribute caching keeps link counts, modes, owners,
+            # sizes and times exact (docs/replication.md, "Attributes of every name")
+            config.attr_timeout = 0.0
 
     def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
         try:
@@ -181,7 +195,7 @@ class ReplicatedFS(fuse.Operations):  # type: ignore[misc]
         rel = _rel(path)
 
         def local() -> int:
-            return os.open(rel, flags & ~(os.O_CREAT | os.O_EXCL), dir_fd=self.root)
+            return os.open(rel, flags & ~(os.O_CREAT | os.O_EXCL | os.O_DIRECT), dir_fd=self.root)
 
         if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY:
             return int(self._do(Op(Kind.TRUNCATE, 0, (0,), (self._wire(path),)), path, local))
@@ -193,6 +207,14 @@ class ReplicatedFS(fuse.Operations):  # type: ignore[misc]
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
         try:
             return os.pread(fh, size, offset)
+        except OSError as e:
+            raise _errno(e) from None
+
+    def lseek(self, path: str, offset: int, whence: int, fh: int) -> int:
+        """SEEK_DATA and SEEK_HOLE answered by the file underneath (the kernel's own answer
+        would be "all data")."""
+        try:
+            return os.lseek(fh, offset, whence)
         except OSError as e:
             raise _errno(e) from None
 
@@ -209,10 +231,10 @@ class ReplicatedFS(fuse.Operations):  # type: ignore[misc]
         flags = fi if isinstance(fi, int) else os.O_WRONLY
         rel = _rel(path)
         mode = self._masked(mode)
-        uid, gid = self._owner()
+        uid, gid = self._owner(path)
 
         def local() -> int:
-            fd = os.open(rel, flags | os.O_CREAT, mode, dir_fd=self.root)
+            fd = os.open(rel, (flags | os.O_CREAT) & ~os.O_DIRECT, mode, dir_fd=self.root)
             if uid != -1 or gid != -1:
                 os.fchown(fd, uid, gid)
             if flags & os.O_TRUNC:
@@ -293,7 +315,7 @@ class ReplicatedFS(fuse.Operations):  # type: ignore[misc]
     def mkdir(self, path: str, mode: int) -> None:
         rel = _rel(path)
         mode = self._masked(mode)
-        uid, gid = self._owner()
+        uid, gid = self._owner(path)
 
         def local() -> None:
             os.mkdir(rel, mode, dir_fd=self.root)
@@ -304,7 +326,7 @@ class ReplicatedFS(fuse.Operations):  # type: ignore[misc]
     def mknod(self, path: str, mode: int, dev: int) -> None:
         rel = _rel(path)
         mode = self._masked(mode)
-        uid, gid = self._owner()
+        uid, gid = self._owner(path)
 
         def local() -> None:
             os.mknod(rel, mode, dev, dir_fd=self.root)
@@ -330,7 +352,7 @@ class ReplicatedFS(fuse.Operations):  # type: ignore[misc]
 
     def symlink(self, target: str, source: str) -> None:  # mfusepy: (link path, its target)
         rel = _rel(target)
-        uid, gid = self._owner()
+        uid, gid = self._owner(target)
 
         def local() -> None:
             os.symlink(source, rel, dir_fd=self.root)
@@ -455,7 +477,28 @@ class ReplicatedFS(fuse.Operations):  # type: ignore[misc]
 
 class _FUSE(fuse.FUSE):  # type: ignore[misc]
     """mfusepy 3.1.1 drops rename flags (an exchange became a plain rename: data loss) and
-    folds UTIME_NOW/OMIT into nanosecond counts; both are passed through as they are."""
+    folds UTIME_NOW/OMIT into nanosecond counts; both are passed through as they are. It has
+    no `lseek` (SEEK_DATA/SEEK_HOLE), and opens with O_DIRECT are served uncached
+    (`direct_io`) here: the kernel refuses O_DIRECT on a FUSE file that goes through its page
+    cache, and the daemon does buffered I/O underneath (the program still calls fsync)."""
+
+    def open(self, path: bytes, fip: Any) -> int:
+        ret: int = super().open(path, fip)
+        if fip.contents.flags & os.O_DIRECT:
+            fip.contents.direct_io = 1
+        return ret
+
+    def create(self, path: bytes, mode: int, fip: Any) -> int:
+        ret: int = super().create(path, mode, fip)
+        if fip.contents.flags & os.O_DIRECT:
+            fip.contents.direct_io = 1
+        return ret
+
+    def lseek(self, path: bytes | None, offset: int, whence: int, fip: Any) -> int:
+        ops: ReplicatedFS = self.operations
+        return ops.lseek(
+            (path or b"/").decode("utf-8", "surrogateescape"), offset, whence, fip.contents.fh
+        )
 
     def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
         ops: ReplicatedFS = self.operations
@@ -473,9 +516,22 @@ class _FUSE(fuse.FUSE):  # type: ignore[misc]
         return ops.utimens((path or b"/").decode("utf-8", "surrogateescape"), times)
 
 
+def mount_flags(fd: int) -> dict[str, bool]:
+    """The FUSE mount takes the flags of the file system underneath (libfuse mounts `nosuid`
+    and `nodev` unless told): device nodes and set-user-ID programs in the directory work as
+    they did before it was replicated, and as they do where the file system forbids them."""
+    flag = os.fstatvfs(fd).f_flag
+    return {
+        "suid": not flag & os.ST_NOSUID,
+        "dev": not flag & os.ST_NODEV,
+        "noexec": bool(flag & os.ST_NOEXEC),
+    }
+
+
 def serve(d: Replicated, rep: Replicator, module: str) -> threading.Thread:
     """Mount `d` and serve it from libfuse's worker threads; the thread ends at unmount."""
     errors: list[BaseException] = []
+    flags = mount_flags(d.fd)
 
     def run() -> None:
         try:
@@ -487,6 +543,7 @@ def serve(d: Replicated, rep: Replicator, module: str) -> threading.Thread:
                 default_permissions=True,
                 fsname=f"hakit:{module}",
                 subtype="hakit",
+                **flags,
             )
         except BaseException as e:  # reported by `mounted`
             errors.append(e)
