@@ -492,6 +492,21 @@ def o_direct(d: Path, o: Obs) -> None:
     finally:
         os.close(fd)
     o["1 content"] = f.read_bytes() == b"D" * 4096
+    # what MariaDB's InnoDB does with innodb_flush_method=O_DIRECT, done by dd
+    dd = subprocess.run(
+        ["dd", "if=/dev/zero", f"of={d / 'dd'}", "bs=64K", "count=16", "oflag=direct,dsync"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    o["2 dd oflag=direct"] = (dd.returncode, os.lstat(d / "dd").st_size)
+    dd = subprocess.run(
+        ["dd", f"if={d / 'dd'}", "of=/dev/null", "bs=64K", "iflag=direct"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    o["2 dd iflag=direct"] = (dd.returncode, dd.stderr.split(b"\n")[1].split(b",")[0])
 
 
 GROUPS: dict[str, Callable[[Path, Obs], None]] = {

@@ -192,6 +192,9 @@ class ReplicatedFS(fuse.Operations):  # type: ignore[misc]
         return 0  # `default_permissions`: the kernel checks
 
     def open(self, path: str, flags: int) -> int:
+        """With O_DIRECT the kernel sends the program's I/O straight here (no page cache); the
+        file underneath is opened without it: its alignment rules would refuse our buffers,
+        and durability is the program's fsync as for anyone (O_DIRECT alone promises none)."""
         rel = _rel(path)
 
         def local() -> int:
@@ -478,21 +481,7 @@ class ReplicatedFS(fuse.Operations):  # type: ignore[misc]
 class _FUSE(fuse.FUSE):  # type: ignore[misc]
     """mfusepy 3.1.1 drops rename flags (an exchange became a plain rename: data loss) and
     folds UTIME_NOW/OMIT into nanosecond counts; both are passed through as they are. It has
-    no `lseek` (SEEK_DATA/SEEK_HOLE), and opens with O_DIRECT are served uncached
-    (`direct_io`) here: the kernel refuses O_DIRECT on a FUSE file that goes through its page
-    cache, and the daemon does buffered I/O underneath (the program still calls fsync)."""
-
-    def open(self, path: bytes, fip: Any) -> int:
-        ret: int = super().open(path, fip)
-        if fip.contents.flags & os.O_DIRECT:
-            fip.contents.direct_io = 1
-        return ret
-
-    def create(self, path: bytes, mode: int, fip: Any) -> int:
-        ret: int = super().create(path, mode, fip)
-        if fip.contents.flags & os.O_DIRECT:
-            fip.contents.direct_io = 1
-        return ret
+    no `lseek` (SEEK_DATA/SEEK_HOLE)."""
 
     def lseek(self, path: bytes | None, offset: int, whence: int, fip: Any) -> int:
         ops: ReplicatedFS = self.operations
