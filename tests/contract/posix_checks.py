@@ -440,9 +440,11 @@ def open_flags(d: Path, o: Obs) -> None:
     )
     write(f, b"0123456789")
     o["2 O_TRUNC"] = (write(f, b"ab"), f.read_bytes())
-    fd = os.open(f, os.O_RDONLY | os.O_TRUNC)
+    ro = d / "truncated read-only"  # left as it is, for the replicas' comparison
+    write(ro, b"0123456789")
+    fd = os.open(ro, os.O_RDONLY | os.O_TRUNC)
     os.close(fd)
-    o["2 O_TRUNC read-only"] = (os.lstat(f).st_size, f.read_bytes())
+    o["2 O_TRUNC read-only"] = (os.lstat(ro).st_size, ro.read_bytes())
     write(f, b"0123456789")
     o["3 O_APPEND"] = (write(f, b"+end", os.O_APPEND), f.read_bytes())
     a1 = os.open(f, os.O_WRONLY | os.O_APPEND)
