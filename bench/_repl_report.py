@@ -41,6 +41,8 @@ def print_report(result: dict[str, Any]) -> None:
         report_resync(s["resync"], st)
     if "channel" in s:
         report_channel(s["channel"], st)
+    if "metadata" in s:
+        report_metadata(s["metadata"])
 
 
 def report_throughput(t: dict[str, Any], st: dict[str, Any]) -> None:
@@ -200,3 +202,19 @@ def report_channel(c: dict[str, Any], st: dict[str, Any]) -> None:
         tls, plain, ratio = c["tls"][key]["median"], c["plain"][key]["median"], c[f"{key}_ratio"]
         ratio_text = f"{ratio:9.2f}x" if ratio is not None else "        -"
         say(f"  {label:28} {fmt.format(tls)} {fmt.format(plain)} {ratio_text}")
+
+
+def report_metadata(m: dict[str, Any]) -> None:
+    say("\n6. metadata and small files (microseconds per operation, medians of the rounds)")
+    say(f"  {'workload':34} {'direct':>9} {'sync':>9} {'sync x':>8}")
+    for key, label in (
+        ("stat_walk_us", "lstat walk"),
+        ("create_us", "create + write 4 KiB + close"),
+        ("read_us", "open + read + close"),
+        ("unlink_us", "unlink"),
+        ("linked_chmod_stat_us", "chmod b, lstat a, lstat b"),
+    ):
+        d, s = m["direct"][key], m["sync"][key]
+        if not d["n"] or not s["n"]:
+            continue
+        say(f"  {label:34} {d['median']:9.1f} {s['median']:9.1f} {m['ratio'][key]:7.2f}x")

@@ -30,7 +30,10 @@ with are all under /tmp/hkbench-repl-PID/, on the same disk. Four measurements:
    and, as a baseline kept only here, the same Sender/Receiver over plain TCP (what the
    channel was before issue 12). Both ends run in this process (threads): 64 KiB writes
    pipelined (MB/s), 4 KiB writes one at a time (round trip, p50 us); CPU seconds of both ends
-   per GB and RSS growth; ratios TLS / plain.
+   per GB and RSS growth; ratios TLS / plain;
+6. **metadata**: an `lstat` walk of a tree of small files, small files created / read /
+   unlinked, and `chmod` + `lstat` of hard-linked pairs (bench/_repl_meta.py); microseconds
+   per operation, replicated / direct: what the mount's attribute cache is worth.
 
 The replicated figures of 1.-4. go over TLS (the product has no plain channel). With
 `--rtt-ms MS`, the primary reaches the secondary through `hakit.lab.delay.DelayProxy` (in a
@@ -72,13 +75,14 @@ from _common import result_header, run_and_record
 from _repl_base import HOST, TARGETS, filesystem_of, free_port, loadavg
 from _repl_channel import part_channel
 from _repl_disk import LAT_WARMUP, part_latency, part_throughput
+from _repl_meta import part_metadata
 from _repl_pgbench import PG_BIN, part_pgbench
 from _repl_replica import Bench
 from _repl_report import print_report
 from _repl_resync import part_resync
 
 ACK_TIMEOUT = 0.8  # s: what the daemon uses with the default heartbeat timeout (0.8 x 1.0 s)
-PARTS = ("throughput", "latency", "pgbench", "resync", "channel")
+PARTS = ("throughput", "latency", "pgbench", "resync", "channel", "metadata")
 
 
 # -- main ------------------------------------------------------------------------------------------
@@ -96,6 +100,7 @@ def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
         "pgbench": part_pgbench,
         "resync": part_resync,
         "channel": part_channel,
+        "metadata": part_metadata,
     }
     try:
         bench.port = bench.connect_port = free_port(bench.ports)

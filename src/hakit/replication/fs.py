@@ -16,6 +16,7 @@ import ctypes.util
 import errno as E
 import fcntl
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
 import mfusepy as fuse
 
 from hakit.replication.apply import RENAME_EXCHANGE
+from hakit.replication.names import Names
 from hakit.replication.primary import Replicated, Replicator
 from hakit.wire.replication import Kind, Op
 
@@ -37,6 +39,9 @@ _libc.renameat2.argtypes = [
     ctypes.c_uint,
 ]
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+_invalidate_path = fuse._libfuse.fuse_invalidate_path
+_invalidate_path.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+_invalidate_path.restype = ctypes.c_int
 UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
 _STAT_KEYS = ("st_mode", "st_ino", "st_nlink", "st_uid", "st_gid", "st_size", "st_blocks")
@@ -77,6 +82,8 @@ class ReplicatedFS(fuse.Operations):  # type: ignore[misc]
         self.d = d
         self.root = d.fd
         self.rep = rep
+        self.names = Names()
+        self._written: set[int] = set()  # handles written to, of files with other names
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -94,9 +101,23 @@ class ReplicatedFS(fuse.Operations):  # type: ignore[misc]
         except OSError as e:
             raise _errno(e) from None
 
-    def _owner(self) -> tuple[int, int]:
+    def _set(self, op: Op, path: str, local: Callable[[], Any]) -> None:
+        """`_do` for a change of the file's attributes or size, which its other names see."""
+        self._do(op, path, local)
+        self._changed(path)
+
+    def _owner(self, path: str) -> tuple[int, int]:
+        """The owner of a new entry at `path`: the caller, with the group of the directory
+        when it has the set-group-ID bit (as the kernel does)."""
         uid, gid, _ = fuse.fuse_get_context()
-        return (-1, -1) if uid == 0 and gid == 0 else (uid, gid)
+        if uid == 0 and gid == 0:
+            return (-1, -1)  # the daemon's own: the kernel underneath decides as for the caller
+        parent = os.path.dirname(_rel(path)) or "."
+        try:
+            st = os.stat(parent, dir_fd=self.root, follow_symlinks=False)
+        except OSError as e:
+            raise _errno(e) from None
+        return (uid, st.st_gid if st.st_mode & 0o2000 else gid)
 
     def _masked(self, mode: int) -> int:
         """The caller's umask applied to a new entry's mode (the kernel usually did it already;
@@ -106,6 +127,18 @@ class ReplicatedFS(fuse.Operations):  # type: ignore[misc]
     def _chown_local(self, rel: str, uid: int, gid: int) -> None:
         if uid != -1 or gid != -1:
             os.chown(rel, uid, gid, dir_fd=self.root, follow_symlinks=False)
+
+    def _invalidate(self, paths: list[str]) -> None:
+        """The kernel forgets what it cached for these names (other names of a file that
+        changed: see replication/names.py). A name it does not know is no error."""
+        if paths:
+            f = fuse._libfuse.fuse_get_context().contents.fuse
+            for p in paths:
+                _invalidate_path(f, _b(p))
+
+    def _changed(self, path: str) -> None:
+        """The file at `path` changed (attributes, size, times): its other names are stale."""
+        self._invalidate(self.names.others(path))
 
     def _proc(self, path: str) -> str:
         return f"/proc/self/fd/{self.root}/{_rel(path)}"
@@ -125,6 +158,8 @@ class ReplicatedFS(fuse.Operations):  # type: ignore[misc]
             )
         except OSError as e:
             raise _errno(e) from None
+        if path is not None and not stat.S_ISDIR(st.st_mode):
+            self.names.saw(path, st.st_ino, st.st_nlink)
         out = {k: getattr(st, k) for k in _STAT_KEYS}
         out |= {
             "st_atime": st.st_atime_ns,
@@ -178,13 +213,18 @@ class ReplicatedFS(fuse.Operations):  # type: ignore[misc]
         return 0  # `default_permissions`: the kernel checks
 
     def open(self, path: str, flags: int) -> int:
+        """With O_DIRECT the kernel sends the program's I/O straight here (no page cache); the
+        file underneath is opened without it: its alignment rules would refuse our buffers,
+        and durability is the program's fsync as for anyone (O_DIRECT alone promises none)."""
         rel = _rel(path)
 
         def local() -> int:
-            return os.open(rel, flags & ~(os.O_CREAT | os.O_EXCL), dir_fd=self.root)
+            return os.open(rel, flags & ~(os.O_CREAT | os.O_EXCL | os.O_DIRECT), dir_fd=self.root)
 
-        if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY:
-            return int(self._do(Op(Kind.TRUNCATE, 0, (0,), (self._wire(path),)), path, local))
+        if flags & os.O_TRUNC:  # read-only too: Linux truncates (with write permission)
+            fd = int(self._do(Op(Kind.TRUNCATE, 0, (0,), (self._wire(path),)), path, local))
+            self._changed(path)
+            return fd
         try:
             return local()
         except OSError as e:
@@ -196,12 +236,31 @@ class ReplicatedFS(fuse.Operations):  # type: ignore[misc]
         except OSError as e:
             raise _errno(e) from None
 
+    def lseek(self, path: str, offset: int, whence: int, fh: int) -> int:
+        """SEEK_DATA and SEEK_HOLE answered by the file underneath (the kernel's own answer
+        would be "all data")."""
+        try:
+            return os.lseek(fh, offset, whence)
+        except OSError as e:
+            raise _errno(e) from None
+
     def flush(self, path: str, fh: int) -> int:
+        self._after_writes(path, fh)
         return 0
 
     def release(self, path: str, fh: int) -> int:
+        self._after_writes(path, fh)
         os.close(fh)
         return 0
+
+    def _after_writes(self, path: str, fh: int) -> None:
+        """Other names of a file written through `fh` are invalidated at its flush (close),
+        fsync or release, not in the write itself: the kernel holds the written pages locked
+        until the write returns, and two writers through two names invalidating each other's
+        pages would wait for each other for ever."""
+        if fh in self._written:
+            self._written.discard(fh)
+            self._changed(path)
 
     # --- modifying ------------------------------------------------------------------------------
 
@@ -209,10 +268,10 @@ class ReplicatedFS(fuse.Operations):  # type: ignore[misc]
         flags = fi if isinstance(fi, int) else os.O_WRONLY
         rel = _rel(path)
         mode = self._masked(mode)
-        uid, gid = self._owner()
+        uid, gid = self._owner(path)
 
         def local() -> int:
-            fd = os.open(rel, flags | os.O_CREAT, mode, dir_fd=self.root)
+            fd = os.open(rel, (flags | os.O_CREAT) & ~os.O_DIRECT, mode, dir_fd=self.root)
             if uid != -1 or gid != -1:
                 os.fchown(fd, uid, gid)
             if flags & os.O_TRUNC:
@@ -222,7 +281,7 @@ class ReplicatedFS(fuse.Operations):  # type: ignore[misc]
         op = Op(Kind.CREATE, 0, (mode & 0o7777, uid, gid), (self._wire(path),))
         fd = int(self._do(op, path, local))
         if flags & os.O_TRUNC:
-            self._do(Op(Kind.TRUNCATE, 0, (0,), (self._wire(path),)), path, lambda: None)
+            self._set(Op(Kind.TRUNCATE, 0, (0,), (self._wire(path),)), path, lambda: None)
         return fd
 
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
@@ -235,9 +294,13 @@ class ReplicatedFS(fuse.Operations):  # type: ignore[misc]
             def appended() -> Op:
                 return Op(Kind.WRITE, 0, (os.fstat(fh).st_size,), (wire, data))
 
-            return int(self._do(appended, path, lambda: os.write(fh, data)))
-        op = Op(Kind.WRITE, 0, (offset,), (self._wire(path), data))
-        return int(self._do(op, path, lambda: os.pwrite(fh, data, offset)))
+            n = int(self._do(appended, path, lambda: os.write(fh, data)))
+        else:
+            op = Op(Kind.WRITE, 0, (offset,), (self._wire(path), data))
+            n = int(self._do(op, path, lambda: os.pwrite(fh, data, offset)))
+        if self.names.others(path):
+            self._written.add(fh)
+        return n
 
     def truncate(self, path: str, length: int, fh: int | None = None) -> None:
         rel = _rel(path)
@@ -249,12 +312,13 @@ class ReplicatedFS(fuse.Operations):  # type: ignore[misc]
             finally:
                 os.close(fd)
 
-        self._do(Op(Kind.TRUNCATE, 0, (length,), (self._wire(path),)), path, local)
+        self._set(Op(Kind.TRUNCATE, 0, (length,), (self._wire(path),)), path, local)
 
     def fsync(self, path: str, datasync: int, fh: int) -> int:
         def local() -> None:
             (os.fdatasync if datasync else os.fsync)(fh)
 
+        self._after_writes(path, fh)
         if not self._replicated(path):
             local()
             return 0
@@ -288,12 +352,14 @@ class ReplicatedFS(fuse.Operations):  # type: ignore[misc]
                 raise OSError(err, os.strerror(err))
 
         self._do(Op(Kind.FALLOCATE, 0, (mode, offset, size), (self._wire(path),)), path, local)
+        if self.names.others(path):
+            self._written.add(fh)
         return 0
 
     def mkdir(self, path: str, mode: int) -> None:
         rel = _rel(path)
         mode = self._masked(mode)
-        uid, gid = self._owner()
+        uid, gid = self._owner(path)
 
         def local() -> None:
             os.mkdir(rel, mode, dir_fd=self.root)
@@ -304,7 +370,7 @@ class ReplicatedFS(fuse.Operations):  # type: ignore[misc]
     def mknod(self, path: str, mode: int, dev: int) -> None:
         rel = _rel(path)
         mode = self._masked(mode)
-        uid, gid = self._owner()
+        uid, gid = self._owner(path)
 
         def local() -> None:
             os.mknod(rel, mode, dev, dir_fd=self.root)
@@ -327,10 +393,11 @@ class ReplicatedFS(fuse.Operations):  # type: ignore[misc]
             path,
             lambda: os.unlink(rel, dir_fd=self.root),
         )
+        self._invalidate(self.names.removed(path))
 
     def symlink(self, target: str, source: str) -> None:  # mfusepy: (link path, its target)
         rel = _rel(target)
-        uid, gid = self._owner()
+        uid, gid = self._owner(target)
 
         def local() -> None:
             os.symlink(source, rel, dir_fd=self.root)
@@ -351,9 +418,14 @@ class ReplicatedFS(fuse.Operations):  # type: ignore[misc]
 
         if self._replicated(source) != self._replicated(target):
             self._cross(local, source, target)
-            return
-        op = Op(Kind.LINK, 0, (), (self._wire(source), self._wire(target)))
-        self._do(op, target, local)
+        else:
+            op = Op(Kind.LINK, 0, (), (self._wire(source), self._wire(target)))
+            self._do(op, target, local)
+        try:
+            ino = os.stat(_rel(target), dir_fd=self.root, follow_symlinks=False).st_ino
+        except OSError:
+            return  # already gone again
+        self._invalidate(self.names.linked(source, target, ino))
 
     def rename(self, old: str, new: str, flags: int = 0) -> None:
         def local() -> None:
@@ -363,11 +435,27 @@ class ReplicatedFS(fuse.Operations):  # type: ignore[misc]
                 err = ctypes.get_errno()
                 raise OSError(err, os.strerror(err))
 
+        exchange = bool(flags & RENAME_EXCHANGE)
         if self._replicated(old) != self._replicated(new):
-            self._cross(local, old, new, exchange=bool(flags & RENAME_EXCHANGE))
-            return
-        op = Op(Kind.RENAME, 0, (flags,), (self._wire(old), self._wire(new)))
-        self._do(op, new, local)
+            self._cross(local, old, new, exchange=exchange)
+        else:
+            op = Op(Kind.RENAME, 0, (flags,), (self._wire(old), self._wire(new)))
+            self._do(op, new, local)
+        self._renamed(old, new, exchange)
+
+    def _renamed(self, old: str, new: str, exchange: bool) -> None:
+        """The names' bookkeeping after a rename; the other names of a replaced file (one link
+        fewer) and of the moved ones (a new ctime) are invalidated."""
+        if not exchange:
+            try:
+                os.stat(_rel(old), dir_fd=self.root, follow_symlinks=False)
+                return  # `old` and `new` were two names of one file: nothing was renamed
+            except OSError:
+                pass
+        replaced = [] if exchange else self.names.removed(new)
+        self.names.renamed(old, new, exchange)
+        moved = self.names.others(new) + (self.names.others(old) if exchange else [])
+        self._invalidate(replaced + moved)
 
     def _cross(self, local: Callable[[], None], old: str, new: str, exchange: bool = False) -> None:
         """A rename or link between a replicated and an excluded path: the replicated side
@@ -388,7 +476,7 @@ class ReplicatedFS(fuse.Operations):  # type: ignore[misc]
 
     def chmod(self, path: str, mode: int) -> None:
         rel = _rel(path)
-        self._do(
+        self._set(
             Op(Kind.CHMOD, 0, (mode & 0o7777,), (self._wire(path),)),
             path,
             lambda: os.chmod(rel, mode & 0o7777, dir_fd=self.root),
@@ -399,7 +487,7 @@ class ReplicatedFS(fuse.Operations):  # type: ignore[misc]
         # the kernel passes -1 as an unsigned 32-bit value
         uid = -1 if uid in (-1, 0xFFFFFFFF) else uid
         gid = -1 if gid in (-1, 0xFFFFFFFF) else gid
-        self._do(
+        self._set(
             Op(Kind.CHOWN, 0, (uid, gid), (self._wire(path),)),
             path,
             lambda: os.chown(rel, uid, gid, dir_fd=self.root, follow_symlinks=False),
@@ -434,11 +522,12 @@ class ReplicatedFS(fuse.Operations):  # type: ignore[misc]
             )
         except OSError as e:
             raise _errno(e) from None
+        self._changed(path)
         return 0
 
     def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> None:
         p = self._proc(path)
-        self._do(
+        self._set(
             Op(Kind.SETXATTR, 0, (options,), (self._wire(path), _b(name), value)),
             path,
             lambda: os.setxattr(p, name, value, options, follow_symlinks=False),
@@ -446,7 +535,7 @@ class ReplicatedFS(fuse.Operations):  # type: ignore[misc]
 
     def removexattr(self, path: str, name: str) -> None:
         p = self._proc(path)
-        self._do(
+        self._set(
             Op(Kind.REMOVEXATTR, 0, (), (self._wire(path), _b(name))),
             path,
             lambda: os.removexattr(p, name, follow_symlinks=False),
@@ -455,7 +544,14 @@ class ReplicatedFS(fuse.Operations):  # type: ignore[misc]
 
 class _FUSE(fuse.FUSE):  # type: ignore[misc]
     """mfusepy 3.1.1 drops rename flags (an exchange became a plain rename: data loss) and
-    folds UTIME_NOW/OMIT into nanosecond counts; both are passed through as they are."""
+    folds UTIME_NOW/OMIT into nanosecond counts; both are passed through as they are. It has
+    no `lseek` (SEEK_DATA/SEEK_HOLE)."""
+
+    def lseek(self, path: bytes | None, offset: int, whence: int, fip: Any) -> int:
+        ops: ReplicatedFS = self.operations
+        return ops.lseek(
+            (path or b"/").decode("utf-8", "surrogateescape"), offset, whence, fip.contents.fh
+        )
 
     def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
         ops: ReplicatedFS = self.operations
@@ -473,9 +569,22 @@ class _FUSE(fuse.FUSE):  # type: ignore[misc]
         return ops.utimens((path or b"/").decode("utf-8", "surrogateescape"), times)
 
 
+def mount_flags(fd: int) -> dict[str, bool]:
+    """The FUSE mount takes the flags of the file system underneath (libfuse mounts `nosuid`
+    and `nodev` unless told): device nodes and set-user-ID programs in the directory work as
+    they did before it was replicated, and as they do where the file system forbids them."""
+    flag = os.fstatvfs(fd).f_flag
+    return {
+        "suid": not flag & os.ST_NOSUID,
+        "dev": not flag & os.ST_NODEV,
+        "noexec": bool(flag & os.ST_NOEXEC),
+    }
+
+
 def serve(d: Replicated, rep: Replicator, module: str) -> threading.Thread:
     """Mount `d` and serve it from libfuse's worker threads; the thread ends at unmount."""
     errors: list[BaseException] = []
+    flags = mount_flags(d.fd)
 
     def run() -> None:
         try:
@@ -487,6 +596,7 @@ def serve(d: Replicated, rep: Replicator, module: str) -> threading.Thread:
                 default_permissions=True,
                 fsname=f"hakit:{module}",
                 subtype="hakit",
+                **flags,
             )
         except BaseException as e:  # reported by `mounted`
             errors.append(e)
