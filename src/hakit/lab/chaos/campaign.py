@@ -176,6 +176,12 @@ class Campaign:
         detected = next((s.t - t0 for s in samples if inv.reacted(s, before)), None)
         result = RoundResult(fault, node, done, t0, t_undo, t_end, detected)
         result.decision = self._decision(scen, before)
+        ledger = scen.ledger.read_text() if scen.ledger.exists() else ""
+        if self.scenario == "farm":
+            served, result.outage = inv.farm_round(ledger, t0, t_end)
+            result.decision = ", ".join(f"{n} {c}" for n, c in sorted(served.items()))
+        else:
+            result.outage = inv.longest_gap(inv.ack_times(ledger), t0, t_end)
         if self.scenario == "mirror-witness":
             violations += inv.two_primaries(samples)
         violations += self._check(scen, result)
@@ -195,8 +201,6 @@ class Campaign:
         wait_until(paired, SETTLE_TIMEOUT, "PRIM ready and SECOND ready", interval=0.2)
 
     def _decision(self, scen: Scenario, before: dict[str, str]) -> str:
-        if self.scenario == "farm":
-            return "both serving"
         was = next((n for n, p in before.items() if p in inv.PRIMARY_PHASES), "?")
         now = self._primary(scen)
         return f"{now} stayed primary" if now == was else f"{now} took over from {was}"

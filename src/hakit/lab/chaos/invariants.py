@@ -4,6 +4,8 @@ client's log, the nodes' logs. Each returns the violations it found (an empty li
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -100,6 +102,44 @@ def unanswered(farm_log: str) -> tuple[int, list[str]]:
 def farm_failures(failed: Sequence[str]) -> list[str]:
     """Every farm request must have been answered (within the client's bound)."""
     return [f"{len(failed)} farm requests never answered: {list(failed[:10])}"] if failed else []
+
+
+def ack_times(text: str) -> list[float]:
+    """The times of the writer's acknowledgements (`N NODE TIME` lines)."""
+    out: list[float] = []
+    for raw in text.splitlines():
+        parts = raw.split()
+        if len(parts) == 3 and parts[0].isdigit():
+            with contextlib.suppress(ValueError):
+                out.append(float(parts[2]))
+    return out
+
+
+def longest_gap(times: Sequence[float], start: float, end: float) -> float:
+    """The longest time without an acknowledgement in [start, end]: how long the service was
+    out in that round (from `start`, the fault)."""
+    inside = sorted(t for t in times if start <= t <= end)
+    points = [start, *inside] + ([] if inside and inside[-1] >= end else [end])
+    return max((b - a for a, b in itertools.pairwise(points)), default=0.0)
+
+
+def farm_round(farm_log: str, start: float, end: float) -> tuple[dict[str, int], float]:
+    """({node: requests it answered}, longest wait of a request) for requests begun in
+    [start, end] (the farm client retries a request until answered)."""
+    served: dict[str, int] = {}
+    wait = 0.0
+    for raw in farm_log.splitlines():
+        parts = raw.split()
+        if len(parts) != 5 or parts[1] == "-":
+            continue
+        try:
+            first, answered = float(parts[3]), float(parts[4])
+        except ValueError:
+            continue
+        if start <= first <= end:
+            served[parts[1]] = served.get(parts[1], 0) + 1
+            wait = max(wait, answered - first)
+    return served, wait
 
 
 def tracebacks(logs: Mapping[str, str]) -> list[str]:

@@ -35,7 +35,8 @@ class RoundResult:
     undone: float
     settled: float
     detected: float | None  # seconds from injection to the first role change seen, if any
-    decision: str = ""
+    decision: str = ""  # mirror: who is primary after it; farm: who answered in the round
+    outage: float = 0.0  # mirror: longest time without an acknowledgement; farm: longest wait
     acked: int = 0  # acknowledged records (farm: requests) so far
     present: int = 0  # of those, present and intact on the primary (farm: answered)
     violations: list[str] = field(default_factory=list)
@@ -45,7 +46,8 @@ class RoundResult:
         ok = "ok" if not self.violations else "VIOLATION: " + "; ".join(self.violations)
         return (
             f"round {self.fault.round:3d}  {self.fault.kind:12s} {self.node:6s} "
-            f"detected {det:8s} {self.decision:28s} back {self.settled - self.start:5.1f} s  "
+            f"detected {det:8s} {self.decision:28s} service back after {self.outage:5.2f} s  "
+            f"settled {self.settled - self.start:5.1f} s  "
             f"{self.present}/{self.acked}  {ok}"
         )
 
@@ -59,6 +61,7 @@ class RoundResult:
             "settled_after": round(self.settled - self.start, 3),
             "detected_after": None if self.detected is None else round(self.detected, 3),
             "decision": self.decision,
+            "service_back_after": round(self.outage, 3),
             "acked": self.acked,
             "present": self.present,
             "violations": self.violations,
@@ -129,7 +132,10 @@ def timeline_svg(
 
 
 def table(results: Sequence[RoundResult]) -> str:
-    head = "round fault        node   detected decision                     back     present/acked"
+    head = (
+        "round fault        node   detected decision                     service back  "
+        "settled  present/acked (farm: answered/requests)"
+    )
     return "\n".join([head, *(r.line() for r in results)]) + "\n"
 
 
