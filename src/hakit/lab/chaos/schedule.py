@@ -36,7 +36,10 @@ ALL_KINDS: tuple[Kind, ...] = (
     "swap",
 )
 SCENARIOS: dict[str, tuple[Kind, ...]] = {
-    "mirror": ALL_KINDS,
+    # without an arbiter a partition (or a freeze past the timeout) makes two primaries by
+    # design — diverged files kept for the operator — so the mirror without witness gets the
+    # faults whose outcome is decided: a node down, a process killed, a short freeze, a swap
+    "mirror": ("poweroff", "kill-daemon", "kill-app", "freeze-short", "swap"),
     "mirror-witness": ALL_KINDS,
     "farm": ("poweroff", "kill-daemon", "kill-app", "freeze-short", "freeze-long", "isolate"),
 }
