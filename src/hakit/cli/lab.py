@@ -272,3 +272,63 @@ def demo(name: str, scene: str, keep: bool, web_console: bool, console_port: int
         web_console=web_console,
         console_port=console_port,
     )
+
+
+@lab.command("chaos")
+@click.option(
+    "--scenario",
+    type=click.Choice(["mirror", "mirror-witness", "farm"]),
+    default="mirror-witness",
+    show_default=True,
+    help="mirror: a mirrored application and its writer; mirror-witness: the same with a "
+    "witness on client1 (and the single-primary invariant); farm: a web farm and its client.",
+)
+@click.option("--seed", type=int, default=1, show_default=True, help="The schedule's seed.")
+@click.option("--rounds", type=click.IntRange(1), default=None, help="Number of rounds.")
+@click.option(
+    "--minutes", type=click.FloatRange(0, min_open=True), default=None, help="Or: how long."
+)
+@click.option("--name", default="chaos", show_default=True, help="Name of the campaign's lab.")
+@click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(file_okay=False),
+    default="chaos-report",
+    show_default=True,
+    help="Folder of the report (report.txt, report.json, timeline.svg; logs on a violation).",
+)
+@click.option("--keep", is_flag=True, help="Leave the lab up at the end, to explore it.")
+def chaos(
+    scenario: str,
+    seed: int,
+    rounds: int | None,
+    minutes: float | None,
+    name: str,
+    report_dir: str,
+    keep: bool,
+) -> None:
+    """Randomized fault campaign: builds lab NAME for the scenario, runs its workload, injects
+    one fault per round from the seeded schedule and checks the invariants (docs/reliability.md).
+    Exit 1 on a violation (the report says how to reproduce it)."""
+    from pathlib import Path
+
+    from hakit.lab.chaos.campaign import Campaign
+
+    check_environment()
+    if rounds is None and minutes is None:
+        rounds = 10
+    out = _out()
+    lab_ = Lab(name)
+    lab_.down(missing_ok=True)
+    campaign = Campaign(lab_, scenario, seed, rounds, minutes, Path(report_dir), out.print)
+    try:
+        ok = campaign.run()
+    finally:
+        if not keep:
+            lab_.down(missing_ok=True)
+    out.print(f"report: {report_dir}/report.txt, report.json, timeline.svg")
+    if not ok:
+        for v in campaign.violations:
+            out.print(f"[red]violation[/]: {v}")
+        sys.exit(1)
+    out.print(f"[green]no violation[/] in {len(campaign.results)} rounds (seed {seed})")
