@@ -137,6 +137,15 @@ def hard_links(d: Path, o: Obs) -> None:
     x = d / "x"
     write(x, b"x")
     o["12 rename x over c: nlink a"] = (os.rename(x, c), os.lstat(a).st_nlink)
+    # names under a renamed directory stay coherent
+    sub = d / "sub"
+    sub.mkdir()
+    os.link(a, sub / "z")
+    os.rename(sub, d / "moved")
+    os.chmod(a, 0o751)
+    o["12 chmod a: the name under a renamed directory"] = attrs(d / "moved" / "z")
+    o["12 unlink a: nlink of the name under it"] = (os.unlink(a), attrs(d / "moved" / "z"))
+    os.link(d / "moved" / "z", a)
     o["13 link to a directory"] = outcome(lambda: os.link(d, d / "dirlink"))
     o["13 link onto an existing name"] = outcome(lambda: os.link(a, c))
     o["13 link a missing file"] = outcome(lambda: os.link(d / "missing", d / "m2"))
@@ -269,6 +278,11 @@ def times(d: Path, o: Obs) -> None:
     before = os.lstat(f).st_ctime_ns
     tick(before)
     o["3 ctime moves on rename"] = (os.rename(f, h), os.lstat(h).st_ctime_ns > before)
+    os.utime(h, ns=(1_000_000_000, 2_000_000_000))
+    o["3 atime moves on read (relatime: older than mtime)"] = (
+        h.read_bytes(),
+        os.lstat(h).st_atime_ns > 1_000_000_000,
+    )
     o["3 ctime stays on read"] = ctime_moves(h, lambda: h.read_bytes())
     o["3 ctime stays on stat"] = ctime_moves(h, lambda: os.stat(h))
     o["4 utime now"] = (os.utime(h), os.lstat(h).st_mtime_ns > 6, os.lstat(h).st_atime_ns > 5)

@@ -14,6 +14,7 @@ import os
 import shutil
 import stat
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,3 +138,51 @@ def test_both_replicas_are_identical_after_the_checks(runs: Runs) -> None:
     special = _special(real)
     assert all(f"{rel} mtime" in special for rel in EXACT_TIMES)
     assert special == _special(runs.s)
+
+
+def test_writers_through_several_names_of_one_file_do_not_block_each_other(runs: Runs) -> None:
+    """Each change through one name invalidates the others' kernel caches; two writers (and a
+    chmod) through different names at once must all finish, and the names then agree."""
+    d = runs.p / "concurrent"
+    d.mkdir()
+    names = [d / "a", d / "b", d / "c"]
+    names[0].write_bytes(b"")
+    for n in names[1:]:
+        os.link(names[0], n)
+    errors: list[BaseException] = []
+
+    def writer(path: Path, tag: bytes) -> None:
+        try:
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                for i in range(300):
+                    os.pwrite(fd, tag * 5000, (i % 16) * 3001)  # partial pages
+                    if i % 50 == 0:
+                        os.fsync(fd)
+            finally:
+                os.close(fd)
+        except BaseException as e:
+            errors.append(e)
+
+    def chmodder(path: Path) -> None:
+        try:
+            for i in range(300):
+                os.chmod(path, 0o600 | (i % 2) * 0o044)
+                os.lstat(names[0])
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [
+        threading.Thread(target=writer, args=(names[0], b"A"), daemon=True),
+        threading.Thread(target=writer, args=(names[1], b"B"), daemon=True),
+        threading.Thread(target=chmodder, args=(names[2],), daemon=True),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads), "a writer is blocked"
+    assert not errors, errors
+    seen = {(os.lstat(n).st_mode, os.lstat(n).st_size, n.read_bytes()) for n in names}
+    assert len(seen) == 1, "the names disagree"
+    assert_identical(runs.pri, runs.p, runs.s)
