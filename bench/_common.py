@@ -531,3 +531,24 @@ def result_header(name: str, started: Any) -> dict[str, Any]:
         "hakit_source": hakit_source(),
         "machine": machine_info(),
     }
+
+
+def side_by_side(plain: Sequence[float], replicated: Sequence[float]) -> dict[str, Any]:
+    """Both configurations' statistics and the replicated median as % of the plain one."""
+    return {
+        "plain": stats(plain),
+        "replicated": stats(replicated),
+        "replicated_pct_of_plain": statistics.median(replicated) / statistics.median(plain) * 100
+        if plain and replicated and statistics.median(plain)
+        else None,
+    }
+
+
+def side_by_side_row(label: str, v: Mapping[str, Any], fmt: str, width: int) -> str:
+    """One line of a plain / replicated / ratio table made of `side_by_side` figures."""
+    pct = v["replicated_pct_of_plain"]
+    return (
+        f"{label:{width}} {fmt.format(v['plain']['median'])} "
+        f"{fmt.format(v['replicated']['median']):>11} "
+        f"{'' if pct is None else f'{pct:15.0f} %':>17}"
+    )

@@ -31,7 +31,6 @@ import argparse
 import datetime
 import os
 import queue
-import statistics
 import subprocess
 import sys
 import threading
@@ -40,7 +39,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import MeasureError, result_header, run_and_record, stats
+from _common import MeasureError, result_header, run_and_record, side_by_side, side_by_side_row
 from _repl_base import filesystem_of, free_port, loadavg, rotated, say, verify_replica
 from _repl_replica import Bench, Replica
 
@@ -172,13 +171,7 @@ def summarize(samples: list[dict[str, Any]], result: dict[str, Any]) -> None:
     for key in ("op_us", "fsync_us", "mb_s"):
         p = [s[key] for s in valid if s["config"] == "plain"]
         q = [s[key] for s in valid if s["config"] == "replicated"]
-        summary[key] = {
-            "plain": stats(p),
-            "replicated": stats(q),
-            "replicated_pct_of_plain": statistics.median(q) / statistics.median(p) * 100
-            if p and q and statistics.median(p)
-            else None,
-        }
+        summary[key] = side_by_side(p, q)
     summary["dropped"] = len(samples) - len(valid)
     result["summary"] = summary
 
@@ -194,13 +187,7 @@ def report(result: dict[str, Any]) -> None:
         ("sequential write, MB/s", "mb_s", "{:10.1f}"),
     )
     for label, key, fmt in rows:
-        v = s[key]
-        pct = v["replicated_pct_of_plain"]
-        print(
-            f"{label:32} {fmt.format(v['plain']['median'])} "
-            f"{fmt.format(v['replicated']['median']):>11} "
-            f"{'' if pct is None else f'{pct:15.0f} %':>17}"
-        )
+        print(side_by_side_row(label, s[key], fmt, 32))
     if s["dropped"]:
         print(f"({s['dropped']} runs left out: the primary dropped its secondary)")
 

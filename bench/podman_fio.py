@@ -37,14 +37,13 @@ import datetime
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import MeasureError, result_header, run_and_record, stats
+from _common import MeasureError, result_header, run_and_record, side_by_side, side_by_side_row
 from _repl_base import filesystem_of, free_port, loadavg, rotated, say, verify_replica
 from _repl_replica import Bench, Replica
 
@@ -244,13 +243,7 @@ def summarize(samples: list[dict[str, Any]], result: dict[str, Any]) -> None:
         ("seq", "mb_s"),
     ):
         p, q = of("plain", job, key), of("replicated", job, key)
-        summary[key] = {
-            "plain": stats(p),
-            "replicated": stats(q),
-            "replicated_pct_of_plain": statistics.median(q) / statistics.median(p) * 100
-            if p and q and statistics.median(p)
-            else None,
-        }
+        summary[key] = side_by_side(p, q)
     summary["dropped"] = len(samples) - len(valid)
     result["summary"] = summary
 
@@ -266,13 +259,7 @@ def report(result: dict[str, Any]) -> None:
         ("sequential write, MB/s", "mb_s", "{:10.1f}"),
     )
     for label, key, fmt in rows:
-        v = s[key]
-        pct = v["replicated_pct_of_plain"]
-        print(
-            f"{label:28} {fmt.format(v['plain']['median'])} "
-            f"{fmt.format(v['replicated']['median']):>11} "
-            f"{'' if pct is None else f'{pct:15.0f} %':>17}"
-        )
+        print(side_by_side_row(label, s[key], fmt, 28))
     if s["dropped"]:
         print(f"({s['dropped']} runs left out: the primary dropped its secondary)")
 
