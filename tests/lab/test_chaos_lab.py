@@ -52,13 +52,6 @@ def check_report(c: Campaign, report: Path, rounds: int) -> dict[str, object]:
     return summary
 
 
-@pytest.mark.xfail(
-    run=False,
-    reason="a violation this campaign found, not fixed yet: after a long freeze (SIGSTOP past the "
-    "timeout) of the primary node2, node1 takes over but the module never settles again (no "
-    "PRIM ready + SECOND ready within 180 s, `hakit verify` finds no primary); reproduce: "
-    "hakit lab chaos --scenario mirror-witness --seed 110 --rounds 2 (docs/reliability.md)",
-)
 def test_mirror_with_witness_keeps_every_acknowledged_record_and_one_primary(
     tmp_path: Path,
 ) -> None:

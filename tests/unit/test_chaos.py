@@ -90,6 +90,19 @@ def test_two_primaries_is_each_run_of_samples_where_two_nodes_hold_the_vip() -> 
     ]
 
 
+def test_a_node_resumed_from_a_freeze_may_hold_the_vip_only_within_the_allowance() -> None:
+    frozen = {"node1": "alone", "node2": inv.FROZEN}
+    resumed = {"node1": "alone", "node2": "alone"}
+    samples = [_s(0.0, "node1", **frozen), _s(0.05, "node1", **frozen)]
+    samples += [_s(0.1, "node1", "node2", **resumed), _s(0.15, "node1", "node2", **resumed)]
+    samples += [_s(0.2, "node1", **resumed)]
+    assert inv.two_primaries(samples) == []
+    assert inv.stale_holds(samples) == pytest.approx(0.05)
+    late = [*samples[:2], _s(0.1, "node1", **resumed), _s(0.7, "node1", "node2", **resumed)]
+    assert inv.two_primaries(late) == ["0.700: node1 and node2 both primary (1 samples, 0.00 s)"]
+    assert inv.stale_holds(late) == 0.0
+
+
 def test_a_reaction_is_a_daemon_changing_phase_not_what_the_campaign_did() -> None:
     before = {"node1": "prim", "node2": "second"}
     assert not inv.reacted(_s(1, node1=inv.OFF, node2="second"), before)

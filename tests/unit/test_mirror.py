@@ -593,6 +593,45 @@ def test_asymmetric_the_secondary_sees_only_the_witness() -> None:
     assert not sim.double_vip
 
 
+@pytest.mark.parametrize("arbiter_first", [False, True], ids=["peer-first", "lease-first"])
+def test_a_primary_frozen_past_its_lease_steps_down_for_the_one_the_witness_granted(
+    arbiter_first: bool,
+) -> None:
+    """Chaos seed 110, round 2: the primary (node2, primary first) is frozen past the timeout;
+    node1 is granted the lease and takes over. node2 resumes and sees node1 primary — before or
+    after it learns that its lease lapsed. node1 must stay primary whatever `keep` says (the
+    first-primary policy used to make node1 step down too, and both then waited for each other
+    for ever); node2 steps down and rejoins, no acknowledged write lost."""
+    sim = witnessed()
+    sim.command("node1", C.SWAP)  # node2 primary, node1 secondary: node2 is the first primary
+    assert sim.states() == ("SECOND ready", "PRIM ready")
+    before = [sim.write() for _ in range(2)]
+    sim.freeze("node2")
+    assert sim.state("node1") == "ALONE ready"
+    assert sim.holder == "node1"
+    during = sim.write()
+    sim.thaw("node2", arbiter_first=arbiter_first)
+    assert sim.states() == ("PRIM ready", "SECOND ready")
+    assert not sim.double_vip
+    assert {*before, during} <= sim.acked
+    assert not sim.lost_writes()
+    assert not any("SPLIT BRAIN" in ln or "leaving the primary" in ln for ln in sim.log("node1"))
+    assert any("joining as secondary" in ln for ln in sim.log("node2"))
+
+
+def test_without_an_exclusive_arbiter_the_keep_policy_still_decides() -> None:
+    """The same freeze without a witness: both are primary when node2 resumes; first-primary
+    keeps node2 (primary first) and node1 rejoins, its changes kept."""
+    sim = MirrorSim()
+    first_start(sim)
+    sim.command("node1", C.SWAP)
+    sim.freeze("node2")
+    assert sim.state("node1") == "ALONE ready"
+    sim.thaw("node2")
+    assert sim.states() == ("SECOND ready", "PRIM ready")
+    assert any("SPLIT BRAIN" in ln for ln in sim.log("node1"))
+
+
 def test_witness_down_then_the_peer_lost_stops_the_service_rather_than_risk_two() -> None:
     sim = witnessed()
     sim.set_witness(node1=False, node2=False)
@@ -640,6 +679,12 @@ def test_primforce_overrides_a_missing_witness() -> None:
                 "start1",
                 "start2",
                 "write",
+                "freeze1",
+                "freeze2",
+                "thaw1",
+                "thaw2",
+                "lease-thaw1",  # resumes and learns the end of its lease first
+                "lease-thaw2",
             ]
         ),
         max_size=30,
@@ -660,6 +705,12 @@ def test_with_a_witness_never_two_primaries_whatever_fails(steps: list[str]) -> 
             sim.cut(f"node{step[-2]}", f"node{step[-1]}", on=step.startswith("cut"))
         elif step.startswith("w"):
             sim.set_witness(**{f"node{step[1]}": step.endswith("on")})
+        elif step.startswith("freeze") and sim.nodes[n].up and not sim.nodes[n].frozen:
+            sim.freeze(n)
+        elif "thaw" in step and sim.nodes[n].frozen:
+            sim.thaw(n, arbiter_first=step.startswith("lease"))
+        elif sim.nodes[n].frozen and step.startswith(("stop", "start")):
+            pass  # a frozen node takes no command
         elif step.startswith("crash") and sim.nodes[n].up:
             sim.crash(n)
         elif step.startswith("boot") and not sim.nodes[n].up:

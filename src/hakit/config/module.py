@@ -241,7 +241,9 @@ class SplitBrain(Frozen):
             "during the split), `last-primary`, a node name, or `manual` (both stop being "
             "primary and wait for `hakit prim` on the node to keep). The other node becomes "
             "secondary; the files its resynchronisation overwrites are kept in a dated folder "
-            "with a report, never discarded."
+            "with a report, never discarded. With a witness or etcd the node holding the "
+            "lease stays, whatever this says (the other's lease lapsed while it was frozen "
+            "or stalled)."
         ),
     )
     witness: WitnessRef | None = Field(

@@ -189,6 +189,7 @@ class Mirror:
     split_note: str = ""  # a split brain was resolved against this node: why (for the report)
     split_seen: bool = False  # both primary: decided (stays True while the peer is primary)
     arbitrated: bool = False  # a witness, a ping witness or fencing must allow the primary role
+    exclusive: bool = False  # that arbiter grants the role to one node at a time (a lease)
     lease: bool = False  # the arbiter allows this node to be primary (witness lease held)
     asking: bool = False  # waiting for the arbiter before becoming primary
     arbiter_note: str = ""  # the arbiter's last word (who holds the lease, why it refused)

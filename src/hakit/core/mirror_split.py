@@ -41,8 +41,9 @@ from hakit.core.outcomes import Explain
 
 
 def survivor(m: Mirror) -> str:
-    """Who stays primary when both nodes are primary: the same answer on both nodes (each
-    publishes since when it is primary). "" = nobody (policy `manual`)."""
+    """Who stays primary when both nodes are primary and no exclusive arbiter decides: the same
+    answer on both nodes (each publishes since when it is primary). "" = nobody (policy
+    `manual`)."""
     me, peer = m.local, m.peer_name
     if m.keep in (me, peer):
         return m.keep
@@ -55,10 +56,34 @@ def survivor(m: Mirror) -> str:
     return first[1]
 
 
+def _stale_peer(m: Mirror) -> Result:
+    """Both nodes are primary and an exclusive arbiter (a witness's lease) grants this one: the
+    other is a primary whose lease lapsed while it could not act (frozen, or its daemon stalled)
+    and that has not yet learnt it. It acknowledged nothing since (its writes were held: the
+    replication to this node broke), and it steps down as soon as it learns that its lease is
+    gone; this node stays, whatever the `keep` policy says (that policy is for two primaries
+    that were both allowed, without an exclusive arbiter). A node whose own lease may be the
+    stale one — it was primary first — does nothing here: the arbiter's next answer decides."""
+    peer = m.peer_name
+    if m.split_seen or not m.lease or m.primary_since < m.peer.since:
+        return m, ()
+    return replace(m, split_seen=True), (
+        Explain(
+            f"{m.module}: {peer} is primary too, but its lease lapsed (it was frozen or "
+            f"stalled) and the arbiter granted the role to {m.local} "
+            f"({m.arbiter_note or 'lease held'}); {m.local} stays primary, {peer} steps down when "
+            "it learns it and rejoins as secondary, keeping what it wrote since in a dated folder",
+            "warning",
+        ),
+    )
+
+
 def _split_brain(m: Mirror, now: float) -> Result:
     """Both nodes are primary. Decided again at every view of the peer while it lasts (both
     sides reach the same answer, so it converges whatever order they saw each other in); said
-    once."""
+    once. With an exclusive arbiter, the node it grants stays (`_stale_peer`)."""
+    if m.exclusive and m.arbitrated and not m.forced:
+        return _stale_peer(m)
     peer = m.peer_name
     keeper = survivor(m)
     if keeper == m.local and m.split_seen:

@@ -65,6 +65,11 @@ class Arbitration:
         return self.witness is not None or bool(self.cfg.ping) or self.fence is not None
 
     @property
+    def exclusive(self) -> bool:
+        """The arbiter grants the primary role to one node at a time (a witness's lease)."""
+        return self.witness is not None
+
+    @property
     def period(self) -> float:
         lease = self.cfg.lease
         return lease.ttl / 4 if lease is not None else 0.25

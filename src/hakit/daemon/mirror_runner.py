@@ -89,15 +89,21 @@ class MirrorRunner(ModuleRunner):
             ping=ping,
             fence=self._fence if fence.is_file() and os.access(fence, os.X_OK) else None,
             machine=lambda: self.machine,
-            post=lambda ev: self.queue.put_nowait(Pending(ev)),
+            post=self._arbiter_said,
             clock=self.env.now,
         )
-        self.machine = replace(self.machine, keep=sb.keep, arbitrated=self.arbitration.configured)
+        self.machine = replace(
+            self.machine,
+            keep=sb.keep,
+            arbitrated=self.arbitration.configured,
+            exclusive=self.arbitration.exclusive,
+        )
         self.replication = Replication(self) if cfg.replication is not None else None
         self.queue: asyncio.Queue[Pending] = asyncio.Queue()
         self._peer_known = asyncio.Event()
         self._latest_peer: mm.PeerChanged | None = None
         self._last_peer: mm.PeerInfo | None = None
+        self._heard_at = 0.0  # when the peer was last heard on a heartbeat network
 
     def _witness(self, sb: SplitBrain) -> WitnessPort | None:
         """The lease's port: a hakit witness, or the cluster's etcd (checked at load time)."""
@@ -139,12 +145,23 @@ class MirrorRunner(ModuleRunner):
         nets = cfg.heartbeat_networks or tuple(p["networks"])
         alive = bool(p) and any(p["networks"].get(n, False) for n in nets)
         heard = [t for n in nets if (t := (p.get("last_heard") or {}).get(n)) is not None]
-        fresh = alive and bool(heard) and self.env.now() - max(heard) <= self.vouch_window
+        self._heard_at = max(heard, default=0.0) if alive else 0.0
+        fresh = alive and bool(heard) and self.env.now() - self._heard_at <= self.vouch_window
         payload = module_payload(p.get("payload") or "", self.name) if alive else None
         info = mm.peer_from_wire(alive, payload, fresh)
         if self._last_peer != info:
             self._last_peer = info
             self.peer_changed(info, "" if alive else why.get(peer, f"{peer} lost"))
+
+    def _arbiter_said(self, ev: mm.Arbiter) -> None:
+        """The arbiter's answer, after the peer's freshness is brought up to date: a vouch heard
+        before this node stalled (frozen, or its loop blocked) must not keep it primary when its
+        lease timer fires before the next heartbeat snapshot arrives."""
+        last = self._last_peer
+        if last is not None and last.fresh and self.env.now() - self._heard_at > self.vouch_window:
+            self._last_peer = replace(last, fresh=False)
+            self.peer_changed(self._last_peer)
+        self.queue.put_nowait(Pending(ev))
 
     @property
     def vouch_window(self) -> float:

@@ -6,6 +6,9 @@ on disk. The simulator keeps a pessimistic "holds the VIP" flag per node (set wh
 starts, cleared when a demotion ends — at its start when it releases the VIPs first — or the
 node crashes) so tests can check that two nodes never hold it at once.
 
+A node can be frozen (`freeze`, as by SIGSTOP): it handles and sends nothing and renews no
+lease; when it resumes (`thaw`) it takes in its peer's heartbeats or the end of its lease first.
+
 The network can drop each direction on its own (`cut("node1", "node2")`: node2 no longer hears
 node1). The witness, if any, follows the real lease rules without time: a holder that cannot
 reach it loses its lease (so does a holder that crashes), and the lease goes to another node only
@@ -34,6 +37,7 @@ class SimNode:
     name: str
     machine: mm.Mirror
     up: bool = True
+    frozen: bool = False  # SIGSTOPped: handles nothing, sends nothing, its kernel keeps the VIP
     persisted: mm.Data = field(default_factory=mm.Data)
     failover: bool = True
     holds_vip: bool = False
@@ -87,6 +91,7 @@ class MirrorSim:
             data=data,
             failover=failover,
             arbitrated=self.witness,
+            exclusive=self.witness,
         )
         return SimNode(name, machine, persisted=data, failover=failover)
 
@@ -99,7 +104,7 @@ class MirrorSim:
 
     def view_of(self, name: str) -> mm.PeerInfo:
         other = self.peer_of(name)
-        if not other.up or (other.name, name) in self.cuts:
+        if not other.up or other.frozen or (other.name, name) in self.cuts:
             return mm.PeerInfo(alive=False)
         return mm.peer_from_wire(True, mm.to_wire(other.machine), fresh=True)  # as heartbeats do
 
@@ -137,14 +142,15 @@ class MirrorSim:
             node.holds_vip = False
         if isinstance(ev, mm.OpDone) and ev.op is mm.Op.SYNC and ev.ok:
             node.data = set(self.peer_of(node.name).data)  # resynchronised
-        if all(n.holds_vip for n in self.nodes.values()) and (self.witness or not self.partitioned):
+        holders = [n for n in self.nodes.values() if n.holds_vip and not n.frozen]
+        if len(holders) == len(self.nodes) and (self.witness or not self.partitioned):
             self.double_vip = True  # with a witness: never, even across a partition
 
     def settle(self, limit: int = 500) -> None:
         for _ in range(limit):
             progressed = False
             for node in self.nodes.values():
-                if not node.up:
+                if not node.up or node.frozen:
                     continue
                 view = self.view_of(node.name)
                 if view != node.seen_peer:
@@ -163,6 +169,8 @@ class MirrorSim:
     def _settled(self, name: str) -> bool:
         """The previous holder has taken in all it can know: the real witness's grace."""
         n = self.nodes[name]
+        if n.frozen:  # its lease ran out on its own clock too: it cannot act on it until resumed
+            return True
         return not n.up or (n.seen_peer == self.view_of(name) and not n.machine.lease)
 
     def _arbitrate(self, node: SimNode) -> bool:
@@ -229,12 +237,39 @@ class MirrorSim:
     def crash(self, name: str) -> None:
         node = self.nodes[name]
         node.up = False
+        node.frozen = False
         node.holds_vip = False  # the heartbeat process releases the VIPs when the daemon dies
         node.queue.clear()
         self.refused.update(node.held)  # the application died waiting: never acknowledged
         node.held.clear()
         if self.holder == name:  # a dead holder renews nothing: its lease runs out
             self.holder, self.lapsed = None, name
+        self.settle()
+
+    def freeze(self, name: str) -> None:
+        """The node stops (SIGSTOP of all its processes) for longer than the heartbeat timeout:
+        its peer loses it, it renews nothing (its lease lapses), it handles nothing."""
+        node = self.nodes[name]
+        node.frozen = True
+        if self.holder == name:
+            self.holder, self.lapsed = None, name
+        self.settle()
+
+    def thaw(self, name: str, *, arbiter_first: bool = False) -> None:
+        """The frozen node resumes. It takes in what it missed in either order: its peer's
+        heartbeats first (it still believes its lease), or the end of its lease first (its
+        lease timer and the heartbeats are both due at once). Its kernel kept the VIP during the
+        freeze; it counts as a holder again once it has taken both in (milliseconds in the lab:
+        the peer announced the VIP meanwhile, so the clients already reach the peer)."""
+        node = self.nodes[name]
+        view = self.view_of(name)
+        if arbiter_first:
+            self._arbitrate(node)
+        node.seen_peer = view
+        self._apply(node, mm.PeerChanged(view))
+        if not arbiter_first:
+            self._arbitrate(node)
+        node.frozen = False
         self.settle()
 
     def boot(self, name: str, *, start: bool = True) -> None:
@@ -279,7 +314,7 @@ class MirrorSim:
     def write(self) -> int | None:
         """The application writes one record on the node holding the VIP (None: none does).
         Returns its number; see `acked` and `refused` for its fate."""
-        node = next((n for n in self.nodes.values() if n.up and n.holds_vip), None)
+        node = next((n for n in self.nodes.values() if n.up and n.holds_vip and not n.frozen), None)
         if node is None or node.machine.phase not in (mm.Phase.ALONE, mm.Phase.PRIM):
             return None
         self._writes += 1
@@ -287,7 +322,7 @@ class MirrorSim:
         node.data.add(w)
         peer = self.peer_of(node.name)
         linked = not {(node.name, peer.name), (peer.name, node.name)} & self.cuts
-        if node.machine.phase is mm.Phase.PRIM and peer.up and linked:
+        if node.machine.phase is mm.Phase.PRIM and peer.up and not peer.frozen and linked:
             peer.data.add(w)  # replicated, then acknowledged
             self.acked.add(w)
             return w
@@ -304,7 +339,7 @@ class MirrorSim:
 
     def lost_writes(self) -> set[int]:
         """Acknowledged writes missing from the copy of the node holding the VIP."""
-        node = next((n for n in self.nodes.values() if n.up and n.holds_vip), None)
+        node = next((n for n in self.nodes.values() if n.up and n.holds_vip and not n.frozen), None)
         return set() if node is None else self.acked - node.data
 
     def fail(self, name: str, op: mm.Op, on: bool = True) -> None:

@@ -184,6 +184,7 @@ class Campaign:
             result.outage = inv.longest_gap(inv.ack_times(ledger), t0, t_end)
         if self.scenario == "mirror-witness":
             violations += inv.two_primaries(samples)
+            result.stale_hold = inv.stale_holds(samples)
         violations += self._check(scen, result)
         result.violations = violations
         return result

@@ -39,16 +39,18 @@ class RoundResult:
     outage: float = 0.0  # mirror: longest time without an acknowledgement; farm: longest wait
     acked: int = 0  # acknowledged records (farm: requests) so far
     present: int = 0  # of those, present and intact on the primary (farm: answered)
+    stale_hold: float = 0.0  # s a node resumed from a freeze kept the VIP beside the primary
     violations: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         det = f"{self.detected:.2f} s" if self.detected is not None else "-"
         ok = "ok" if not self.violations else "VIOLATION: " + "; ".join(self.violations)
+        stale = f"  stale VIP {self.stale_hold * 1000:.0f} ms" if self.stale_hold else ""
         return (
             f"round {self.fault.round:3d}  {self.fault.kind:12s} {self.node:6s} "
             f"detected {det:8s} {self.decision:28s} service back after {self.outage:5.2f} s  "
             f"settled {self.settled - self.start:5.1f} s  "
-            f"{self.present}/{self.acked}  {ok}"
+            f"{self.present}/{self.acked}{stale}  {ok}"
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -64,6 +66,7 @@ class RoundResult:
             "service_back_after": round(self.outage, 3),
             "acked": self.acked,
             "present": self.present,
+            "stale_vip_hold": round(self.stale_hold, 3),
             "violations": self.violations,
         }
 
