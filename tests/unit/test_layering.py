@@ -14,6 +14,7 @@ LAYERS = {
     "errors": 0,
     "waiting": 0,
     "paths": 0,
+    "latency": 0,
     "wire": 0,
     "core": 1,
     "config": 1,

@@ -33,6 +33,7 @@ SNAPSHOT = {
             "networks": {"lan": True, "repl": False},
             "last_heard": {"lan": 99.75, "repl": 97.0},
             "heard": {"lan": 450, "repl": 440},
+            "gaps": {"lan": {"bounds": [0.2, 0.5], "counts": [400, 49, 1], "sum": 90.0}},
             "clock_offset": 0.002,
             "boot": "00",
             "payload": "",
@@ -56,6 +57,7 @@ DAEMON = {
     "boot": "deadbeef",
     "config": "/etc/hakit/cluster.yaml",
     "heartbeat_restarts": 1,
+    "loop_lag": {"bounds": [0.001, 0.01], "counts": [90, 9, 1], "sum": 0.2, "max": 0.3},
     "token": SECRET_TOKEN,  # a field the collector must never show
 }
 
@@ -237,12 +239,28 @@ def test_the_peer_of_a_module_is_not_reported_here() -> None:
     assert len([k for k, v in st.items() if dict(k)["module"] == "db" and v == 1.0]) == 1
 
 
+def histograms(name: str) -> list[Histogram]:
+    return [s for s in samples(status()) if isinstance(s, Histogram) and s.name == name]
+
+
 def test_fsync_histogram_is_cumulative_with_inf() -> None:
-    (h,) = [s for s in samples(status()) if isinstance(s, Histogram)]
+    (h,) = histograms("hakit_replication_fsync_seconds")
     assert h.buckets == (("0.001", 3.0), ("0.01", 4.0), ("+Inf", 5.0))
     text = render(status).decode()
     assert 'hakit_replication_fsync_seconds_bucket{cluster="demo",le="+Inf",module="db"' in text
     assert re.search(r'hakit_replication_fsync_seconds_count\{[^}]*module="db"[^}]*\} 5\.0', text)
+
+
+def test_heartbeat_gaps_per_peer_and_network_and_the_event_loop_lag() -> None:
+    (gap,) = histograms("hakit_heartbeat_gap_seconds")  # none for a network without gaps
+    assert dict(gap.labels)["peer"] == "node2"
+    assert dict(gap.labels)["network"] == "lan"
+    assert gap.buckets == (("0.2", 400.0), ("0.5", 449.0), ("+Inf", 450.0))
+    (lag,) = histograms("hakit_event_loop_lag_seconds")
+    assert lag.buckets[-1] == ("+Inf", 100.0)
+    assert lag.sum == 0.2
+    text = render(status).decode()
+    assert 'hakit_heartbeat_gap_seconds_bucket{cluster="demo",le="0.5",network="lan"' in text
 
 
 def test_no_arbiter_no_replication_no_checker_gives_no_such_sample() -> None:

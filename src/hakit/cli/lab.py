@@ -332,3 +332,66 @@ def chaos(
             out.print(f"[red]violation[/]: {v}")
         sys.exit(1)
     out.print(f"[green]no violation[/] in {len(campaign.results)} rounds (seed {seed})")
+
+
+@lab.command("soak")
+@click.option(
+    "--minutes",
+    type=click.FloatRange(0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="How long the load runs (after the lab is built).",
+)
+@click.option(
+    "--hogs",
+    type=click.IntRange(0),
+    default=None,
+    help="Busy processes keeping the cores saturated [default: one per core].",
+)
+@click.option(
+    "--sample",
+    "sample_every",
+    type=click.FloatRange(1.0),
+    default=10.0,
+    show_default=True,
+    help="Seconds between two probes of every node.",
+)
+@click.option("--name", default="soak", show_default=True, help="Name of the soak's lab.")
+@click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(file_okay=False),
+    default="soak-report",
+    show_default=True,
+    help="Folder of the report (report.txt, report.json, probes.jsonl; logs on a problem).",
+)
+@click.option("--keep", is_flag=True, help="Leave the lab up at the end, to explore it.")
+def soak(
+    minutes: float,
+    hogs: int | None,
+    sample_every: float,
+    name: str,
+    report_dir: str,
+    keep: bool,
+) -> None:
+    """Load without faults: builds lab NAME with a mirror (witness, bulk replication at full
+    speed, a ledger writer) and a farm (HTTP client), keeps every core busy, and counts false
+    failovers, the daemons' memory and descriptors, the event loop's lag and the heartbeat gaps
+    (docs/reliability.md). Exit 1 on a false failover, a leak or a lost record."""
+    from pathlib import Path
+
+    from hakit.lab.soak.run import Soak
+
+    check_environment()
+    out = _out()
+    lab_ = Lab(name)
+    lab_.down(missing_ok=True)
+    run = Soak(lab_, minutes, Path(report_dir), hogs, sample_every, out.print)
+    try:
+        ok = run.run()
+    finally:
+        if not keep:
+            lab_.down(missing_ok=True)
+    click.echo((Path(report_dir) / "report.txt").read_text().rstrip())
+    if not ok:
+        sys.exit(1)

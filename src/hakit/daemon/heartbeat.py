@@ -42,8 +42,12 @@ from hakit.core.heartbeat import (
     Rejected,
     Settings,
 )
+from hakit.latency import Latency
 
 MAX_PARENT_BUFFER = 4 * 1024 * 1024
+GAP_BUCKETS = (0.1, 0.2, 0.21, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.5, 2.0, 5.0)
+"""Upper bounds (s) of the heartbeat gap histogram: the time between two heartbeats accepted
+from a peer on a network (docs/metrics.md)."""
 TICKS_PER_INTERVAL = 4
 BIND_RETRY = 2.0  # s between two attempts to bind a network whose port is taken
 
@@ -100,6 +104,8 @@ class Runner:
     last_parent: float = field(default_factory=time.monotonic)
     dirty: bool = True
     last_reject_log: dict[str, float] = field(default_factory=dict)
+    gaps: dict[tuple[str, str], Latency] = field(default_factory=dict)  # (peer, network)
+    heard_at: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def emit(self, obj: dict[str, Any], *, droppable: bool = False) -> None:
         if self.out.is_closing():
@@ -136,7 +142,11 @@ class Runner:
         st = self.engine.statistics()
         return {
             "at": wall,
-            "peers": {n: peer_snapshot(p, now, wall) for n, p in st.peers.items()},
+            "peers": {
+                n: peer_snapshot(p, now, wall)
+                | {"gaps": {net: h.snapshot() for (pn, net), h in self.gaps.items() if pn == n}}
+                for n, p in st.peers.items()
+            },
             "local_networks": {
                 n: n in self.socks and self.send_ok.get(n, True) for n in self.addresses
             },
@@ -209,12 +219,30 @@ class Runner:
             self.handle(
                 self.engine.receive(data, network, time.monotonic(), time.time()), time.time()
             )
+            self.count_gap(network)
             if self.engine.payload_changed:
                 # A peer's module changed state: the daemon must know now, not at the next
                 # periodic snapshot.
                 self.engine.payload_changed = False
                 now, wall = time.monotonic(), time.time()
                 self.emit({"snapshot": self.snapshot(now, wall)}, droppable=True)
+
+    def count_gap(self, network: str) -> None:
+        """The time since the previous heartbeat accepted from the same peer on `network`."""
+        for name, peer in self.engine.peers.items():
+            link = peer.links.get(network)
+            if link is None or link.last_heard is None:
+                continue
+            key = (name, network)
+            before = self.heard_at.get(key)
+            if before == link.last_heard:
+                continue
+            self.heard_at[key] = link.last_heard
+            if before is not None:
+                gaps = self.gaps.get(key)
+                if gaps is None:
+                    gaps = self.gaps[key] = Latency(GAP_BUCKETS)
+                gaps.add(link.last_heard - before)
 
     def send_round(self) -> None:
         for o in self.engine.outgoing(time.time()):

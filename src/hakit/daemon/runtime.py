@@ -30,12 +30,18 @@ from hakit.daemon.reconfig import Candidate, check_candidate, heartbeat_peers, w
 from hakit.daemon.status import build_status
 from hakit.daemon.supervisor import HeartbeatSupervisor
 from hakit.errors import ConfigError, HakitError
+from hakit.latency import Latency
 from hakit.paths import Paths
 from hakit.wire.heartbeat import make_boot_id
 
 log = logging.getLogger(LOGGER)
 
 SHUTDOWN_TIMEOUT = 300.0  # stop scripts have their own limits; this bounds the whole stop
+
+
+LAG_PERIOD = 0.1  # s the event-loop watch sleeps between two measurements
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+"""Upper bounds (s) of the event-loop lag histogram (docs/metrics.md)."""
 
 
 class UnknownChecker(HakitError):
@@ -118,6 +124,7 @@ class NodeDaemon:
         self.started_mono = time.monotonic()
         self.boot = make_boot_id(time.time_ns(), secrets.token_bytes(8))
         self.timeline = Timeline(self.local)
+        self.loop_lag = Latency(LAG_BUCKETS)
         cfg = self.cluster.config
         local_nets = cfg.networks_of(self.local)
         self.pending_restart: tuple[str, ...] = ()  # in cluster.yaml, taken at the next start
@@ -175,11 +182,20 @@ class NodeDaemon:
             tg.create_task(self.heartbeat.run())
             modules = tg.create_task(self._run_modules())
             join = tg.create_task(self.join.run())
+            lag = tg.create_task(self._watch_loop())
             await self._stopping.wait()
             join.cancel()
+            lag.cancel()
             await self.modules.shutdown(SHUTDOWN_TIMEOUT)
             modules.cancel()
             self.heartbeat.stop()
+
+    async def _watch_loop(self) -> None:
+        """How late the loop wakes a task that sleeps `LAG_PERIOD` (`hakit_event_loop_lag`)."""
+        while True:
+            t0 = time.monotonic()
+            await asyncio.sleep(LAG_PERIOD)
+            self.loop_lag.add(max(0.0, time.monotonic() - t0 - LAG_PERIOD))
 
     async def _run_modules(self) -> None:
         """Modules start once heartbeats are received on at least one network: a node whose
@@ -204,6 +220,7 @@ class NodeDaemon:
             "heartbeat_pid": self.heartbeat.view.pid,
             "heartbeat_scheduling": self.heartbeat.view.scheduling,
             "heartbeat_restarts": self.heartbeat.view.restarts,
+            "loop_lag": self.loop_lag.snapshot(),
             "config_pending_restart": list(self.pending_restart),
         }
         st = build_status(self.cluster.config, self.local, self.heartbeat.view.snapshot, daemon)

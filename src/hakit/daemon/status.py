@@ -61,6 +61,7 @@ def build_status(
             "last_heard_ago": None if last is None else round(max(0.0, now - last), 3),
             "last_heard_by_network": p["last_heard"],
             "heartbeats_by_network": p.get("heard"),  # accepted, counted since we started
+            "heartbeat_gaps_by_network": p.get("gaps"),  # histograms (hakit.latency)
             "since": p["since"],
             "clock_offset": p.get("clock_offset"),
             # what its heartbeats say: protocol 1 (hakit 0.1) carries no release

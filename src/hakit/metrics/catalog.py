@@ -78,6 +78,13 @@ METRICS: tuple[Spec, ...] = (
         (*N, "peer", "network"),
     ),
     Spec(
+        "hakit_heartbeat_gap_seconds",
+        "histogram",
+        "Time between two heartbeats this node accepted from the peer on that network: the "
+        "interval plus the delays (a gap near the timeout is a failover narrowly avoided)",
+        (*N, "peer", "network"),
+    ),
+    Spec(
         "hakit_peer_clock_offset_seconds",
         "gauge",
         "The peer's clock minus this node's, as its heartbeats show (includes the transit time)",
@@ -88,6 +95,13 @@ METRICS: tuple[Spec, ...] = (
         "gauge",
         "1 while this node's own heartbeat socket on that network is bound and sending, else 0",
         (*N, "network"),
+    ),
+    Spec(
+        "hakit_event_loop_lag_seconds",
+        "histogram",
+        "How late the daemon's event loop woke a task that slept 0.1 s (what a blocking call "
+        "on the loop costs every request, heartbeat snapshot and replication acknowledgement)",
+        N,
     ),
     Spec("hakit_heartbeat_interval_seconds", "gauge", "Configured heartbeat interval (seconds)", N),
     Spec(

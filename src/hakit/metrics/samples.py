@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from hakit.latency import parsed
 from hakit.metrics.catalog import (
     FARM_STATES,
     HEALTHS,
@@ -86,6 +87,8 @@ def node_samples(st: Mapping[str, Any], base: Labels) -> Out:
     if "version" in daemon:
         yield Sample("hakit_node_info", (*base, ("version", str(daemon["version"]))), 1.0)
     yield from _s("hakit_daemon_start_time_seconds", base, daemon.get("started_at"))
+    if (h := histogram("hakit_event_loop_lag_seconds", daemon.get("loop_lag"), base)) is not None:
+        yield h
     local = st["node"]
     at = _num(st.get("at"))
     for peer, p in sorted((st.get("nodes") or {}).items()):
@@ -100,10 +103,13 @@ def node_samples(st: Mapping[str, Any], base: Labels) -> Out:
         yield from _s("hakit_peer_clock_offset_seconds", pl, p.get("clock_offset"))
         heard = p.get("last_heard_by_network") or {}
         counts = p.get("heartbeats_by_network") or {}
+        gaps = p.get("heartbeat_gaps_by_network") or {}
         for net, up in sorted((p.get("networks") or {}).items()):
             nl = (*pl, ("network", str(net)))
             yield from _s("hakit_peer_network_up", nl, bool(up))
             yield from _s("hakit_peer_heartbeats", nl, counts.get(net))
+            if (h := histogram("hakit_heartbeat_gap_seconds", gaps.get(net), nl)) is not None:
+                yield h
             last = _num(heard.get(net))
             if last is not None and at is not None:
                 yield Sample("hakit_peer_last_heartbeat_age_seconds", nl, max(0.0, at - last))
@@ -203,7 +209,7 @@ def replication_samples(rep: Any, labels: Labels) -> Out:
         if role == "primary":
             yield from _s("hakit_replication_waiting_ops", labels, stats.get("waiting"))
             yield from _s("hakit_replication_lag_seconds", labels, stats.get("lag"))
-        h = fsync_histogram(stats.get("fsync"), labels)
+        h = histogram("hakit_replication_fsync_seconds", stats.get("fsync"), labels)
         if h is not None:
             yield h
     p = rep.get("progress")
@@ -222,22 +228,17 @@ def replication_samples(rep: Any, labels: Labels) -> Out:
         yield from _s("hakit_resync_last_sent_bytes", labels, last.get("bytes_sent"))
 
 
-def fsync_histogram(h: Any, labels: Labels) -> Histogram | None:
-    """`{"bounds": [b...], "counts": [n per bucket..., n above], "sum"}` as a histogram."""
-    if not isinstance(h, Mapping):
+def histogram(name: str, h: Any, labels: Labels) -> Histogram | None:
+    """A `hakit.latency` snapshot as a histogram (None: absent or malformed)."""
+    p = parsed(h)
+    if p is None:
         return None
-    bounds, counts = h.get("bounds"), h.get("counts")
-    if not (isinstance(bounds, list) and isinstance(counts, list)):
-        return None
-    if len(counts) != len(bounds) + 1:
-        return None
+    bounds, counts = p
     buckets, total = [], 0.0
     for le, n in zip([*(_le(b) for b in bounds), "+Inf"], counts, strict=True):
-        total += _num(n) or 0.0
+        total += n
         buckets.append((le, total))
-    return Histogram(
-        "hakit_replication_fsync_seconds", labels, tuple(buckets), _num(h.get("sum")) or 0.0
-    )
+    return Histogram(name, labels, tuple(buckets), _num(h.get("sum")) or 0.0)
 
 
 def _le(bound: Any) -> str:

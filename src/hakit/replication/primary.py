@@ -28,13 +28,13 @@ import errno as E
 import stat
 import threading
 import time
-from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar
 
 from hakit.core.filters import PathFilter
+from hakit.latency import Latency
 from hakit.replication.apply import RENAME_EXCHANGE
 from hakit.replication.channel import FATAL_ERRNOS, ChannelError, Sender
 from hakit.replication.scan import walk_from
@@ -112,27 +112,6 @@ FSYNC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 """Upper bounds (s) of the buckets of the fsync latency histogram (docs/metrics.md)."""
 
 
-class Latency:
-    """A histogram of durations for the metrics: a count per bucket (the last one: above
-    every bound) and the sum; thread-safe, a bisection and two additions per sample."""
-
-    def __init__(self, bounds: tuple[float, ...] = FSYNC_BUCKETS) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)
-        self.sum = 0.0
-        self._lock = threading.Lock()
-
-    def add(self, seconds: float) -> None:
-        i = bisect_left(self.bounds, seconds)  # the first bound >= seconds (le semantics)
-        with self._lock:
-            self.counts[i] += 1
-            self.sum += seconds
-
-    def snapshot(self) -> dict[str, object]:
-        with self._lock:
-            return {"bounds": list(self.bounds), "counts": list(self.counts), "sum": self.sum}
-
-
 class Replicator:
     def __init__(self, dirs: list[Replicated], tracker: Tracker, notify: Notify) -> None:
         self.dirs = dirs
@@ -156,7 +135,7 @@ class Replicator:
         self._planned = False  # the next loss is our own orderly stop (`detach(planned=True)`)
         self.held: Held | None = None  # the writes held since the last break, if undecided
         self._next_held: Held | None = None  # what the writes in flight wait on if it breaks
-        self.fsync_latency = Latency()  # of the application's fsyncs, here and there
+        self.fsync_latency = Latency(FSYNC_BUCKETS)  # of the application's fsyncs, here and there
 
     # --- the application's operations ----------------------------------------------------------
 

@@ -32,7 +32,7 @@ SOURCES = "10.100.1.150-10.100.1.159"  # the farm client's addresses: several bu
 WITNESS = ("10.100.1.101", "10.100.2.101")  # client1
 DATA = f"/srv/{MODULE}/data"
 RECORDS = f"{DATA}/records.log"
-WORK = "/srv/chaos-client"  # in client1: the writer's and farm client's files
+WORK = "/srv/chaos-client"  # in client1: the writer's and farm client's files, one folder each
 
 START_PRIM = """\
 mkdir -p {data}
@@ -69,18 +69,29 @@ class Scenario:
         self.client_pid: int | None = None
 
     @property
+    def client_dir(self) -> str:
+        """The workload's folder in client1 (one per module: a soak runs two)."""
+        return f"{WORK}/{self.module}"
+
+    @property
     def ledger(self) -> Path:
         """The workload's log of acknowledgements (farm: of answers), on this machine."""
-        return self.lab.host_path("client1", f"{WORK}/ledger")
+        return self.lab.host_path("client1", f"{self.client_dir}/ledger")
 
     @property
     def stopfile(self) -> Path:
-        return self.lab.host_path("client1", f"{WORK}/stop")
+        return self.lab.host_path("client1", f"{self.client_dir}/stop")
 
     # -- set-up --------------------------------------------------------------------------
 
     def build(self) -> None:
+        """The lab (two nodes, two networks, client1), then the module and its workload."""
         self.lab.up(len(NODES), 2, 1)
+        self.install()
+
+    def install(self) -> None:
+        """The module (its witness first, for mirror-witness), started, and its workload; on a
+        lab that is up (a soak installs two scenarios' modules on the same lab)."""
         if self.kind == "mirror-witness":
             self._start_witness()
         folder = self._farm_folder() if self.kind == "farm" else self._mirror_folder()
@@ -168,11 +179,12 @@ class Scenario:
         self.stopfile.unlink(missing_ok=True)
         py = sys.executable
         if self.kind == "farm":
-            argv = [py, "-m", "hakit.lab.chaos.farmclient", FARM_VIP, f"{WORK}/ledger"]
-            argv += [f"{WORK}/stop", "--sources", SOURCES]
+            argv = [py, "-m", "hakit.lab.chaos.farmclient", FARM_VIP, f"{self.client_dir}/ledger"]
+            argv += [f"{self.client_dir}/stop", "--sources", SOURCES]
         else:
             argv = [py, "-m", "hakit.lab.chaos.writer", f"http://{VIP}:{PORT}/append"]
-            argv += [f"{WORK}/ledger", f"{WORK}/stop"]
+            argv += [f"{self.client_dir}/ledger", f"{self.client_dir}/stop"]
+        self.work.mkdir(parents=True, exist_ok=True)
         self.client_pid = self.lab.spawn("client1", argv, log=self.work / "client.out")
 
     def stop_workload(self, timeout: float = 30) -> None:
