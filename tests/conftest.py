@@ -15,9 +15,11 @@ xdist does pass on (`…@NAME`) is still honoured.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 # Files that must not run beside each other: a group's files run on one worker, one by one.
 GROUPS = {
@@ -26,6 +28,11 @@ GROUPS = {
     # a Chromium each: never two at once on two cores
     "tests/console/test_console_browser.py": "browser",
     "tests/console/test_console_ha.py": "browser",
+    # the two that load the machine on purpose (CPU hogs, a flood of every port) and the one
+    # that measures failure detection to the pulse (timeout + interval): never side by side
+    "tests/daemon/test_daemon_loopback.py": "timing",
+    "tests/lab/test_flood_lab.py": "timing",
+    "tests/lab/test_cluster_lab.py": "timing",
 }
 
 # Slowest first, so that the quick files fill the end of the run: the order of the work units.
@@ -49,6 +56,13 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.pluginmanager.hasplugin("xdist") and config.getoption("dist", None) == "loadgroup":
         # the units in collection order (slowest first, below), not by their number of tests
         config.option.loadscopereorder = False
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # beside a lab test on two cores a property example may take more than hypothesis's
+    # 200 ms: not a failure of ours (a test's own @settings(deadline=...) still applies)
+    settings.register_profile("xdist", deadline=timedelta(seconds=2))
+    settings.load_profile("xdist")
 
 
 @pytest.hookimpl(trylast=True)
