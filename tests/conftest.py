@@ -67,7 +67,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if os.environ.get("PYTEST_XDIST_WORKER") and config.getoption("dist", None) == "loadgroup":
+    # in a worker xdist sets `dist` to "no", and `loadgroup` to whether it was loadgroup
+    if os.environ.get("PYTEST_XDIST_WORKER") and getattr(config.option, "loadgroup", False):
         items.sort(key=_rank)  # stable: each file's tests keep their order
 
 
