@@ -90,9 +90,21 @@ def mounts_under(root: Path) -> list[str]:
 _given: set[int] = set()
 
 
+def _our_ports() -> range:
+    """This process's share of PORTS: with pytest-xdist each worker has its own (gw0 every
+    second port from 17500, gw1 from 17501 with two workers), so two workers never both find
+    a port free and then both bind it."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    index = int(worker) if worker.isdigit() else 0
+    return PORTS[index % count :: count]
+
+
 def free_port() -> int:
-    """A free TCP port on loopback in 17500-17599, not handed out before in this session."""
-    for port in random.Random(os.getpid()).sample(PORTS, len(PORTS)):
+    """A free TCP port on loopback in 17500-17599 (this worker's share of it), not handed
+    out before in this session."""
+    ours = _our_ports()
+    for port in random.Random(os.getpid()).sample(ours, len(ours)):
         if port in _given:
             continue
         with socket.socket() as s:

@@ -10,7 +10,7 @@ import pytest
 
 from hakit.config.starter import new_secret, render_cluster_yaml
 from hakit.waiting import wait_until
-from tests.daemon.conftest import Node
+from tests.daemon.conftest import Node, free_tcp_port, free_udp_port
 
 GOOD_MODULE = (
     "kind: mirror\nnodes: [node1, node2]\nscripts: {start_timeout: 10, stop_timeout: 10}\n"
@@ -29,7 +29,11 @@ def node_with_cluster(root: Path) -> Node:
     for d in ("etc", "var", "log"):
         (root / d).mkdir(parents=True, exist_ok=True)
     spec = {"node1": {"lo": "127.0.0.11"}, "node2": {"lo": "127.0.0.12"}}
-    (root / "etc" / "cluster.yaml").write_text(render_cluster_yaml("loop", spec, port=5999))
+    # free ports: two daemons of this file may run at once beside others (pytest-xdist)
+    text = render_cluster_yaml(
+        "loop", spec, port=free_udp_port(), api_port=free_tcp_port(), join_port=free_tcp_port()
+    )
+    (root / "etc" / "cluster.yaml").write_text(text)
     key = root / "etc" / "cluster.key"
     key.write_text(new_secret())
     key.chmod(0o600)

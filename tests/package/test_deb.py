@@ -47,7 +47,7 @@ MARK = ".hakit-package-test"
 # development and build tools: never in the package (import names and distribution names)
 DEV_TOOLS = {"pytest", "_pytest", "pytest_timeout", "hypothesis", "mypy", "ruff", "uv"}
 DEV_TOOLS |= {"click_man", "types_pyyaml", "yaml-stubs", "mypy_extensions", "pip_tools", "moto"}
-DEV_TOOLS |= {"boto3_stubs", "mypy_boto3_ec2", "botocore_stubs"}
+DEV_TOOLS |= {"boto3_stubs", "mypy_boto3_ec2", "botocore_stubs", "xdist", "pytest_xdist", "execnet"}
 EXAMPLE = "/usr/share/hakit/examples/mirror-web"
 VIP_URL = "http://10.100.1.100:8080/"
 
