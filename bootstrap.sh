@@ -118,7 +118,7 @@ case "$action" in
     "$venv/bin/mypy"
     say "generated documentation is up to date"
     "$venv/bin/python" -m hakit.tools.gendocs --check
-    say "pytest"
-    exec "$venv/bin/python" -m pytest "$@"
+    say "pytest (2 workers; \`-n 0\` runs it in one process, e.g. for --pdb)"
+    exec "$venv/bin/python" -m pytest -n 2 --dist loadgroup "$@"
     ;;
 esac

@@ -33,6 +33,7 @@ GROUPS = {
     "tests/daemon/test_daemon_loopback.py": "timing",
     "tests/lab/test_flood_lab.py": "timing",
     "tests/lab/test_cluster_lab.py": "timing",
+    "tests/lab/test_soak_lab.py": "timing",  # a busy core and replication at full speed
 }
 
 # Slowest first, so that the quick files fill the end of the run: the order of the work units.
