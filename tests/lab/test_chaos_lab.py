@@ -1,10 +1,9 @@
 """Short chaos campaigns with fixed seeds (`hakit lab chaos`): real daemons, real faults, the
 invariants checked from outside the nodes; 0 violations and the report written.
 
-The seeds are chosen for what their first rounds cover (tests/unit/test_chaos.py checks the
-schedule itself): with a witness, an isolated primary, a primary frozen past the timeout, a
-swap during a freeze, a power cut, a killed daemon and a one-way cut; the farm, a power cut, a
-killed daemon and a killed nginx.
+The seeds are chosen so that each campaign meets every fault kind of its scenario at least
+once (tests/unit/test_chaos.py checks the schedule itself): with a witness all twelve in 14
+rounds, without a witness and on the farm each of theirs.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from hakit.lab.chaos.campaign import Campaign
-from hakit.lab.chaos.schedule import schedule
+from hakit.lab.chaos.schedule import ALL_KINDS, SCENARIOS, schedule
 from hakit.lab.lab import Lab
 
 pytestmark = [
@@ -55,10 +54,10 @@ def check_report(c: Campaign, report: Path, rounds: int) -> dict[str, object]:
 def test_mirror_with_witness_keeps_every_acknowledged_record_and_one_primary(
     tmp_path: Path,
 ) -> None:
-    kinds = {f.kind for f in schedule(110, 6, "mirror-witness")}
-    assert kinds == {"isolate", "freeze-long", "swap", "poweroff", "kill-daemon", "oneway"}
-    c = campaign("mirror-witness", 110, 6, tmp_path)
-    summary = check_report(c, tmp_path, 6)
+    rounds = len(ALL_KINDS) + 2
+    assert {f.kind for f in schedule(687, rounds, "mirror-witness")} == set(ALL_KINDS)
+    c = campaign("mirror-witness", 687, rounds, tmp_path)
+    summary = check_report(c, tmp_path, rounds)
     acked = c.results[-1].acked
     assert acked > 0
     assert c.results[-1].present == acked  # every acknowledged record read back on the primary
@@ -66,9 +65,19 @@ def test_mirror_with_witness_keeps_every_acknowledged_record_and_one_primary(
     assert any("took over" in r.decision for r in c.results)  # faults that forced a failover
 
 
+def test_mirror_without_witness_keeps_every_acknowledged_record(tmp_path: Path) -> None:
+    kinds = SCENARIOS["mirror"]
+    assert {f.kind for f in schedule(6, len(kinds), "mirror")} == set(kinds)
+    c = campaign("mirror", 6, len(kinds), tmp_path)
+    check_report(c, tmp_path, len(kinds))
+    assert c.results[-1].acked > 0
+    assert c.results[-1].present == c.results[-1].acked
+
+
 def test_farm_answers_every_request_through_faults(tmp_path: Path) -> None:
-    assert {f.kind for f in schedule(2, 3, "farm")} == {"poweroff", "kill-daemon", "kill-app"}
-    c = campaign("farm", 2, 3, tmp_path)
-    check_report(c, tmp_path, 3)
+    kinds = SCENARIOS["farm"]
+    assert {f.kind for f in schedule(167, len(kinds), "farm")} == set(kinds)
+    c = campaign("farm", 167, len(kinds), tmp_path)
+    check_report(c, tmp_path, len(kinds))
     assert c.results[-1].acked > 0
     assert c.results[-1].present == c.results[-1].acked

@@ -11,9 +11,9 @@ import time
 from collections.abc import Callable, MutableMapping
 from pathlib import Path
 
-from hakit.lab import oneway
+from hakit.lab import linkfaults
 from hakit.lab.chaos.invariants import FROZEN, OFF
-from hakit.lab.chaos.scenario import NODES, Scenario
+from hakit.lab.chaos.scenario import NODES, WITNESS_PORT, Scenario
 from hakit.lab.chaos.schedule import Fault
 from hakit.waiting import wait_until
 
@@ -88,10 +88,26 @@ class Injector:
             self.lab.heal(node)
             return f"{node} isolated {fault.duration:.1f} s"
         if kind == "oneway":
-            oneway.drop(self.lab, node, peer(node))
+            linkfaults.drop(self.lab, node, peer(node))
             time.sleep(fault.duration)
-            oneway.clear(self.lab)
+            linkfaults.clear(self.lab)
             return f"{node} -> {peer(node)} dropped {fault.duration:.1f} s"
+        if kind == "cut-witness":
+            linkfaults.cut_port(self.lab, node, WITNESS_PORT)
+            time.sleep(fault.duration)
+            linkfaults.clear(self.lab)
+            return f"{node} x witness {fault.duration:.1f} s"
+        if kind == "loss":
+            linkfaults.lose(self.lab, node, peer(node), fault.percent)
+            time.sleep(fault.duration)
+            linkfaults.clear(self.lab)
+            return f"{fault.percent} % lost between the nodes {fault.duration:.1f} s"
+        if kind == "kill-heartbeat":
+            pids = self.scen.heartbeat_pids(node)
+            for hb in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(hb, signal.SIGKILL)
+            return f"{node}: heartbeat process {pids or 'not running'} killed"
         if kind == "swap":
             other = peer(node)  # the primary: `hakit swap` there while `node` is frozen
             log = self.work / f"swap-round{fault.round}.out"
@@ -113,7 +129,7 @@ class Injector:
         """Undo whatever a fault interrupted by an error left (idempotent)."""
         signal_all(lambda: [p for n in NODES for p in self.scen.pids(n)], signal.SIGCONT)
         with contextlib.suppress(Exception):
-            oneway.clear(self.lab)
+            linkfaults.clear(self.lab)
         for c in self.lab.cuts():
             self.lab.heal(c.a, c.b, c.network)
         for node in NODES:

@@ -30,6 +30,7 @@ PORT = 8090
 FARM_VIP = "10.100.1.200"
 SOURCES = "10.100.1.150-10.100.1.159"  # the farm client's addresses: several buckets
 WITNESS = ("10.100.1.101", "10.100.2.101")  # client1
+WITNESS_PORT = 7355
 DATA = f"/srv/{MODULE}/data"
 RECORDS = f"{DATA}/records.log"
 WORK = "/srv/chaos-client"  # in client1: the writer's and farm client's files, one folder each
@@ -166,7 +167,7 @@ class Scenario:
         key.write_bytes(self.lab.host_path("node1", "/etc/hakit/cluster.key").read_bytes())
         key.chmod(0o600)
         (d / "witness.yaml").write_text(
-            f"listen: [{', '.join(WITNESS)}]\nport: 7355\nquarantine: 3\n"
+            f"listen: [{', '.join(WITNESS)}]\nport: {WITNESS_PORT}\nquarantine: 3\n"
             f"clusters:\n  {self.lab.name}:\n    secret_file: /srv/witness/cluster.key\n"
         )
         argv = ["env", "HAKIT_VAR=/srv/witness/var", "HAKIT_LOG=/srv/witness/log"]
@@ -273,6 +274,15 @@ class Scenario:
         """Every process of `node` (its network namespace)."""
         ident = ns_id(netns_path(self.lab.hosts()[node].netns))
         return pids_in([("net", ident)]) if ident is not None else []
+
+    def heartbeat_pids(self, node: str) -> list[int]:
+        """The node's heartbeat process (the daemon's child)."""
+        out = []
+        for pid in self.pids(node):
+            with contextlib.suppress(OSError):
+                if b"hakit.daemon.heartbeat" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    out.append(pid)
+        return out
 
     def app_pids(self, node: str) -> list[int]:
         needle = b"nginx" if self.kind == "farm" else f"hakit.lab.chaos.app {PORT}".encode()

@@ -22,6 +22,9 @@ Kind = Literal[
     "isolate",  # the node cut from every other host on every network
     "oneway",  # what the node sends to its peer is dropped (one direction only)
     "swap",  # `hakit swap` issued while the secondary is frozen for a moment
+    "kill-heartbeat",  # SIGKILL of the node's heartbeat process (its daemon restarts it)
+    "cut-witness",  # the node's traffic with the witness dropped, everything else kept
+    "loss",  # a share (`percent`) of the frames between the nodes dropped at random, every network
 ]
 
 ALL_KINDS: tuple[Kind, ...] = (
@@ -34,14 +37,26 @@ ALL_KINDS: tuple[Kind, ...] = (
     "isolate",
     "oneway",
     "swap",
+    "kill-heartbeat",
+    "cut-witness",
+    "loss",
 )
 SCENARIOS: dict[str, tuple[Kind, ...]] = {
     # without an arbiter a partition (or a freeze past the timeout) makes two primaries by
     # design — diverged files kept for the operator — so the mirror without witness gets the
     # faults whose outcome is decided: a node down, a process killed, a short freeze, a swap
-    "mirror": ("poweroff", "kill-daemon", "kill-app", "freeze-short", "swap"),
+    "mirror": ("poweroff", "kill-daemon", "kill-app", "freeze-short", "swap", "kill-heartbeat"),
     "mirror-witness": ALL_KINDS,
-    "farm": ("poweroff", "kill-daemon", "kill-app", "freeze-short", "freeze-long", "isolate"),
+    "farm": (
+        "poweroff",
+        "kill-daemon",
+        "kill-app",
+        "freeze-short",
+        "freeze-long",
+        "isolate",
+        "kill-heartbeat",
+        "loss",
+    ),
 }
 HEARTBEAT_TIMEOUT = 1.0  # the lab's cluster.yaml: heartbeats every 0.2 s, timeout 1 s
 # (min, max) seconds a fault lasts before the campaign undoes it
@@ -55,7 +70,11 @@ DURATIONS: dict[Kind, tuple[float, float]] = {
     "isolate": (2.0, 6.0),
     "oneway": (2.0, 6.0),
     "swap": (0.3, 0.6 * HEARTBEAT_TIMEOUT),
+    "kill-heartbeat": (0.0, 0.0),
+    "cut-witness": (2.0, 6.0),
+    "loss": (3.0, 8.0),
 }
+LOSS_PERCENT = (10, 60)  # (min, max) share of the frames a "loss" fault drops
 
 
 @dataclass(frozen=True)
@@ -65,11 +84,14 @@ class Fault:
     target: str  # a node name, or "primary"/"secondary": the node in that role when it starts
     duration: float  # seconds before the campaign undoes it (0: undone at once)
     network: int = 1  # for "cut": the network cut
+    percent: int = 0  # for "loss": the share of the frames dropped
 
     def describe(self) -> str:
         what = f"{self.kind} {self.target}"
         if self.kind == "cut":
             what += f" net{self.network}"
+        if self.kind == "loss":
+            what += f" {self.percent} %"
         return what + (f" {self.duration:.1f} s" if self.duration else "")
 
     def to_json(self) -> dict[str, object]:
@@ -79,6 +101,7 @@ class Fault:
             "target": self.target,
             "duration": round(self.duration, 3),
             "network": self.network,
+            "percent": self.percent,
         }
 
 
@@ -111,7 +134,8 @@ def schedule(
         lo, hi = DURATIONS[kind]
         duration = round(rng.uniform(lo, hi), 2) if hi else 0.0
         network = rng.randint(1, networks) if kind == "cut" else 1
-        out.append(Fault(r, kind, target, duration, network))
+        percent = rng.randint(*LOSS_PERCENT) if kind == "loss" else 0
+        out.append(Fault(r, kind, target, duration, network, percent))
     return out
 
 
