@@ -117,10 +117,13 @@ def test_a_lab_whose_record_is_lost_is_replaced_by_up(lab: Lab) -> None:
     assert can_ping(lab, "node1", "node2", 2)
 
 
+# at the lowest priority, so that on a loaded machine (two test workers) the Ctrl-C the test
+# sends once the first namespace exists still finds the build under way
 UP_SCRIPT = """
-import sys
+import os, sys
 from hakit.lab.lab import Lab
-Lab(sys.argv[1], root=sys.argv[2]).up(nodes=3, networks=2, clients=1, daemon=False)
+os.nice(19)
+Lab(sys.argv[1], root=sys.argv[2]).up(nodes=5, networks=2, clients=1, daemon=False)
 print("UP-COMPLETED", flush=True)
 """
 
