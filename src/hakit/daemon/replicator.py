@@ -298,6 +298,7 @@ class Primary:
             except ChannelError as e:
                 emit("resync-failed", reason=str(e))
                 return
+            sender.semi = self.init.mode is Mode.SEMI
             extra = self._activity_of(sender) if sender.unclean_peer else {}
             based = (
                 self.tracker.active

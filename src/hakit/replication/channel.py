@@ -259,6 +259,13 @@ class Receiver:
 # --- primary -----------------------------------------------------------------------------------
 
 
+LATE_OPS = 4096
+LATE_BYTES = 64 << 20
+"""At most this many operations acknowledged on receipt (`semi`), and this many bytes of their
+payloads, are kept to name the path of a late error; an error for one forgotten is reported
+without it (the resynchronisation after the next reconnection compares everything)."""
+
+
 @dataclass
 class Sender:
     """The primary's end, shared by many threads.
@@ -273,6 +280,7 @@ class Sender:
     unclean_peer: bool = False
     on_late_error: Callable[[Op, int], None] = lambda op, err: None
     on_broken: Callable[[str, list[Op]], None] = lambda why, pending: None
+    semi: bool = False  # the replica acknowledges on receipt: remember what a late error names
     seq: int = 0
     broken: str = ""
     sent_ops: int = 0  # operations sent (metrics)
@@ -281,6 +289,7 @@ class Sender:
     _replies: dict[int, Op] = field(default_factory=dict)
     _done: set[int] = field(default_factory=set)
     _late: dict[int, Op] = field(default_factory=dict)  # acknowledged in semi mode, not applied
+    _late_bytes: int = 0  # their payloads
     _cond: threading.Condition = field(default_factory=threading.Condition)
     _send_lock: threading.Lock = field(default_factory=threading.Lock)
     _last_heard: float = field(default_factory=time.monotonic)
@@ -377,10 +386,11 @@ class Sender:
             if op.kind is Kind.ACK and op.ints[0]:
                 self.on_late_error(self._late.get(op.seq, Op(Kind.ACK, op.seq)), op.ints[0])
             return
-        if op.kind is Kind.ACK and op.ints[0] == 0 and sent.kind not in QUERIES:
-            self._late[op.seq] = sent  # semi: a second ACK may report a failure
-            if len(self._late) > 4096:
-                self._late.pop(next(iter(self._late)))
+        if self.semi and op.kind is Kind.ACK and op.ints[0] == 0 and sent.kind not in QUERIES:
+            self._late[op.seq] = sent  # a second ACK may report a failure
+            self._late_bytes += sent.size
+            while len(self._late) > LATE_OPS or self._late_bytes > LATE_BYTES:
+                self._late_bytes -= self._late.pop(next(iter(self._late))).size
         self._replies[op.seq] = op
         self._done.add(op.seq)
 

@@ -341,7 +341,11 @@ class Replicator:
             self.notify({"event": "alone", "reason": why, "was": was.value, "complete": complete})
 
     def diverged(self, op: Op, err: int) -> None:
-        """The secondary failed to apply `op`: that path differs; send it again later."""
+        """The secondary failed to apply `op`: that path differs; send it again later. An
+        operation the channel no longer remembers (`LATE_BYTES`) names no path: the tracking
+        then compares everything at the next resynchronisation."""
+        if op.kind is Kind.ACK:
+            self.tracker.reset("")  # a base no secondary has: a full comparison
         self.tracker.mark(op)
         if op.kind in (Kind.WRITE, Kind.TRUNCATE, Kind.FALLOCATE, Kind.FSYNC):
             self.tracker.mark_whole(op.path)
