@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 from rich import box
@@ -15,6 +17,8 @@ from hakit.cli.params import HelpGroup
 from hakit.lab.lab import DAEMON_TIMEOUT, Lab
 from hakit.lab.namespaces import check_environment, host_env
 from hakit.lab.topology import Cut
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _out() -> Console:
@@ -274,6 +278,28 @@ def demo(name: str, scene: str, keep: bool, web_console: bool, console_port: int
     )
 
 
+def _run_options(what: str, whose: str, files: str) -> Callable[[F], F]:
+    """--name, --report and --keep of a long lab run (chaos, soak)."""
+
+    def add(f: F) -> F:
+        f = click.option(
+            "--keep", is_flag=True, help="Leave the lab up at the end, to explore it."
+        )(f)
+        f = click.option(
+            "--report",
+            "report_dir",
+            type=click.Path(file_okay=False),
+            default=f"{what}-report",
+            show_default=True,
+            help=f"Folder of the report (report.txt, report.json, {files}).",
+        )(f)
+        return click.option(
+            "--name", default=what, show_default=True, help=f"Name of {whose} lab."
+        )(f)
+
+    return add
+
+
 @lab.command("chaos")
 @click.option(
     "--scenario",
@@ -288,16 +314,7 @@ def demo(name: str, scene: str, keep: bool, web_console: bool, console_port: int
 @click.option(
     "--minutes", type=click.FloatRange(0, min_open=True), default=None, help="Or: how long."
 )
-@click.option("--name", default="chaos", show_default=True, help="Name of the campaign's lab.")
-@click.option(
-    "--report",
-    "report_dir",
-    type=click.Path(file_okay=False),
-    default="chaos-report",
-    show_default=True,
-    help="Folder of the report (report.txt, report.json, timeline.svg; logs on a violation).",
-)
-@click.option("--keep", is_flag=True, help="Leave the lab up at the end, to explore it.")
+@_run_options("chaos", "the campaign's", "timeline.svg; logs on a violation")
 def chaos(
     scenario: str,
     seed: int,
@@ -356,16 +373,7 @@ def chaos(
     show_default=True,
     help="Seconds between two probes of every node.",
 )
-@click.option("--name", default="soak", show_default=True, help="Name of the soak's lab.")
-@click.option(
-    "--report",
-    "report_dir",
-    type=click.Path(file_okay=False),
-    default="soak-report",
-    show_default=True,
-    help="Folder of the report (report.txt, report.json, probes.jsonl; logs on a problem).",
-)
-@click.option("--keep", is_flag=True, help="Leave the lab up at the end, to explore it.")
+@_run_options("soak", "the soak's", "probes.jsonl; logs on a problem")
 def soak(
     minutes: float,
     hogs: int | None,
