@@ -15,7 +15,6 @@ lazily unmounts whatever is left mounted under the test's directory, even after 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import hashlib
 import os
@@ -35,6 +34,7 @@ from typing import Any, ClassVar, TypeVar
 import pytest
 
 from hakit.testing.replication import ReplicatorProcess
+from tests.contract.posix_checks import RENAME_EXCHANGE, RENAME_NOREPLACE, renameat2
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not os.path.exists("/dev/fuse"), reason="needs root and /dev/fuse"
@@ -48,24 +48,6 @@ PORTS = range(17500, 17600)
 ACK = 0.8  # acknowledgement timeout where a test measures it
 CALM_ACK = 3.0  # where it must never fire (a loaded 2-core machine)
 SEED = 20240611
-
-RENAME_NOREPLACE = 1
-RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.renameat2.argtypes = [
-    ctypes.c_int,
-    ctypes.c_char_p,
-    ctypes.c_int,
-    ctypes.c_char_p,
-    ctypes.c_uint,
-]
-
-
-def renameat2(old: Path, new: Path, flags: int) -> None:
-    if _libc.renameat2(_AT_FDCWD, os.fsencode(old), _AT_FDCWD, os.fsencode(new), flags) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), str(old))
 
 
 # --- mounts and processes -------------------------------------------------------------------
