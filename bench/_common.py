@@ -544,7 +544,7 @@ def side_by_side(plain: Sequence[float], replicated: Sequence[float]) -> dict[st
     }
 
 
-def side_by_side_row(label: str, v: Mapping[str, Any], fmt: str, width: int) -> str:
+def _side_by_side_row(label: str, v: Mapping[str, Any], fmt: str, width: int) -> str:
     """One line of a plain / replicated / ratio table made of `side_by_side` figures."""
     pct = v["replicated_pct_of_plain"]
     return (
@@ -552,3 +552,16 @@ def side_by_side_row(label: str, v: Mapping[str, Any], fmt: str, width: int) -> 
         f"{fmt.format(v['replicated']['median']):>11} "
         f"{'' if pct is None else f'{pct:15.0f} %':>17}"
     )
+
+
+def print_side_by_side(
+    title: str, rows: Sequence[tuple[str, str, str]], summary: Mapping[str, Any], width: int
+) -> None:
+    """The plain / replicated / ratio table of `side_by_side` figures: (label, key, format)
+    per row, then the runs left out because the primary dropped its secondary."""
+    print(f"\n{title}")
+    print(f"{'':{width}} {'plain':>10} {'replicated':>11} {'replicated/plain':>17}")
+    for label, key, fmt in rows:
+        print(_side_by_side_row(label, summary[key], fmt, width))
+    if summary["dropped"]:
+        print(f"({summary['dropped']} runs left out: the primary dropped its secondary)")

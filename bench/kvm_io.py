@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import MeasureError, result_header, run_and_record, side_by_side, side_by_side_row
+from _common import MeasureError, print_side_by_side, result_header, run_and_record, side_by_side
 from _repl_base import filesystem_of, free_port, loadavg, rotated, say, verify_replica
 from _repl_replica import Bench, Replica
 
@@ -179,17 +179,17 @@ def summarize(samples: list[dict[str, Any]], result: dict[str, Any]) -> None:
 def report(result: dict[str, Any]) -> None:
     s = result["summary"]
     accel = result["settings"]["accel"]
-    print(f"\nwrites inside a qemu guest ({accel}), its disk image on a plain vs a replicated dir")
-    print(f"{'':32} {'plain':>10} {'replicated':>11} {'replicated/plain':>17}")
     rows = (
         ("4 KiB write+fsync, us per op", "op_us", "{:10.0f}"),
         ("  of which the fsync, us", "fsync_us", "{:10.0f}"),
         ("sequential write, MB/s", "mb_s", "{:10.1f}"),
     )
-    for label, key, fmt in rows:
-        print(side_by_side_row(label, s[key], fmt, 32))
-    if s["dropped"]:
-        print(f"({s['dropped']} runs left out: the primary dropped its secondary)")
+    print_side_by_side(
+        f"writes inside a qemu guest ({accel}), its disk image on a plain vs a replicated dir",
+        rows,
+        s,
+        32,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
